@@ -1,0 +1,90 @@
+"""Command line: argparse only. Each subcommand hands its Namespace to the module that owns it.
+
+    ecg-dicom convert  INPUT_DIR OUTPUT_DIR   one-lead .npy / DICOM -> 12-lead .npy / DICOM
+    ecg-dicom train    --out CKPT             reproduce the shipped weights
+    ecg-dicom evaluate DATA                   per-lead r, RMSE (µV), std ratio vs linear baselines
+    ecg-dicom serve    --config site.yaml     the DICOM service
+    ecg-dicom status   --config site.yaml     queue counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ecg_dicom import __version__
+from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+
+# subcommand -> module whose ``run(args) -> int`` carries it out
+_COMMANDS = {
+    "convert": "ecg_dicom.convert",
+    "train": "ecg_dicom.training.train",
+    "evaluate": "ecg_dicom.training.evaluate",
+    "serve": "ecg_dicom.service",
+    "status": "ecg_dicom.status",
+}
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I",
+                   help="lead given to the model (default I)")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint file (default: the one shipped for --input-lead)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecg-dicom", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ecg-dicom {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a folder of one-lead ECGs to 12-lead ECGs")
+    p.add_argument("input_dir")
+    p.add_argument("output_dir")
+    p.add_argument("--fs", type=float, default=500.0, help="sampling rate of .npy inputs, Hz (default 500)")
+    p.add_argument("--units", choices=("uV", "mV"), default="uV", help="units of .npy inputs (default uV)")
+    p.add_argument("--format", choices=("npy", "dicom", "both"), default="npy", dest="output_format",
+                   help="what to write per input (default npy)")
+    p.add_argument("--confidence", action="store_true",
+                   help="also write <stem>.confidence.json with a per-lead reliability estimate")
+    _add_model_args(p)
+
+    p = sub.add_parser("train", help="train a checkpoint from real WFDB records and/or synthetic ECGs")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I")
+    p.add_argument("--real", nargs="*", default=[], help="folders of WFDB 12-lead records (searched recursively)")
+    p.add_argument("--exclude-db", nargs="*", default=[], help="database folder names to leave out (held out)")
+    p.add_argument("--synthetic", type=int, default=0, help="number of deepfake-ecg records to generate and use")
+    p.add_argument("--synthetic-dir", default=None, help="cache folder for generated synthetic records")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--init", default=None, help="checkpoint to start from (fine-tuning)")
+
+    p = sub.add_parser("evaluate", help="per-lead r / RMSE (µV) / std ratio vs linear baselines")
+    p.add_argument("data", nargs="+", help="folders of WFDB records or of (12, N) µV .npy arrays")
+    p.add_argument("--fs", type=float, default=500.0, help="sampling rate of .npy arrays, Hz")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--baseline-data", nargs="*", default=None,
+                   help="records to fit the linear baselines on (default: the checkpoint's training data)")
+    _add_model_args(p)
+
+    for name, text in (("serve", "run the DICOM service"), ("status", "print queue counts")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="site YAML file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ecg-dicom``; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(_COMMANDS[args.command])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared core: preprocessing, the model, checkpoints and inference (numpy in, numpy out)."""

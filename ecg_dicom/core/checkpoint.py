@@ -1,0 +1,134 @@
+"""One self-describing checkpoint file: weights, model config, preprocessing, provenance.
+
+Saved with ``torch.save`` and read with ``torch.load(weights_only=True)``: only tensors
+and plain containers, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
+from ecg_dicom.errors import CheckpointError
+from ecg_dicom.leads import learned_leads
+
+CHECKPOINT_FORMAT = "ecg-dicom-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+REQUIRED_KEYS = ("format", "format_version", "model_version", "input_lead", "output_leads",
+                 "model_config", "preprocessing", "training", "state_dict")
+
+
+def shipped_checkpoint_path(input_lead: str) -> Path:
+    """Path of the checkpoint shipped inside the package for ``input_lead`` ("I" or "II")."""
+    return WEIGHTS_DIR / f"lead_{input_lead}.pt"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a lead becomes model input: resample to ``fs`` Hz, windows of ``window`` samples
+    overlapping by ``window - hop``, min-max + mV features (see ``model_features``)."""
+
+    fs: float = 250.0
+    window: int = 2500
+    hop: int = 1250
+    scaling: str = "minmax+mV"
+
+    def to_dict(self) -> dict:
+        return {"fs": self.fs, "window": self.window, "hop": self.hop, "scaling": self.scaling}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model in eval mode plus everything that describes it."""
+
+    model: BiLSTMAttentionModel
+    input_lead: str
+    output_leads: tuple[str, ...]
+    model_version: str
+    preprocessing: Preprocessing
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: BiLSTMAttentionModel,
+    input_lead: str,
+    model_version: str,
+    preprocessing: Preprocessing,
+    training: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (tmp file + rename); weights are stored as float32."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model_version": model_version,
+        "input_lead": input_lead,
+        "output_leads": list(learned_leads(input_lead)),
+        "model_config": model.config.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        "training": training,
+        "metrics": metrics or {},
+        "state_dict": {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path | None = None, input_lead: str = "I",
+                    device: str = "cpu") -> Checkpoint:
+    """Load and check a checkpoint; ``path=None`` takes the shipped one for ``input_lead``.
+
+    Raises :class:`CheckpointError` naming what does not match: not a checkpoint of ours,
+    another format version, another input lead, missing keys, or weights that do not fit
+    the stored model config.
+    """
+    path = Path(path) if path is not None else shipped_checkpoint_path(input_lead)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an ecg-dicom checkpoint (no format '{CHECKPOINT_FORMAT}')")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {payload['format_version']}, this code reads {CHECKPOINT_FORMAT_VERSION}"
+        )
+    if payload["input_lead"] != input_lead:
+        raise CheckpointError(f"{path} is a model for input lead {payload['input_lead']}, not {input_lead}")
+    if tuple(payload["output_leads"]) != learned_leads(input_lead):
+        raise CheckpointError(f"{path} predicts {payload['output_leads']}, expected {list(learned_leads(input_lead))}")
+    try:
+        config = ModelConfig(**payload["model_config"])
+        model = BiLSTMAttentionModel(config)
+        model.load_state_dict(payload["state_dict"])
+        preprocessing = Preprocessing(**payload["preprocessing"])
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: weights do not match its model config: {exc}") from exc
+    if config.n_leads != len(payload["output_leads"]):
+        raise CheckpointError(f"{path}: model predicts {config.n_leads} leads, header says {len(payload['output_leads'])}")
+    model.to(device).eval()
+    return Checkpoint(
+        model=model,
+        input_lead=input_lead,
+        output_leads=tuple(payload["output_leads"]),
+        model_version=str(payload["model_version"]),
+        preprocessing=preprocessing,
+        training=dict(payload["training"]),
+        metrics=dict(payload.get("metrics") or {}),
+    )

@@ -1,0 +1,111 @@
+"""The BiLSTM + Attention model that maps one lead to the leads that must be learned.
+
+Only the network lives here; preprocessing and the inverse scaling are in
+:mod:`ecg_dicom.core.inference`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["ModelConfig", "Attention", "BiLSTMAttentionModel"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters; stored in every checkpoint so the model can be rebuilt exactly.
+
+    in_features: per-sample input features (min-max scaled lead, lead in mV).
+    n_leads: learned output leads (II or I, then V1–V6).
+    stem_channels: width of the convolutional stem and of the decoder.
+    stride: the LSTM runs at fs / stride (a 250 Hz window of 2500 -> 500 steps).
+    hidden: LSTM hidden size per direction; lstm_layers: stacked bidirectional layers.
+    heads: attention heads over time; variance_head: also predict a per-lead log-variance.
+    """
+
+    in_features: int = 2
+    n_leads: int = 7
+    stem_channels: int = 64
+    stride: int = 5
+    hidden: int = 64
+    lstm_layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    variance_head: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over time with a residual connection and layer norm.
+
+    Lets every time step of the BiLSTM output look at the whole window (e.g. the beat that
+    matches the current one), which a recurrence carries only lossily.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention dim {dim} is not divisible by {heads} heads")
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, time, dim) -> (batch, time, dim)."""
+        context, _ = self.attn(x, x, x, need_weights=False)
+        # N x T x D
+        return self.norm(x + context)
+
+
+class BiLSTMAttentionModel(nn.Module):
+    """Conv stem -> BiLSTM -> attention -> upsampling head, one output channel per lead.
+
+    Input: (batch, in_features, L) with L a multiple of ``stride``.
+    Output: (batch, n_leads, L) in mV, and with ``variance_head`` also a
+    (batch, n_leads, L) log-variance (mV²) used for per-lead confidence.
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        c, h = config.stem_channels, config.hidden
+        self.config = config
+        self.stem = nn.Sequential(
+            nn.Conv1d(config.in_features, c, kernel_size=7, padding=3), nn.GELU(),
+            nn.Conv1d(c, c, kernel_size=7, padding=3), nn.GELU(),
+        )
+        self.down = nn.Conv1d(c, c, kernel_size=config.stride, stride=config.stride)
+        self.lstm = nn.LSTM(
+            c, h, num_layers=config.lstm_layers, batch_first=True, bidirectional=True,
+            dropout=config.dropout if config.lstm_layers > 1 else 0.0,
+        )
+        self.attention = Attention(2 * h, config.heads, config.dropout)
+        self.up = nn.ConvTranspose1d(2 * h, c, kernel_size=config.stride, stride=config.stride)
+        self.head = nn.Sequential(
+            nn.Conv1d(2 * c, c, kernel_size=5, padding=2), nn.GELU(),
+            nn.Conv1d(c, config.n_leads * (2 if config.variance_head else 1), kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (N, F, L) -> (mean (N, leads, L) mV, log-variance (N, leads, L) or None)."""
+        if x.shape[-1] % self.config.stride:
+            raise ValueError(f"length {x.shape[-1]} is not a multiple of stride {self.config.stride}")
+        skip = self.stem(x)
+        # N x C x L
+        z = self.down(skip).transpose(1, 2)
+        # N x T x C   (T = L / stride)
+        z, _ = self.lstm(z)
+        # N x T x 2H
+        z = self.attention(z).transpose(1, 2)
+        # N x 2H x T
+        z = self.up(z)
+        # N x C x L
+        out = self.head(torch.cat([z, skip], dim=1))
+        # N x leads(x2) x L
+        if not self.config.variance_head:
+            return out, None
+        mean, log_var = out.chunk(2, dim=1)
+        return mean, log_var.clamp(-12.0, 6.0)

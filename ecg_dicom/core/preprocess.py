@@ -1,0 +1,147 @@
+"""Pure-numpy preprocessing: resampling, min-max scaling, input checks, filtering.
+
+Every function works on the last axis and keeps physical units (µV) unless it says
+otherwise, so the inverse of each step is always at hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import signal as sps
+
+from ecg_dicom.errors import InputError
+
+MIN_DURATION_S = 2.0
+MAX_DURATION_S = 3600.0
+MIN_FS_HZ = 100.0
+MAX_FS_HZ = 2000.0
+MIN_PEAK_TO_PEAK_UV = 50.0
+MAX_PEAK_TO_PEAK_UV = 20_000.0
+MAX_BASELINE_UV = 10_000.0
+UNIT_TO_UV: dict[str, float] = {"uV": 1.0, "µV": 1.0, "mV": 1000.0, "V": 1e6}
+
+
+def resample_signal(signal: np.ndarray, target_length: int) -> np.ndarray:
+    """Linear-interpolation resampling of the last axis to ``target_length`` samples.
+
+    The seed's step: first and last samples map onto each other, so the duration is kept
+    whatever the lengths. (..., N) -> (..., target_length), float64.
+    """
+    x = np.asarray(signal, dtype=np.float64)
+    n = x.shape[-1]
+    if n == 0 or target_length <= 0:
+        raise ValueError("cannot resample an empty signal or to an empty length")
+    if n == target_length:
+        return x.copy()
+    src = np.linspace(0.0, 1.0, n)
+    dst = np.linspace(0.0, 1.0, target_length)
+    flat = x.reshape(-1, n)
+    out = np.stack([np.interp(dst, src, row) for row in flat])
+    return out.reshape(*x.shape[:-1], target_length)
+
+
+def resample_fs(signal: np.ndarray, fs_in: float, fs_out: float, length: int | None = None) -> np.ndarray:
+    """Linear-interpolation resampling from ``fs_in`` to ``fs_out`` Hz on a common time grid.
+
+    Sample k of the output sits at k / fs_out seconds; samples past the input's last one
+    hold its value. (..., N) -> (..., length or round(N * fs_out / fs_in)), float64.
+    """
+    x = np.asarray(signal, dtype=np.float64)
+    n = x.shape[-1]
+    m = int(round(n * fs_out / fs_in)) if length is None else int(length)
+    if fs_in == fs_out and m == n:
+        return x.copy()
+    t_in = np.arange(n) / fs_in
+    t_out = np.arange(m) / fs_out
+    flat = x.reshape(-1, n)
+    out = np.stack([np.interp(t_out, t_in, row) for row in flat])
+    return out.reshape(*x.shape[:-1], m)
+
+
+def min_max_scale(signal: np.ndarray, return_params: bool = False):
+    """Scale the last axis to [0, 1] (the seed's input step).
+
+    Returns the scaled array, or ``(scaled, lo, hi)`` with ``return_params=True`` so that
+    :func:`inverse_min_max_scale` can bring it back to µV. A flat signal maps to 0.
+    """
+    x = np.asarray(signal, dtype=np.float64)
+    lo = x.min(axis=-1, keepdims=True)
+    hi = x.max(axis=-1, keepdims=True)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    scaled = (x - lo) / span
+    return (scaled, lo, hi) if return_params else scaled
+
+
+def inverse_min_max_scale(scaled: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Undo :func:`min_max_scale`: ``scaled * (hi - lo) + lo`` in the original units."""
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    return np.asarray(scaled, dtype=np.float64) * span + lo
+
+
+def highpass(signal: np.ndarray, fs: float, cutoff_hz: float = 0.5) -> np.ndarray:
+    """Zero-phase 2nd-order Butterworth high-pass along the last axis (baseline removal)."""
+    sos = sps.butter(2, cutoff_hz, btype="highpass", fs=fs, output="sos")
+    return sps.sosfiltfilt(sos, np.asarray(signal, dtype=np.float64), axis=-1)
+
+
+def check_single_lead(array: np.ndarray, fs: float, units: str = "uV") -> np.ndarray:
+    """Validate one lead and return it as (N,) float64 µV.
+
+    Raises :class:`InputError` with a one-line reason for: a non-numeric array, NaN/inf,
+    an empty array, a shape that is not one lead ((N,) or (1, N)), a sampling rate outside
+    100–2000 Hz, a record shorter than 2 s or longer than an hour, and an amplitude that
+    cannot be an ECG in the stated units (peak-to-peak under 50 µV or over 20 mV, or a
+    baseline offset over 10 mV, which is what raw ADC counts look like).
+    """
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"not a numeric array (dtype {arr.dtype})")
+    if arr.size == 0:
+        raise InputError("empty array")
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise InputError(f"shape {tuple(np.shape(array))} is not one lead: expected (N,) or (1, N)")
+    if units not in UNIT_TO_UV:
+        raise InputError(f"unknown units {units!r}: use one of {sorted(UNIT_TO_UV)}")
+    if not (MIN_FS_HZ <= fs <= MAX_FS_HZ):
+        raise InputError(f"sampling rate {fs:g} Hz outside {MIN_FS_HZ:g}-{MAX_FS_HZ:g} Hz")
+    x = arr.astype(np.float64) * UNIT_TO_UV[units]
+    n_bad = int(np.count_nonzero(~np.isfinite(x)))
+    if n_bad:
+        raise InputError(f"{n_bad} of {x.size} samples are NaN or infinite")
+    duration = x.size / fs
+    if duration < MIN_DURATION_S:
+        raise InputError(f"too short: {duration:.2f} s at {fs:g} Hz, at least {MIN_DURATION_S:g} s needed")
+    if duration > MAX_DURATION_S:
+        raise InputError(f"too long: {duration:.0f} s, at most {MAX_DURATION_S:.0f} s per input")
+    p2p = float(np.ptp(x))
+    if p2p < MIN_PEAK_TO_PEAK_UV:
+        raise InputError(
+            f"peak-to-peak {p2p:.3g} µV is below {MIN_PEAK_TO_PEAK_UV:g} µV: not an ECG in {units}"
+            " (mV given as µV? then use --units mV)"
+        )
+    if p2p > MAX_PEAK_TO_PEAK_UV:
+        raise InputError(
+            f"peak-to-peak {p2p / 1000:.3g} mV is over {MAX_PEAK_TO_PEAK_UV / 1000:g} mV: not an ECG in"
+            f" {units} (raw ADC counts, or µV given as mV?)"
+        )
+    baseline = float(np.median(x))
+    if abs(baseline) > MAX_BASELINE_UV:
+        raise InputError(
+            f"baseline offset of {baseline / 1000:.3g} mV: looks like raw ADC counts, not {units}"
+        )
+    return x
+
+
+def model_features(windows_uv: np.ndarray) -> np.ndarray:
+    """Model input features of windows of one lead: (..., L) µV -> (..., 2, L) float32.
+
+    Feature 0 is the seed's min-max scaled lead in [0, 1] (shape of the waveform);
+    feature 1 is the same lead in mV about its median, so the model keeps the absolute
+    amplitude that min-max scaling throws away and can predict targets in mV.
+    """
+    x = np.asarray(windows_uv, dtype=np.float64)
+    scaled = min_max_scale(x)
+    centred_mv = (x - np.median(x, axis=-1, keepdims=True)) / 1000.0
+    return np.stack([scaled, centred_mv], axis=-2).astype(np.float32)

@@ -1,0 +1,67 @@
+"""Lead names, their order in every (12, N) array, and the exact limb-lead identities.
+
+Only II (or I) and V1–V6 are learned; the four other limb leads follow Einthoven's and
+Goldberger's laws exactly, so they are computed, never predicted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LEADS_12: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)
+CHEST_LEADS: tuple[str, ...] = ("V1", "V2", "V3", "V4", "V5", "V6")
+DERIVED_LIMB_LEADS: tuple[str, ...] = ("III", "aVR", "aVL", "aVF")
+SUPPORTED_INPUT_LEADS: tuple[str, ...] = ("I", "II")
+
+# SCP-ECG (coding scheme "SCPECG", version "1.3") and MDC codes of the 12 leads (CID 3001).
+SCPECG_CODES: dict[str, str] = {
+    "I": "5.6.3-9-1", "II": "5.6.3-9-2", "III": "5.6.3-9-61", "aVR": "5.6.3-9-62",
+    "aVL": "5.6.3-9-63", "aVF": "5.6.3-9-64", "V1": "5.6.3-9-3", "V2": "5.6.3-9-4",
+    "V3": "5.6.3-9-5", "V4": "5.6.3-9-6", "V5": "5.6.3-9-7", "V6": "5.6.3-9-8",
+}
+MDC_CODES: dict[str, str] = {
+    "I": "2:1", "II": "2:2", "III": "2:61", "aVR": "2:62", "aVL": "2:63", "aVF": "2:64",
+    "V1": "2:3", "V2": "2:4", "V3": "2:5", "V4": "2:6", "V5": "2:7", "V6": "2:8",
+}
+
+
+def canonical_lead_name(name: str) -> str:
+    """Map a lead label in any case and common spelling ("ii", "Lead II", "AVR") to ours.
+
+    Raises ``KeyError`` for a label that is not one of the 12 standard leads.
+    """
+    key = name.strip().upper().replace("LEAD", "").replace(" ", "").replace("_", "")
+    for lead in LEADS_12:
+        if lead.upper() == key:
+            return lead
+    raise KeyError(name)
+
+
+def learned_leads(input_lead: str) -> tuple[str, ...]:
+    """The leads a model for ``input_lead`` predicts: the other of I/II, then V1–V6."""
+    if input_lead not in SUPPORTED_INPUT_LEADS:
+        raise ValueError(f"input lead must be one of {SUPPORTED_INPUT_LEADS}, got {input_lead!r}")
+    other = "II" if input_lead == "I" else "I"
+    return (other, *CHEST_LEADS)
+
+
+def assemble_12_leads(lead_i: np.ndarray, lead_ii: np.ndarray, chest: np.ndarray) -> np.ndarray:
+    """Stack I, II and V1–V6 into the 12-lead order, computing the four limb leads exactly.
+
+    lead_i, lead_ii: (..., N) µV; chest: (..., 6, N) µV (V1–V6).
+    Returns (..., 12, N) float32 µV with III = II − I, aVR = −(I+II)/2, aVL = I − II/2,
+    aVF = II − I/2.
+    """
+    lead_i = np.asarray(lead_i, dtype=np.float32)
+    lead_ii = np.asarray(lead_ii, dtype=np.float32)
+    limb = [
+        lead_i,
+        lead_ii,
+        lead_ii - lead_i,
+        -(lead_i + lead_ii) / 2,
+        lead_i - lead_ii / 2,
+        lead_ii - lead_i / 2,
+    ]
+    return np.concatenate([np.stack(limb, axis=-2), np.asarray(chest, dtype=np.float32)], axis=-2)
