@@ -1,0 +1,72 @@
+"""Atomic file writes and safe names: nothing half-written, nothing outside our folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_STEM = 100
+
+
+def safe_stem(name: str) -> str:
+    """Turn any name (a wire string, a dropped file's name) into a safe file stem.
+
+    Keeps letters, digits, '.', '_' and '-'; strips path parts and leading dots, so the
+    result can never climb out of a folder or hide itself. A name with nothing left, or
+    one that is too long, is replaced or shortened with a hash of the original.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = _UNSAFE.sub("_", base).lstrip(".")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    if not stem.strip("_"):
+        return f"input-{digest}"
+    if len(stem) > MAX_STEM:
+        return f"{stem[:MAX_STEM - 13]}-{digest}"
+    return stem
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
+    """Save ``array`` as .npy (no pickle) atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_reason(folder: str | Path, stem: str, reason: str) -> Path:
+    """Write ``<folder>/<stem>.reason.txt`` holding the one-line reason an input was refused."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(folder / f"{safe_stem(stem)}.reason.txt", (reason.strip() + "\n").encode())

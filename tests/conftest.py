@@ -1,0 +1,60 @@
+"""Shared fixtures: where the real data lives, a tiny valid checkpoint, synthetic leads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecg_dicom.core.checkpoint import Preprocessing, save_checkpoint
+from ecg_dicom.core.inference import Reconstructor
+from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# CI clones the repo into a folder with shared/ beside it, as on the developers' machines.
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TINY_CONFIG = ModelConfig(stem_channels=8, hidden=8, lstm_layers=1, heads=2, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data; the tests that need real records fail (not skip) without it."""
+    assert SHARED_DATA.is_dir(), f"real test data not found at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+def make_tiny_checkpoint(path: Path, input_lead: str = "I") -> Path:
+    """A small randomly initialised but valid checkpoint (fast to load and run)."""
+    torch.manual_seed(0)
+    model = BiLSTMAttentionModel(TINY_CONFIG)
+    return save_checkpoint(path, model, input_lead, "tiny-test-0", Preprocessing(),
+                           {"data": "none (random weights for tests)"})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a tiny lead-I checkpoint."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_I.pt", "I")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_ii(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a tiny lead-II checkpoint."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_II.pt", "II")
+
+
+@pytest.fixture(scope="session")
+def tiny_reconstructor(tiny_checkpoint: Path) -> Reconstructor:
+    return Reconstructor.from_checkpoint(tiny_checkpoint, input_lead="I")
+
+
+def synthetic_lead(seconds: float = 10.0, fs: float = 500.0, seed: int = 0) -> np.ndarray:
+    """(N,) float32 µV: a crude ECG-like lead (QRS spikes on a T-ish wave, ~1.2 mV p2p)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * fs)) / fs
+    beat = (t % 0.8)
+    qrs = 1000 * np.exp(-((beat - 0.2) / 0.012) ** 2)
+    twave = 250 * np.exp(-((beat - 0.45) / 0.05) ** 2)
+    return (qrs + twave - 150 + rng.normal(0, 10, t.size)).astype(np.float32)
