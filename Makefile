@@ -1,0 +1,46 @@
+# Two commands matter: `make serve` and `make test`. Everything else is what they need.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# The CPU build of torch lies on this machine's disk; asking for it by exact version first
+# stops pip from resolving a bare `torch` to a multi-GB CUDA build.
+TORCH   ?= torch==2.13.0
+DEBS    := dcmtk orthanc dicom3tools
+
+.PHONY: all install system-deps test test-fast serve bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+# Real DICOM peers for the tests (DCMTK, Orthanc, dciodvfy); installed when running as root.
+system-deps:
+	@missing=""; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
+	fi
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest -q -rs
+
+serve: $(STAMP)
+	$(VENV)/bin/ecg-dicom serve --config config/site.yaml
+
+bench: $(STAMP)
+	$(PY) bench/inference.py
+	$(PY) bench/service.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
