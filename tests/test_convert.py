@@ -1,0 +1,116 @@
+"""`ecg-dicom convert` as a user runs it: real single-lead recordings, bad inputs, exit status."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from ecg_dicom.cli import main
+from ecg_dicom.convert import process_and_save_npy_files
+from ecg_dicom.core.checkpoint import load_checkpoint
+
+from conftest import synthetic_lead
+
+ALIVECOR = ("A00001", "A00004", "A00205")
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def convert(inp: Path, out: Path, ckpt: Path, *extra: str) -> int:
+    return main(["convert", str(inp), str(out), "--checkpoint", str(ckpt), *extra])
+
+
+def test_real_alivecor_recordings_convert_to_12_leads(shared_data, tiny_checkpoint, tmp_path):
+    """AliveCor handheld (lead I-like, 300 Hz, int16 with 1000 adu/mV, i.e. µV)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    sources = {}
+    for rec in ALIVECOR:
+        val = scipy.io.loadmat(shared_data / "single_lead/challenge2017_alivecor" / f"{rec}.mat")["val"]
+        sources[rec] = val.astype(np.float32)  # (1, N) µV
+        np.save(inp / f"{rec}.npy", sources[rec])
+    before = folder_digest(inp)
+    assert convert(inp, tmp_path / "out", tiny_checkpoint, "--fs", "300", "--confidence") == 0
+    for rec, src in sources.items():
+        out = np.load(tmp_path / "out" / f"{rec}.npy")
+        assert out.shape == (12, src.shape[1]) and out.dtype == np.float32
+        np.testing.assert_array_equal(out[0], src[0])
+        conf = json.loads((tmp_path / "out" / f"{rec}.confidence.json").read_text())
+        assert set(conf["leads"]) == {"II", "V1", "V2", "V3", "V4", "V5", "V6"}
+    assert folder_digest(inp) == before
+
+
+def test_millivolt_input_comes_out_in_microvolts(tiny_checkpoint, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    x = synthetic_lead()
+    np.save(inp / "mv.npy", x / 1000)
+    assert convert(inp, tmp_path / "out", tiny_checkpoint, "--units", "mV") == 0
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "mv.npy")[0], x, rtol=1e-5)
+
+
+BAD_INPUTS = {
+    "nan": (np.r_[synthetic_lead()[:100], np.nan, synthetic_lead()[101:]], "NaN"),
+    "empty": (np.zeros(0, np.float32), "empty"),
+    "twelve": (np.zeros((12, 5000), np.float32), "not one lead"),
+    "short": (synthetic_lead(1.0), "too short"),
+    "millivolts": (synthetic_lead() / 1000, "mV given as µV"),
+    "adc": (synthetic_lead() * 50, "raw ADC counts"),
+    "strings": (np.array(["x"] * 5000), "not a numeric array"),
+}
+
+
+def test_each_bad_input_gets_a_reason_and_the_rest_convert(tiny_checkpoint, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for stem, (array, _) in BAD_INPUTS.items():
+        np.save(inp / f"{stem}.npy", array)
+    np.save(inp / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (inp / "garbage.npy").write_bytes(b"this is not numpy")
+    np.save(inp / "good.npy", synthetic_lead())
+    before = folder_digest(inp)
+
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 1
+    out = tmp_path / "out"
+    assert (out / "good.npy").exists()
+    expected = {**{k: m for k, (_, m) in BAD_INPUTS.items()},
+                "pickled": "objects", "garbage": "neither a .npy array nor a DICOM file"}
+    for stem, match in expected.items():
+        assert not (out / f"{stem}.npy").exists()
+        assert match in (out / f"{stem}.reason.txt").read_text(), stem
+    assert folder_digest(inp) == before
+
+
+def test_stderr_names_each_skipped_file(tiny_checkpoint, tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    np.save(inp / "bad.npy", np.zeros(10))
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 1
+    assert "skipped bad: too short" in capsys.readouterr().err
+
+
+def test_missing_input_folder_is_a_setup_error(tiny_checkpoint, tmp_path):
+    assert convert(tmp_path / "nope", tmp_path / "out", tiny_checkpoint) == 2
+
+
+def test_seed_api_converts_a_folder(tiny_checkpoint, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    np.save(inp / "a.npy", synthetic_lead())
+    model = load_checkpoint(tiny_checkpoint).model
+    report = process_and_save_npy_files(inp, tmp_path / "out", model, "cpu")
+    assert list(report.written) == ["a"]
+    assert np.load(tmp_path / "out" / "a.npy").shape == (12, 5000)
+
+
+@pytest.mark.parametrize("name", ["../evil", "..", "a/b", "ü ber"])
+def test_output_names_never_leave_the_output_folder(name):
+    from ecg_dicom.outputs.files import safe_stem
+
+    stem = safe_stem(name)
+    assert "/" not in stem and not stem.startswith(".") and stem
