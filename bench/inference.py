@@ -1,0 +1,125 @@
+"""Inference benchmark (not a test): run `python bench/inference.py [--n 64]`.
+
+Measures in one run on this CPU:
+  1. ECGs/s of the seed-style loop (one file, one forward pass at a time) vs batched
+     `convert_folder`, as a ratio (target >= 10x);
+  2. the model's FLOPs per 10 s ECG against the machine's measured float32 matmul rate,
+     as the achieved fraction of that limit (target >= 70 %).
+Uses the shipped lead-I checkpoint when present, else the default config, randomly initialised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ecg_dicom.convert import convert_folder  # noqa: E402
+from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing, load_checkpoint, shipped_checkpoint_path  # noqa: E402
+from ecg_dicom.core.inference import Reconstructor  # noqa: E402
+from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig  # noqa: E402
+from ecg_dicom.core.preprocess import model_features, resample_fs  # noqa: E402
+from ecg_dicom.leads import learned_leads  # noqa: E402
+
+
+def model_flops(config: ModelConfig, length: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass over a window of ``length``."""
+    c, h, s = config.stem_channels, config.hidden, config.stride
+    t = length // s
+    out_ch = config.n_leads * (2 if config.variance_head else 1)
+    conv = 2 * length * (7 * config.in_features * c + 7 * c * c)          # stem
+    conv += 2 * t * (s * c * c)                                             # down
+    conv += 2 * length * (2 * h * c)                                        # transposed up
+    conv += 2 * length * (5 * 2 * c * c + c * out_ch)                       # head
+    lstm, inp = 0.0, c
+    for _ in range(config.lstm_layers):
+        lstm += 2 * 2 * t * 4 * h * (inp + h)                               # 2 directions
+        inp = 2 * h
+    d = 2 * h
+    attn = 2 * t * (3 * d * d + d * d) + 2 * 2 * t * t * d                  # projections + scores
+    return conv + lstm + attn
+
+
+def matmul_rate(threads: int, size: int = 1024, repeats: int = 20) -> float:
+    """Best-of float32 matmul FLOP/s with ``threads`` threads (the machine's practical limit)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def seed_style_loop(reconstructor: Reconstructor, files: list[Path], out: Path) -> float:
+    """The seed's way: load one file, one forward pass of batch 1, save; returns seconds."""
+    pre = reconstructor.checkpoint.preprocessing
+    model = reconstructor.model
+    t0 = time.perf_counter()
+    for path in files:
+        x = np.load(path)
+        window = resample_fs(x, 500.0, pre.fs, length=pre.window)
+        with torch.no_grad():
+            mean, _ = model(torch.from_numpy(model_features(window)[None]))
+        np.save(out / path.name, resample_fs(mean[0].numpy(), pre.fs, 500.0, length=x.size) * 1000)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=64, help="ECGs per measurement")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+
+    if shipped_checkpoint_path("I").exists():
+        checkpoint = load_checkpoint(None, "I")
+        source = "shipped lead-I checkpoint"
+    else:
+        checkpoint = Checkpoint(BiLSTMAttentionModel(ModelConfig()).eval(), "I", learned_leads("I"),
+                                "random", Preprocessing())
+        source = "default config, random weights (no shipped checkpoint yet)"
+    reconstructor = Reconstructor(checkpoint, batch_size=args.batch_size)
+    pre = checkpoint.preprocessing
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out_seed, out_batch = Path(tmp, "in"), Path(tmp, "seed"), Path(tmp, "batch")
+        for d in (inp, out_seed, out_batch):
+            d.mkdir()
+        t = np.arange(5000) / 500
+        for i in range(args.n):
+            lead = 800 * np.sin(2 * np.pi * 1.2 * t) ** 15 + rng.normal(0, 20, t.size)
+            np.save(inp / f"{i:04d}.npy", lead.astype(np.float32))
+        files = sorted(inp.iterdir())
+        seed_style_loop(reconstructor, files[:2], out_seed)  # warm-up
+        t_seed = seed_style_loop(reconstructor, files, out_seed)
+        convert_folder(inp, out_batch, reconstructor, batch_size=args.batch_size)  # warm-up
+        t0 = time.perf_counter()
+        convert_folder(inp, out_batch, reconstructor, batch_size=args.batch_size)
+        t_batch = time.perf_counter() - t0
+
+    flops = model_flops(checkpoint.model.config, pre.window)
+    peak = matmul_rate(threads)
+    seed_rate, batch_rate = args.n / t_seed, args.n / t_batch
+    achieved = flops * batch_rate
+    print(f"model: {source}; window {pre.window} samples at {pre.fs:g} Hz; torch threads {threads}")
+    print(f"seed-style loop : {seed_rate:8.1f} ECG/s")
+    print(f"batched convert : {batch_rate:8.1f} ECG/s (batch {args.batch_size}, incl. file I/O and checks)")
+    print(f"RATIO batched / seed-style = {batch_rate / seed_rate:.2f}x (target >= 10x)")
+    print(f"model FLOPs per 10 s ECG   = {flops / 1e6:.1f} MFLOP")
+    print(f"matmul limit (fp32 mm 1024)= {peak / 1e9:.1f} GFLOP/s")
+    print(f"achieved in batched convert= {achieved / 1e9:.2f} GFLOP/s")
+    print(f"RATIO achieved / matmul limit = {achieved / peak:.1%} (target >= 70%)")
+
+
+if __name__ == "__main__":
+    main()
