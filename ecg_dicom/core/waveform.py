@@ -1,0 +1,274 @@
+"""Read one ECG lead, in µV, from a DICOM waveform object.
+
+Accepted SOP classes are the waveform classes that carry ECG channels (see
+:data:`ECG_WAVEFORM_SOP_CLASSES`); anything else is refused with a message naming its SOP
+class. The lead is found by its (003A,0208) *Channel Source Sequence* code (SCPECG
+``5.6.3-9-x`` or MDC ``2:x``) and, failing that, by its (003A,0203) *Channel Label*.
+When several multiplex groups hold the lead, the rhythm group is used: the longest one
+in seconds, never a group labelled as median beats. Samples are decoded by pydicom's
+``Dataset.waveform_array`` (raw × *Channel Sensitivity* × *Correction Factor* +
+*Channel Baseline*) and converted to µV from the (003A,0211) *Channel Sensitivity Units
+Sequence* code (UCUM ``uV``, ``mV``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UID,
+)
+
+from ecg_dicom.errors import WaveformError
+from ecg_dicom.leads import MDC_CODES, SCPECG_CODES, canonical_lead_name
+
+ECG_WAVEFORM_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.2.1": "Hemodynamic Waveform Storage",
+}
+
+# Uncompressed little-endian encodings: pydicom hands Waveform Data (OW) over as raw
+# bytes and decodes them little-endian, so Explicit VR Big Endian would be misread.
+SUPPORTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+)
+
+# (WaveformBitsAllocated, WaveformSampleInterpretation) pairs that hold linear integers.
+# µ-law (MB) and A-law (AB) are audio encodings; 64-bit samples are not used for ECG.
+LINEAR_SAMPLE_FORMATS: dict[tuple[int, str], int] = {
+    (8, "SB"): 1, (8, "UB"): 1, (16, "SS"): 2, (16, "US"): 2, (32, "SL"): 4, (32, "UL"): 4,
+}
+
+# UCUM codes of (003A,0211) Channel Sensitivity Units -> factor to µV.
+UNIT_TO_UV: dict[str, float] = {"nV": 1e-3, "uV": 1.0, "mV": 1e3, "V": 1e6}
+
+_CODE_TO_LEAD: dict[tuple[str, str], str] = {
+    **{("SCPECG", code): lead for lead, code in SCPECG_CODES.items()},
+    **{("MDC", code): lead for lead, code in MDC_CODES.items()},
+}
+
+
+@dataclass(frozen=True)
+class DicomLead:
+    """One lead read from a DICOM waveform object.
+
+    signal_uv: (N,) float64 µV; fs: sampling frequency of its multiplex group in Hz;
+    lead: canonical lead name (``"I"``, ``"II"``, ...); dataset: the whole source object.
+    """
+
+    signal_uv: np.ndarray
+    fs: float
+    lead: str
+    dataset: Dataset
+
+
+def sop_class_text(uid: str) -> str:
+    """``"<name> (<uid>)"`` for a SOP Class UID, e.g. ``CT Image Storage (1.2.840....2)``."""
+    name = ECG_WAVEFORM_SOP_CLASSES.get(uid) or UID(uid).name
+    return f"{name} ({uid})" if name != uid else f"unknown SOP class ({uid})"
+
+
+def _read_file(path: Path) -> Dataset:
+    """dcmread ``path`` as a DICOM Part 10 file; every failure becomes a WaveformError."""
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise WaveformError(
+            "not a DICOM Part 10 file: no 128-byte preamble, 'DICM' prefix and File Meta"
+            " Information"
+        ) from exc
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        raise WaveformError(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
+        raise WaveformError("File Meta Information has no Transfer Syntax UID (0002,0010)")
+    return ds
+
+
+def _check_encoding(ds: Dataset) -> None:
+    """Refuse a transfer syntax whose Waveform Data pydicom cannot hand over as LE bytes."""
+    tsyntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if tsyntax is None:
+        # A Dataset built in memory or received over the network without meta: the
+        # encoding pydicom read it with, if any, is the one that counts.
+        encoding = getattr(ds, "original_encoding", (None, None))
+        if encoding[1] is False:
+            raise WaveformError("big-endian dataset: Waveform Data must be little-endian")
+        return
+    if tsyntax not in SUPPORTED_TRANSFER_SYNTAXES:
+        names = ", ".join(UID(ts).name for ts in SUPPORTED_TRANSFER_SYNTAXES)
+        raise WaveformError(
+            f"unsupported transfer syntax {UID(tsyntax).name} ({tsyntax}) for waveform data;"
+            f" expected one of: {names}"
+        )
+
+
+def _lead_of_channel(channel: Dataset) -> str | None:
+    """Canonical lead name of one Channel Definition item: its source code, else its label."""
+    for source in channel.get("ChannelSourceSequence", []):
+        key = (str(source.get("CodingSchemeDesignator", "")).strip(), str(source.get("CodeValue", "")).strip())
+        if key in _CODE_TO_LEAD:
+            return _CODE_TO_LEAD[key]
+    label = channel.get("ChannelLabel")
+    if label:
+        try:
+            return canonical_lead_name(str(label))
+        except KeyError:
+            return None
+    return None
+
+
+def _channel_name(channel: Dataset) -> str:
+    """A readable name for a channel that is not a standard lead (for error messages)."""
+    lead = _lead_of_channel(channel)
+    if lead:
+        return lead
+    for source in channel.get("ChannelSourceSequence", []):
+        meaning = source.get("CodeMeaning") or source.get("CodeValue")
+        if meaning:
+            return str(meaning)
+    return str(channel.get("ChannelLabel") or "unnamed channel")
+
+
+def _is_median_group(group: Dataset) -> bool:
+    return "MEDIAN" in str(group.get("MultiplexGroupLabel", "")).upper()
+
+
+def _group_fs(group: Dataset, index: int) -> float:
+    try:
+        fs = float(group.get("SamplingFrequency", 0) or 0)
+    except (TypeError, ValueError):
+        fs = 0.0
+    if not np.isfinite(fs) or fs <= 0:
+        raise WaveformError(
+            f"multiplex group {index + 1} has no valid Sampling Frequency (003A,001A):"
+            f" {group.get('SamplingFrequency')!r}"
+        )
+    return fs
+
+
+def _check_group(group: Dataset, index: int) -> tuple[int, int]:
+    """Check one multiplex group's layout; return (channels, samples)."""
+    required = ("NumberOfWaveformChannels", "NumberOfWaveformSamples", "WaveformBitsAllocated",
+                "WaveformSampleInterpretation", "WaveformData", "ChannelDefinitionSequence")
+    missing = [keyword for keyword in required if group.get(keyword) in (None, "")]
+    if missing:
+        raise WaveformError(f"multiplex group {index + 1} lacks {', '.join(missing)}")
+    bits = int(group.WaveformBitsAllocated)
+    interpretation = str(group.WaveformSampleInterpretation)
+    if (bits, interpretation) not in LINEAR_SAMPLE_FORMATS:
+        raise WaveformError(
+            f"multiplex group {index + 1}: unsupported samples: {bits} bits allocated,"
+            f" interpretation {interpretation!r} (supported: "
+            + ", ".join(f"{b}-bit {i}" for b, i in LINEAR_SAMPLE_FORMATS) + ")"
+        )
+    channels = int(group.NumberOfWaveformChannels)
+    samples = int(group.NumberOfWaveformSamples)
+    if channels <= 0 or samples <= 0:
+        raise WaveformError(f"multiplex group {index + 1} has {channels} channels x {samples} samples")
+    if len(group.ChannelDefinitionSequence) != channels:
+        raise WaveformError(
+            f"multiplex group {index + 1}: {len(group.ChannelDefinitionSequence)} channel definitions"
+            f" for {channels} channels"
+        )
+    expected = channels * samples * LINEAR_SAMPLE_FORMATS[(bits, interpretation)]
+    present = len(group.WaveformData)
+    if present < expected:
+        raise WaveformError(
+            f"waveform data truncated: multiplex group {index + 1} holds {present} bytes, expected"
+            f" {expected} ({channels} channels x {samples} samples x {bits} bits)"
+        )
+    return channels, samples
+
+
+def _units_factor(channel: Dataset, lead: str) -> float:
+    """Factor from the channel's sensitivity units to µV."""
+    if channel.get("ChannelSensitivity") in (None, ""):
+        raise WaveformError(f"lead {lead} has no Channel Sensitivity (003A,0210): amplitude unknown")
+    units = channel.get("ChannelSensitivityUnitsSequence")
+    if not units:
+        raise WaveformError(f"lead {lead} has no Channel Sensitivity Units Sequence (003A,0211)")
+    code = str(units[0].get("CodeValue", "")).strip()
+    if code in ("µV", "μV"):
+        code = "uV"
+    if code not in UNIT_TO_UV:
+        raise WaveformError(
+            f"lead {lead} is in units {code!r}, not a voltage (expected one of {sorted(UNIT_TO_UV)})"
+        )
+    return UNIT_TO_UV[code]
+
+
+def read_dicom_lead(source: str | Path | Dataset, lead: str) -> DicomLead:
+    """Read ``lead`` from a DICOM ECG waveform object (a path or an already-read Dataset).
+
+    Parameters
+    ----------
+    source : str, Path or pydicom Dataset
+        A DICOM Part 10 file, or a dataset already read (from a file or the network).
+    lead : str
+        The lead wanted, in any common spelling (``"I"``, ``"ii"``, ``"Lead II"``).
+
+    Returns
+    -------
+    DicomLead
+        ``signal_uv`` (N,) float64 µV from the rhythm group, its ``fs`` in Hz.
+
+    Raises
+    ------
+    WaveformError
+        With a one-line reason: not DICOM, no meta or transfer syntax, unsupported
+        transfer syntax, wrong SOP class, no waveform, no such lead (the leads present
+        are listed), unsupported sample format, truncated data, unknown units.
+    """
+    try:
+        wanted = canonical_lead_name(lead)
+    except KeyError:
+        raise WaveformError(f"{lead!r} is not one of the 12 standard leads") from None
+    ds = source if isinstance(source, Dataset) else _read_file(Path(source))
+    _check_encoding(ds)
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if not sop_class:
+        raise WaveformError("no SOP Class UID (0008,0016): not a composite DICOM object")
+    if sop_class not in ECG_WAVEFORM_SOP_CLASSES:
+        raise WaveformError(
+            f"SOP class {sop_class_text(sop_class)} is not an ECG waveform; accepted: "
+            + ", ".join(ECG_WAVEFORM_SOP_CLASSES.values())
+        )
+    groups = ds.get("WaveformSequence")
+    if not groups:
+        raise WaveformError(f"{sop_class_text(sop_class)} object has no Waveform Sequence (5400,0100)")
+
+    # (duration s, group index, channel index) of every rhythm group holding the lead
+    candidates: list[tuple[float, int, int]] = []
+    present: list[str] = []
+    for index, group in enumerate(groups):
+        _, samples = _check_group(group, index)
+        if _is_median_group(group):
+            continue
+        for ch_index, channel in enumerate(group.ChannelDefinitionSequence):
+            if _lead_of_channel(channel) == wanted:
+                candidates.append((samples / _group_fs(group, index), index, ch_index))
+            else:
+                present.append(_channel_name(channel))
+    if not candidates:
+        listed = ", ".join(dict.fromkeys(present)) or "none"
+        raise WaveformError(f"no lead {wanted} in the rhythm waveform; leads present: {listed}")
+    # The longest group wins; among equals, the first.
+    _, g_index, c_index = max(candidates, key=lambda c: (c[0], -c[1]))
+    group = groups[g_index]
+    factor = _units_factor(group.ChannelDefinitionSequence[c_index], wanted)
+    try:
+        values = ds.waveform_array(g_index)[:, c_index]
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise WaveformError(f"cannot decode multiplex group {g_index + 1}: {exc}") from exc
+    signal_uv = np.asarray(values, dtype=np.float64) * factor
+    return DicomLead(signal_uv, _group_fs(group, g_index), wanted, ds)
