@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--init", default=None, help="checkpoint to start from (fine-tuning)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (weights are reproducible for a fixed thread count)")
+    p.add_argument("--steps-per-epoch", type=int, default=16, help="batches of 16 crops per epoch")
 
     p = sub.add_parser("evaluate", help="per-lead r / RMSE (µV) / std ratio vs linear baselines")
     p.add_argument("data", nargs="+", help="folders of WFDB records or of (12, N) µV .npy arrays")

@@ -1,0 +1,1 @@
+"""Training and evaluation: WFDB loading, the training loop, linear baselines, metrics."""

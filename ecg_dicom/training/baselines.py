@@ -1,0 +1,107 @@
+"""Patient-generic linear baselines: each learned lead as a least-squares filter of the
+input lead, zero-lag (one gain) or with ±40 ms of lags (an FIR filter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ecg_dicom.core.preprocess import highpass, resample_fs
+from ecg_dicom.leads import LEADS_12, learned_leads
+
+BASELINE_FS = 500.0
+LAG_S = 0.040
+BASELINE_KINDS = ("linear_zero_lag", "linear_lagged")
+
+
+@dataclass(frozen=True)
+class LinearBaseline:
+    """y_lead(t) = sum_k coef[lead, k] * x(t + lags[k]) + intercept[lead], at ``fs`` Hz, µV.
+
+    coef: (n_out, n_lags); lags: (n_lags,) sample offsets (0 only, or -L..L).
+    """
+
+    kind: str
+    input_lead: str
+    output_leads: tuple[str, ...]
+    fs: float
+    lags: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def predict(self, x_uv: np.ndarray, fs: float) -> np.ndarray:
+        """(N,) µV at ``fs`` -> (n_out, N) µV at ``fs`` (resampled to the fit rate and back)."""
+        x = resample_fs(x_uv, fs, self.fs)
+        y = self.coef @ lag_matrix(x, self.lags) + self.intercept[:, None]
+        return resample_fs(y, self.fs, fs, length=np.asarray(x_uv).size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "input_lead": self.input_lead, "output_leads": list(self.output_leads),
+                "fs": self.fs, "lags": self.lags.tolist(), "coef": self.coef.tolist(),
+                "intercept": self.intercept.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LinearBaseline":
+        return cls(d["kind"], d["input_lead"], tuple(d["output_leads"]), float(d["fs"]),
+                   np.asarray(d["lags"], dtype=int), np.asarray(d["coef"], dtype=np.float64),
+                   np.asarray(d["intercept"], dtype=np.float64))
+
+
+def lag_matrix(x: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """(N,) -> (n_lags, N): row k is x shifted by lags[k] samples (x(t + lag)), zero-padded."""
+    n = x.size
+    out = np.zeros((len(lags), n))
+    for k, lag in enumerate(lags):
+        if lag >= 0:
+            out[k, :n - lag] = x[lag:]
+        else:
+            out[k, -lag:] = x[:n + lag]
+    return out
+
+
+def fit_linear_baseline(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], input_lead: str,
+                        kind: str, fs: float = BASELINE_FS) -> LinearBaseline:
+    """Least squares over all records at once (pooled normal equations).
+
+    inputs: (N_i,) µV; targets: (n_out, N_i) µV, all at ``fs`` Hz and already filtered as
+    they will be used. ``kind`` is "linear_zero_lag" or "linear_lagged" (±40 ms).
+    """
+    if kind not in BASELINE_KINDS:
+        raise ValueError(f"unknown baseline kind {kind!r}")
+    max_lag = int(round(LAG_S * fs)) if kind == "linear_lagged" else 0
+    lags = np.arange(-max_lag, max_lag + 1)
+    n_feat = len(lags) + 1
+    xtx = np.zeros((n_feat, n_feat))
+    xty = None
+    for x, y in zip(inputs, targets):
+        design = np.vstack([lag_matrix(np.asarray(x, np.float64), lags), np.ones(np.asarray(x).size)])
+        xtx += design @ design.T
+        part = design @ np.asarray(y, np.float64).T
+        xty = part if xty is None else xty + part
+    if xty is None:
+        raise ValueError("no records to fit the linear baseline on")
+    solution = np.linalg.solve(xtx + 1e-6 * np.trace(xtx) / n_feat * np.eye(n_feat), xty)
+    # solution: (n_feat, n_out)
+    return LinearBaseline(kind, input_lead, learned_leads(input_lead), fs, lags,
+                          solution[:-1].T.copy(), solution[-1].copy())
+
+
+def fit_baselines_on_records(records: Sequence, input_lead: str, seconds: float = 10.0) -> dict[str, LinearBaseline]:
+    """Both baselines fitted on ``records`` (data.Record) by the evaluation protocol:
+    the first ``seconds`` at 500 Hz, high-passed at 0.5 Hz."""
+    idx_in = LEADS_12.index(input_lead)
+    idx_out = [LEADS_12.index(lead) for lead in learned_leads(input_lead)]
+    inputs, targets = [], []
+    for rec in records:
+        leads = highpass(protocol_window(rec.leads, rec.fs, seconds), BASELINE_FS)
+        inputs.append(leads[idx_in])
+        targets.append(leads[idx_out])
+    return {kind: fit_linear_baseline(inputs, targets, input_lead, kind) for kind in BASELINE_KINDS}
+
+
+def protocol_window(leads_uv: np.ndarray, fs: float, seconds: float = 10.0) -> np.ndarray:
+    """(12, N) µV at ``fs`` -> (12, M) µV at 500 Hz: the first ``seconds`` (or all if shorter)."""
+    at_500 = resample_fs(leads_uv, fs, BASELINE_FS)
+    return at_500[:, :int(round(seconds * BASELINE_FS))]

@@ -1,0 +1,77 @@
+"""Pool leave-one-database-out evaluations into the model card tables.
+
+    python -m ecg_dicom.training.crossval FOLD.json ... [--markdown OUT.md] [--json OUT.json]
+
+Each FOLD.json is the ``--json`` output of ``ecg-dicom evaluate`` for one held-out
+database, run with the checkpoint trained without it (and its baselines fitted on the
+same training data). Prints one table per database and the pooled table over all records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from ecg_dicom.training.evaluate import format_table, summarize
+
+
+def pool(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """{"per_database": {db: summary}, "pooled": summary} from evaluate JSON outputs."""
+    input_lead = folds[0]["summary"]["input_lead"]
+    records = [rec for fold in folds for rec in fold["records"]]
+    per_db = {}
+    for db in sorted({rec["database"] for rec in records}):
+        per_db[db] = summarize([rec for rec in records if rec["database"] == db], input_lead)
+    return {"input_lead": input_lead, "per_database": per_db, "pooled": summarize(records, input_lead),
+            "models": {fold["summary"]["checkpoint"]: fold["summary"].get("model_version") for fold in folds}}
+
+
+def markdown_table(summary: dict[str, Any], title: str) -> str:
+    """One markdown table: per learned lead r / RMSE / std ratio of every method, mean r."""
+    methods = list(summary["methods"])
+    lines = [f"**{title}** ({summary['n_records']} records)", "",
+             "| lead | " + " | ".join(f"{m} r | {m} RMSE µV | {m} std ratio" for m in methods) + " |",
+             "|---|" + "---:|" * (3 * len(methods))]
+    for key in ("leads", "derived"):
+        for lead in summary["learned_leads"] if key == "leads" else summary["derived_leads"]:
+            cells = []
+            for m in methods:
+                v = summary["methods"][m][key].get(lead)
+                cells += [f"{v['r']:.3f}", f"{v['rmse_uv']:.0f}", f"{v['std_ratio']:.2f}"] if v else ["–"] * 3
+            name = lead if key == "leads" else f"({lead}, derived)"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if key == "leads":
+            lines.append("| **mean r** | " + " | ".join(
+                f"**{summary['methods'][m]['mean_r']:.3f}** | | " for m in methods) + " |")
+    conf = summary.get("confidence")
+    if conf:
+        lines += ["", f"Confidence: Spearman ρ(predicted σ, actual RMSE) = {conf['pooled_spearman']:.2f} "
+                  f"pooled over {conf['n_pairs']} record-leads; per lead "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in conf["per_lead_spearman"].items()) + "."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folds", nargs="+", help="evaluate --json outputs, one per held-out database")
+    parser.add_argument("--markdown", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    pooled = pool([json.loads(Path(p).read_text()) for p in args.folds])
+    blocks = []
+    for db, summary in pooled["per_database"].items():
+        print(format_table(summary, f"== held out: {db} =="), "\n")
+        blocks.append(markdown_table(summary, f"Held out: {db}"))
+    print(format_table(pooled["pooled"], "== pooled over all held-out records =="))
+    blocks.insert(0, markdown_table(pooled["pooled"], "Pooled (every record predicted by the model trained without its database)"))
+    if args.markdown:
+        Path(args.markdown).write_text("\n\n".join(blocks) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(pooled, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

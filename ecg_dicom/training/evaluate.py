@@ -1,0 +1,171 @@
+"""`ecg-dicom evaluate`: per-lead Pearson r, RMSE (µV) and std ratio of the model against
+two patient-generic linear baselines, on real 12-lead records.
+
+Protocol: the first 10 s of each record at 500 Hz; the model runs through the real
+inference path (:class:`Reconstructor`) on the raw input lead; truth and every
+prediction are high-passed at 0.5 Hz before the metrics; a flat (dead) true lead is
+skipped for that record. Learned leads make the mean; the four limb leads computed by
+formula are reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+
+from ecg_dicom.core.inference import Reconstructor
+from ecg_dicom.core.preprocess import highpass
+from ecg_dicom.errors import EcgDicomError
+from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, assemble_12_leads, learned_leads
+from ecg_dicom.training.baselines import (BASELINE_FS, BASELINE_KINDS, LinearBaseline,
+                                          fit_baselines_on_records, protocol_window)
+from ecg_dicom.training.data import Record, load_data_folder, load_wfdb_records
+
+METHODS = ("model", *BASELINE_KINDS)
+FLAT_STD_UV = 10.0  # a true lead with a std under 10 µV after the high-pass is dead
+
+
+def lead_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """(N,) µV each -> Pearson r, RMSE µV, std(pred)/std(true)."""
+    pc, tc = pred - pred.mean(), true - true.mean()
+    sp, st = float(np.sqrt(np.mean(pc ** 2))), float(np.sqrt(np.mean(tc ** 2)))
+    r = float(np.mean(pc * tc) / (sp * st)) if sp > 0 and st > 0 else 0.0
+    return {"r": r, "rmse_uv": float(np.sqrt(np.mean((pred - true) ** 2))), "std_ratio": sp / st}
+
+
+def _full_12(input_lead: str, lead_in: np.ndarray, learned: np.ndarray) -> np.ndarray:
+    """Input lead (N,) and learned leads (7, N) -> (12, N) with the limb leads by formula."""
+    i, ii = (lead_in, learned[0]) if input_lead == "I" else (learned[0], lead_in)
+    return assemble_12_leads(i, ii, learned[1:]).astype(np.float64)
+
+
+def evaluate_records(reconstructor: Reconstructor, records: Sequence[Record],
+                     baselines: dict[str, LinearBaseline], seconds: float = 10.0) -> list[dict[str, Any]]:
+    """Per-record results: {name, database, sigma_uv {lead: µV}, leads {lead: {method: metrics}}}."""
+    input_lead = reconstructor.input_lead
+    idx_in = LEADS_12.index(input_lead)
+    learned = learned_leads(input_lead)
+    windows = [protocol_window(rec.leads, rec.fs, seconds) for rec in records]
+    recons = reconstructor.reconstruct_batch([w[idx_in] for w in windows], [BASELINE_FS] * len(windows))
+    results = []
+    for rec, window, recon in zip(records, windows, recons):
+        true = highpass(window, BASELINE_FS)
+        preds = {"model": highpass(recon.leads.astype(np.float64), BASELINE_FS)}
+        for kind, baseline in baselines.items():
+            preds[kind] = _full_12(input_lead, true[idx_in], baseline.predict(true[idx_in], BASELINE_FS))
+        per_lead = {}
+        for lead in (*learned, *DERIVED_LIMB_LEADS):
+            k = LEADS_12.index(lead)
+            if np.std(true[k]) < FLAT_STD_UV:
+                continue
+            per_lead[lead] = {m: lead_metrics(p[k], true[k]) for m, p in preds.items()}
+        results.append({
+            "name": rec.name, "database": rec.database, "leads": per_lead,
+            "sigma_uv": None if recon.sigma is None else dict(zip(learned, map(float, recon.sigma))),
+        })
+    return results
+
+
+def summarize(results: Sequence[dict[str, Any]], input_lead: str) -> dict[str, Any]:
+    """Per method and lead: mean r, median RMSE, median std ratio, n records; mean r over
+    the learned leads; derived limb leads apart; sigma-vs-RMSE rank correlation."""
+    learned = learned_leads(input_lead)
+    methods = [m for m in METHODS if any(m in v for res in results for v in res["leads"].values())]
+    summary: dict[str, Any] = {"input_lead": input_lead, "n_records": len(results),
+                               "learned_leads": list(learned), "derived_leads": list(DERIVED_LIMB_LEADS),
+                               "methods": {}}
+    for m in methods:
+        table = {}
+        for lead in (*learned, *DERIVED_LIMB_LEADS):
+            vals = [res["leads"][lead][m] for res in results if lead in res["leads"]]
+            if vals:
+                table[lead] = {"r": float(np.mean([v["r"] for v in vals])),
+                               "rmse_uv": float(np.median([v["rmse_uv"] for v in vals])),
+                               "std_ratio": float(np.median([v["std_ratio"] for v in vals])),
+                               "n": len(vals)}
+        summary["methods"][m] = {
+            "leads": {k: v for k, v in table.items() if k in learned},
+            "derived": {k: v for k, v in table.items() if k not in learned},
+            "mean_r": float(np.mean([table[k]["r"] for k in learned if k in table])),
+        }
+    summary["confidence"] = confidence_rank_correlation(results)
+    return summary
+
+
+def confidence_rank_correlation(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Spearman rho between the model's per-lead sigma and its actual RMSE: pooled over
+    (record, lead) pairs, and per lead across records."""
+    pairs = [(res["sigma_uv"][lead], res["leads"][lead]["model"]["rmse_uv"], lead)
+             for res in results if res["sigma_uv"] for lead in res["sigma_uv"] if lead in res["leads"]]
+    if len(pairs) < 3:
+        return None
+    sig, err, leads = map(np.asarray, zip(*pairs))
+    per_lead = {}
+    for lead in dict.fromkeys(leads.tolist()):
+        sel = leads == lead
+        if sel.sum() >= 3:
+            per_lead[lead] = float(stats.spearmanr(sig[sel], err[sel])[0])
+    return {"pooled_spearman": float(stats.spearmanr(sig, err)[0]), "per_lead_spearman": per_lead,
+            "n_pairs": len(pairs)}
+
+
+def format_table(summary: dict[str, Any], title: str = "") -> str:
+    """A readable per-lead table: r / RMSE µV / std ratio for every method side by side."""
+    methods = list(summary["methods"])
+    head = f"{'lead':<6}" + "".join(f" | {m:^28}" for m in methods)
+    sub = f"{'':<6}" + "".join(f" | {'r':>7} {'RMSE µV':>9} {'std':>6}   " for _ in methods)
+    lines = [title] if title else []
+    lines += [f"{summary['n_records']} records, input lead {summary['input_lead']}", head, sub, "-" * len(sub)]
+
+    def row(lead: str, key: str) -> str:
+        cells = []
+        for m in methods:
+            v = summary["methods"][m][key].get(lead)
+            cells.append(f" | {v['r']:7.3f} {v['rmse_uv']:9.1f} {v['std_ratio']:6.2f}   " if v else f" | {'-':^28}")
+        return f"{lead:<6}" + "".join(cells)
+
+    lines += [row(lead, "leads") for lead in summary["learned_leads"]]
+    lines.append(f"{'mean r':<6}" + "".join(f" | {summary['methods'][m]['mean_r']:7.3f}{'':20}" for m in methods))
+    lines.append("derived limb leads (not in the mean):")
+    lines += [row(lead, "derived") for lead in summary["derived_leads"]]
+    conf = summary.get("confidence")
+    if conf:
+        lines.append(f"confidence: Spearman(sigma, RMSE) pooled {conf['pooled_spearman']:.3f} over {conf['n_pairs']} record-leads")
+    return "\n".join(lines)
+
+
+def load_baselines(reconstructor: Reconstructor, baseline_data: Sequence[str] | None) -> dict[str, LinearBaseline]:
+    """Baselines refitted on ``baseline_data`` if given, else those stored at train time."""
+    if baseline_data:
+        return fit_baselines_on_records(load_wfdb_records(baseline_data), reconstructor.input_lead)
+    stored = reconstructor.checkpoint.training.get("baselines")
+    if not stored:
+        raise EcgDicomError("the checkpoint stores no linear baselines: give --baseline-data")
+    return {kind: LinearBaseline.from_dict(d) for kind, d in stored.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ecg-dicom evaluate``."""
+    try:
+        rec = Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, args.device, args.batch_size)
+        baselines = load_baselines(rec, args.baseline_data)
+        records = [r for folder in args.data for r in load_data_folder(folder, args.fs)]
+        if not records:
+            raise EcgDicomError(f"no 12-lead records in {', '.join(args.data)}")
+        results = evaluate_records(rec, records, baselines)
+    except EcgDicomError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = summarize(results, rec.input_lead)
+    summary["model_version"] = rec.model_version
+    summary["checkpoint"] = str(args.checkpoint) if args.checkpoint else "shipped"
+    print(format_table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "records": results}, indent=1))
+    return 0

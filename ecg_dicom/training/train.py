@@ -1,0 +1,285 @@
+"""`ecg-dicom train`: fit a BiLSTM + Attention checkpoint on real (and synthetic) 12-lead ECGs.
+
+Recipe: records are resampled to the model rate and high-passed at 0.5 Hz (the targets,
+in mV, keep their absolute amplitude); each step draws random crops with augmentation
+(time stretch, common amplitude scale, and on the input only: baseline wander, DC offset,
+powerline hum, EMG noise, a lower acquisition rate). The loss is MSE in mV plus a
+correlation term, a log std-ratio term (against amplitude collapse) and a Gaussian NLL
+for the variance head (per-lead confidence). A record-wise validation split (fixed seed)
+picks the best epoch. Same command + same machine -> same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import hashlib
+import logging
+import math
+import shlex
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ecg_dicom import __version__
+from ecg_dicom.core.checkpoint import Preprocessing, load_checkpoint, save_checkpoint
+from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
+from ecg_dicom.core.preprocess import highpass, model_features, resample_fs, resample_signal
+from ecg_dicom.leads import LEADS_12, learned_leads
+from ecg_dicom.training.baselines import fit_baselines_on_records
+from ecg_dicom.training.data import Record, load_synthetic, load_wfdb_records, split_records
+
+log = logging.getLogger(__name__)
+
+# Loss weights: MSE in mV², 1 - Pearson r, (log std ratio)², Gaussian NLL of the variance head.
+W_MSE, W_CORR, W_STD, W_NLL = 10.0, 1.0, 1.0, 0.1
+FLAT_TARGET_MV = 0.01  # target leads with a std under 10 µV (dead electrodes) carry no r/std loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings recorded in every checkpoint."""
+
+    epochs: int = 40
+    batch_size: int = 16
+    steps_per_epoch: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation ranges (probabilities and amplitudes in µV)."""
+
+    stretch: float = 0.10          # time stretch factor in exp(±stretch) (heart-rate variety)
+    scale: tuple[float, float] = (0.7, 1.4)  # common amplitude scale, log-uniform
+    p_low_fs: float = 0.3          # input acquired at 100–200 Hz, then interpolated
+    p_wander: float = 0.7
+    wander_uv: float = 300.0
+    offset_uv: float = 300.0
+    p_powerline: float = 0.3
+    powerline_uv: float = 40.0
+    p_emg: float = 0.5
+    emg_uv: float = 30.0
+
+
+@dataclass
+class Prepared:
+    """One record at the model rate: input lead (N,) µV and learned leads (n_out, N) µV,
+    both high-passed at 0.5 Hz."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+def prepare_records(records: Sequence[Record], input_lead: str, fs: float) -> list[Prepared]:
+    """Resample to ``fs`` and high-pass every record; keep the input and learned leads."""
+    idx_in = LEADS_12.index(input_lead)
+    idx_out = [LEADS_12.index(lead) for lead in learned_leads(input_lead)]
+    out = []
+    for rec in records:
+        leads = highpass(resample_fs(rec.leads, rec.fs, fs), fs)
+        out.append(Prepared(rec.name, leads[idx_in].astype(np.float32), leads[idx_out].astype(np.float32)))
+    return out
+
+
+def _crop(rec: Prepared, length: int, rng: np.random.Generator, aug: Augment | None) -> tuple[np.ndarray, np.ndarray]:
+    """A random (or, with aug=None, the first) crop of ``length`` samples, time-stretched."""
+    n = rec.x.size
+    span = length if aug is None else int(round(length * math.exp(rng.uniform(-aug.stretch, aug.stretch))))
+    span = min(span, n)
+    start = 0 if aug is None else int(rng.integers(0, n - span + 1))
+    x, y = rec.x[start:start + span], rec.y[:, start:start + span]
+    if span != length:
+        x, y = resample_signal(x, length), resample_signal(y, length)
+    return np.asarray(x, np.float64), np.asarray(y, np.float64)
+
+
+def augment_input(x: np.ndarray, fs: float, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """What a real input shows on top of the clean lead: (L,) µV -> (L,) µV."""
+    n = x.size
+    t = np.arange(n) / fs
+    if rng.random() < aug.p_low_fs:
+        low = rng.uniform(100.0, 200.0)
+        x = resample_fs(resample_fs(x, fs, low), low, fs, length=n)
+    if rng.random() < aug.p_wander:
+        for _ in range(int(rng.integers(1, 3))):
+            x = x + rng.uniform(0, aug.wander_uv) * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 2 * np.pi))
+    if rng.random() < aug.p_powerline:
+        x = x + rng.uniform(0, aug.powerline_uv) * np.sin(2 * np.pi * rng.choice([50.0, 60.0]) * t + rng.uniform(0, 2 * np.pi))
+    if rng.random() < aug.p_emg:
+        x = x + rng.normal(0, rng.uniform(0, aug.emg_uv), n)
+    return x + rng.uniform(-aug.offset_uv, aug.offset_uv)
+
+
+def make_batch(recs: Sequence[Prepared], picks: Sequence[int], length: int, fs: float,
+               rng: np.random.Generator, aug: Augment | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (B, 2, L) float32 and targets (B, n_out, L) float32 mV for records ``picks``."""
+    xs, ys = [], []
+    for i in picks:
+        x, y = _crop(recs[i], length, rng, aug)
+        if aug is not None:
+            gain = math.exp(rng.uniform(math.log(aug.scale[0]), math.log(aug.scale[1])))
+            x, y = augment_input(x * gain, fs, rng, aug), y * gain
+        xs.append(x)
+        ys.append(y / 1000.0)
+    return torch.from_numpy(model_features(np.stack(xs))), torch.from_numpy(np.stack(ys).astype(np.float32))
+
+
+def reconstruction_loss(mean: torch.Tensor, log_var: torch.Tensor | None, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean, log_var, target: (B, leads, L) in mV / log mV². Returns (loss, parts)."""
+    mse = (mean - target).pow(2).mean()
+    mc = mean - mean.mean(-1, keepdim=True)
+    tc = target - target.mean(-1, keepdim=True)
+    sp = mc.pow(2).mean(-1).add(1e-8).sqrt()
+    st = tc.pow(2).mean(-1).add(1e-8).sqrt()
+    live = (st > FLAT_TARGET_MV).float()
+    n_live = live.sum().clamp(min=1.0)
+    r = (mc * tc).mean(-1) / (sp * st)
+    corr = ((1 - r) * live).sum() / n_live
+    std = ((torch.log(sp + 1e-4) - torch.log(st + 1e-4)).pow(2) * live).sum() / n_live
+    loss = W_MSE * mse + W_CORR * corr + W_STD * std
+    parts = {"mse": mse.item(), "r": 1 - corr.item(), "std": std.item()}
+    if log_var is not None:
+        nll = 0.5 * (log_var + (target - mean.detach()).pow(2) / log_var.exp()).mean()
+        loss = loss + W_NLL * nll
+        parts["nll"] = nll.item()
+    return loss, parts
+
+
+def _weights_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train_model(train_recs: Sequence[Prepared], val_recs: Sequence[Prepared], input_lead: str,
+                pre: Preprocessing, cfg: TrainConfig, model_config: ModelConfig,
+                init_state: dict | None = None, aug: Augment = Augment(),
+                progress: bool = True) -> tuple[BiLSTMAttentionModel, dict]:
+    """Train and return (best model by validation loss, history)."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(cfg.seed)
+    model = BiLSTMAttentionModel(model_config)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+    val_batches = []
+    for i in range(0, len(val_recs), cfg.batch_size):
+        picks = list(range(i, min(i + cfg.batch_size, len(val_recs))))
+        val_batches.append(make_batch(val_recs, picks, pre.window, pre.fs, rng, None))
+    history: dict = {"val_loss": [], "val_r": [], "train_loss": []}
+    best_state, best_loss, best_epoch = None, math.inf, cfg.epochs
+    order: list[int] = []
+    bar = tqdm(total=total, desc=f"train lead {input_lead}", disable=not progress, dynamic_ncols=True)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        running = 0.0
+        for _ in range(cfg.steps_per_epoch):
+            if len(order) < cfg.batch_size:
+                order.extend(rng.permutation(len(train_recs)).tolist())
+            picks, order = order[:cfg.batch_size], order[cfg.batch_size:]
+            feats, target = make_batch(train_recs, picks, pre.window, pre.fs, rng, aug)
+            mean, log_var = model(feats)
+            loss, _ = reconstruction_loss(mean, log_var, target)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running += float(loss)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{float(loss):.3f}")
+        history["train_loss"].append(running / cfg.steps_per_epoch)
+        if val_batches:
+            model.eval()
+            with torch.no_grad():
+                parts = [reconstruction_loss(*model(f), t) for f, t in val_batches]
+            v_loss = float(np.mean([float(p[0]) for p in parts]))
+            v_r = float(np.mean([p[1]["r"] for p in parts]))
+            history["val_loss"].append(v_loss)
+            history["val_r"].append(v_r)
+            bar.set_postfix(epoch=epoch, loss=f"{history['train_loss'][-1]:.3f}", val=f"{v_loss:.3f}", val_r=f"{v_r:.3f}")
+            if v_loss < best_loss:
+                best_loss, best_epoch, best_state = v_loss, epoch, copy.deepcopy(model.state_dict())
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history["best_epoch"] = best_epoch
+    model.eval()
+    return model, history
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ecg-dicom train``."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    input_lead = args.input_lead
+    records = load_wfdb_records(args.real, exclude_db=args.exclude_db) if args.real else []
+    real_names = [r.name for r in records]
+    if args.synthetic:
+        cache = args.synthetic_dir or "data_cache/synthetic"
+        records = records + load_synthetic(args.synthetic, cache, seed=0)
+    if not records:
+        print("no training records: give --real folders and/or --synthetic N", file=sys.stderr)
+        return 2
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, steps_per_epoch=args.steps_per_epoch)
+    pre = Preprocessing(fs=250.0, window=1250, hop=625)
+    model_config = ModelConfig(n_leads=len(learned_leads(input_lead)))
+    init_state = None
+    if args.init:
+        init = load_checkpoint(args.init, input_lead=input_lead)
+        model_config, pre, init_state = init.model.config, init.preprocessing, init.model.state_dict()
+    train_names, val_names = split_records([r.name for r in records], cfg.val_fraction, cfg.seed)
+    by_name = {r.name: r for r in records}
+    log.info("training on %d records (%d real), validating on %d", len(train_names),
+             sum(n in set(real_names) for n in train_names), len(val_names))
+    prepared = {r.name: p for r, p in zip(records, prepare_records(records, input_lead, pre.fs))}
+    model, history = train_model([prepared[n] for n in train_names], [prepared[n] for n in val_names],
+                                 input_lead, pre, cfg, model_config, init_state)
+    train_real = [by_name[n] for n in train_names if n in set(real_names)]
+    baselines = fit_baselines_on_records(train_real or [by_name[n] for n in train_names], input_lead)
+    training = {
+        "command": "ecg-dicom train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if len(sys.argv) > 1 and sys.argv[1] == "train" else "ecg-dicom train (API call)",
+        "data": {
+            "real_folders": [str(p) for p in args.real],
+            "excluded_databases": list(args.exclude_db),
+            "databases": dict(Counter(by_name[n].database for n in train_names)),
+            "synthetic": int(args.synthetic),
+            "train_records": [n for n in train_names if not n.startswith("synthetic/")],
+            "init": str(args.init) if args.init else None,
+        },
+        "held_out": {"validation_records": val_names, "excluded_databases": list(args.exclude_db)},
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "config": asdict(cfg),
+        "augment": asdict(Augment()),
+        "loss_weights": {"mse": W_MSE, "corr": W_CORR, "std": W_STD, "nll": W_NLL},
+        "history": history,
+        "baselines": {kind: b.to_dict() for kind, b in baselines.items()},
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "torch": str(torch.__version__),
+    }
+    version = f"{__version__}+lead{input_lead}.{_weights_hash(model)[:10]}"
+    metrics = {"validation": {"loss": min(history["val_loss"], default=None),
+                              "r": history["val_r"][history["best_epoch"] - 1] if history["val_r"] else None}}
+    save_checkpoint(args.out, model, input_lead, version, pre, training, metrics)
+    log.info("wrote %s (model version %s, best epoch %d)", args.out, version, history["best_epoch"])
+    return 0
