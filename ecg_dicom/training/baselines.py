@@ -82,7 +82,7 @@ def fit_linear_baseline(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarr
         xty = part if xty is None else xty + part
     if xty is None:
         raise ValueError("no records to fit the linear baseline on")
-    solution = np.linalg.solve(xtx + 1e-6 * np.trace(xtx) / n_feat * np.eye(n_feat), xty)
+    solution = np.linalg.lstsq(xtx, xty, rcond=None)[0]
     # solution: (n_feat, n_out)
     return LinearBaseline(kind, input_lead, learned_leads(input_lead), fs, lags,
                           solution[:-1].T.copy(), solution[-1].copy())

@@ -204,7 +204,7 @@ def train_model(train_recs: Sequence[Prepared], val_recs: Sequence[Prepared], in
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            running += float(loss)
+            running += loss.item()
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{float(loss):.3f}")
         history["train_loss"].append(running / cfg.steps_per_epoch)

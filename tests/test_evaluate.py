@@ -1,0 +1,98 @@
+"""Evaluation: the linear baselines, the per-lead metrics and `ecg-dicom evaluate` on WFDB
+and .npy folders (model and both baselines side by side, derived limb leads apart)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecg_dicom.cli import main
+from ecg_dicom.training.baselines import LinearBaseline, fit_linear_baseline, lag_matrix
+from ecg_dicom.training.data import read_wfdb_record
+from ecg_dicom.training.evaluate import lead_metrics
+
+
+def _noise(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 100, n)
+
+
+def test_lagged_baseline_recovers_a_known_fir_relation() -> None:
+    xs = [_noise(3000, s) for s in range(3)]
+    # lead k = 2 x(t - 3) - 0.5 x(t + 5) + k
+    ys = [np.stack([2 * lag_matrix(x, np.array([-3]))[0] - 0.5 * lag_matrix(x, np.array([5]))[0] + k
+                    for k in range(7)]) for x in xs]
+    b = fit_linear_baseline(xs, ys, "I", "linear_lagged")
+    assert list(b.lags) == list(range(-20, 21))
+    expected = np.zeros(41)
+    expected[20 - 3], expected[20 + 5] = 2.0, -0.5
+    np.testing.assert_allclose(b.coef, np.tile(expected, (7, 1)), atol=1e-3)
+    np.testing.assert_allclose(b.intercept, np.arange(7), atol=0.05)
+    x = _noise(1000, 9)
+    np.testing.assert_allclose(b.predict(x, 500.0)[1], 2 * lag_matrix(x, np.array([-3]))[0]
+                               - 0.5 * lag_matrix(x, np.array([5]))[0] + 1, atol=0.1)
+    again = LinearBaseline.from_dict(json.loads(json.dumps(b.to_dict())))
+    np.testing.assert_allclose(again.predict(x, 500.0), b.predict(x, 500.0))
+
+
+def test_zero_lag_baseline_is_one_gain_per_lead() -> None:
+    xs = [_noise(2000, s) for s in range(2)]
+    gains = np.array([0.5, -1.0, 2.0, 0.0, 1.5, 3.0, -0.2])
+    b = fit_linear_baseline(xs, [gains[:, None] * x for x in xs], "II", "linear_zero_lag")
+    assert b.coef.shape == (7, 1) and b.output_leads[0] == "I"
+    np.testing.assert_allclose(b.coef[:, 0], gains, atol=1e-6)
+
+
+def test_lead_metrics() -> None:
+    t = np.sin(np.linspace(0, 20, 1000)) * 500
+    assert lead_metrics(t, t) == pytest.approx({"r": 1.0, "rmse_uv": 0.0, "std_ratio": 1.0})
+    m = lead_metrics(0.5 * t, t)
+    assert m["r"] == pytest.approx(1.0) and m["std_ratio"] == pytest.approx(0.5)
+    assert m["rmse_uv"] == pytest.approx(np.sqrt(np.mean((0.5 * t) ** 2)))
+
+
+def _check_report(report: dict, n_records: int) -> None:
+    s = report["summary"]
+    assert s["n_records"] == n_records == len(report["records"])
+    assert set(s["methods"]) == {"model", "linear_zero_lag", "linear_lagged"}
+    for method in s["methods"].values():
+        assert list(method["leads"]) == ["II", "V1", "V2", "V3", "V4", "V5", "V6"]
+        assert list(method["derived"]) == ["III", "aVR", "aVL", "aVF"]
+        assert -1 <= method["mean_r"] <= 1
+        assert all(set(v) == {"r", "rmse_uv", "std_ratio", "n"} for v in method["leads"].values())
+    assert s["confidence"] is None or "pooled_spearman" in s["confidence"]
+
+
+def test_evaluate_wfdb_folder_writes_model_and_baseline_rows(
+        shared_data: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", str(shared_data / "ecg12/ptbxl"), "--checkpoint", str(tiny_checkpoint),
+               "--baseline-data", str(shared_data / "ecg12/georgia"), "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    _check_report(report, 11)
+    lagged = report["summary"]["methods"]["linear_lagged"]
+    zero = report["summary"]["methods"]["linear_zero_lag"]
+    assert lagged["mean_r"] > zero["mean_r"] > 0.2  # real baselines, not noise
+    printed = capsys.readouterr().out
+    assert "linear_lagged" in printed and "mean r" in printed and "V6" in printed
+
+
+def test_evaluate_npy_folder(shared_data: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for stem in ("E07500", "E07501"):
+        rec = read_wfdb_record(shared_data / f"ecg12/georgia/{stem}.hea")
+        np.save(folder / f"{stem}.npy", rec.leads.astype(np.float32))
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(folder), "--checkpoint", str(tiny_checkpoint), "--baseline-data",
+                 str(shared_data / "ecg12/ptbxl"), "--json", str(out)]) == 0
+    _check_report(json.loads(out.read_text()), 2)
+
+
+def test_evaluate_without_baselines_fails_with_a_reason(
+        shared_data: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(shared_data / "ecg12/ptb"), "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "baselines" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""Training: WFDB loading of every real layout, record-wise split, the loss, and a short
+`ecg-dicom train` run that is reproducible and writes a loadable checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecg_dicom.cli import main
+from ecg_dicom.core.checkpoint import load_checkpoint
+from ecg_dicom.leads import LEADS_12
+from ecg_dicom.training.data import load_wfdb_records, read_wfdb_record, split_records
+from ecg_dicom.training.train import reconstruction_loss
+
+
+def test_reads_ptb_fifteen_signals_as_twelve_leads(shared_data: Path) -> None:
+    rec = read_wfdb_record(shared_data / "ecg12/ptb/s0010_re.hea")
+    assert rec.fs == 1000 and rec.leads.shape == (12, 38400)
+    # stored exactly (gain 2000 adu/mV): Einthoven holds to well under a µV-scale rounding
+    i, ii, iii = rec.leads[:3]
+    assert np.sqrt(np.mean((iii - (ii - i)) ** 2)) < 5.0
+    assert 300 < np.ptp(rec.leads[LEADS_12.index("V2")]) < 5000  # µV, not mV
+
+
+def test_reads_ludb_lowercase_names_and_per_lead_gains(shared_data: Path) -> None:
+    rec = read_wfdb_record(shared_data / "ecg12/ludb/1.hea")
+    assert rec.database == "ludb" and rec.fs == 500 and rec.leads.shape == (12, 5000)
+    i, ii, iii = rec.leads[:3] - np.median(rec.leads[:3], axis=1, keepdims=True)
+    # per-lead gains applied: Einthoven residual is tens of µV, not a gain mismatch of 100s
+    assert np.sqrt(np.mean((iii - (ii - i)) ** 2)) < 200.0
+    assert all(100 < np.ptp(row) < 10000 for row in rec.leads)
+
+
+def test_reads_ptbxl_100hz_record(shared_data: Path) -> None:
+    rec = read_wfdb_record(shared_data / "ecg12/ptbxl/00001_lr.hea")
+    assert rec.fs == 100 and rec.leads.shape == (12, 1000)
+
+
+def test_split_is_record_wise_disjoint_and_seeded() -> None:
+    names = [f"db/{i}" for i in range(50)]
+    train, val = split_records(names, 0.1, seed=3)
+    assert len(val) == 5 and not set(train) & set(val) and sorted(train + val) == sorted(names)
+    assert split_records(names, 0.1, seed=3) == (train, val)
+    assert split_records(names, 0.1, seed=4) != (train, val)
+
+
+def test_loss_penalises_amplitude_collapse() -> None:
+    torch.manual_seed(0)
+    target = torch.randn(2, 7, 500) * 0.3
+    exact, _ = reconstruction_loss(target.clone(), None, target)
+    shrunk, parts = reconstruction_loss(target * 0.5, None, target)
+    assert parts["r"] == pytest.approx(1.0, abs=1e-5)  # r alone would not see it
+    assert parts["std"] > 0.4 and shrunk > exact + 0.4
+
+
+def _train(folder: Path, out: Path, seed: int = 0) -> Path:
+    assert main(["train", "--out", str(out), "--real", str(folder), "--epochs", "1",
+                 "--steps-per-epoch", "2", "--seed", str(seed)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def four_records(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four real Georgia records (a database folder of their own) linked into a tmp folder."""
+    folder = tmp_path_factory.mktemp("real") / "georgia"
+    folder.mkdir()
+    for stem in ("E07500", "E07501", "E07502", "E07503"):
+        for ext in (".hea", ".mat"):
+            (folder / f"{stem}{ext}").symlink_to(shared_data / "ecg12/georgia" / f"{stem}{ext}")
+    return folder
+
+
+def test_train_writes_loadable_reproducible_checkpoint(four_records: Path, tmp_path: Path) -> None:
+    a = load_checkpoint(_train(four_records, tmp_path / "a.pt"), "I")
+    b = load_checkpoint(_train(four_records, tmp_path / "b.pt"), "I")
+    c = load_checkpoint(_train(four_records, tmp_path / "c.pt", seed=1), "I")
+    sa, sb, sc = (x.model.state_dict() for x in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert a.model_version == b.model_version
+    t = a.training
+    assert t["seed"] == 0 and t["epochs"] == 1 and t["command"].startswith("ecg-dicom train")
+    assert set(t["baselines"]) == {"linear_zero_lag", "linear_lagged"}
+    assert len(t["data"]["train_records"]) == 4 and t["data"]["databases"] == {"georgia": 4}
+
+
+def test_train_without_data_fails_cleanly(tmp_path: Path) -> None:
+    assert main(["train", "--out", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_exclude_db_holds_a_database_out(shared_data: Path) -> None:
+    records = load_wfdb_records([shared_data / "ecg12/ptbxl", shared_data / "ecg12/ptb"], exclude_db=["ptb"])
+    assert records and {r.database for r in records} == {"ptbxl"}
