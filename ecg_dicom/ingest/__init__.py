@@ -1,0 +1,149 @@
+"""Ingest: the spool that both doors (C-STORE SCP, watched folder) put accepted inputs into.
+
+An input is accepted only once it is durable: its bytes are in ``<work>/spool`` (fsync,
+atomic rename, fsync of the folder) and its job row is committed. A spool file is named
+``<key>-<safe original name>``; the job key and the output name can be read back from it,
+so a file whose row was never committed (a crash in between) is recovered at start.
+A ``.npy`` sidecar (``{"fs": ..., "lead": ...}``) sits beside it as ``<spool file>.json``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ecg_dicom.outputs.files import fsync_dir, safe_stem, write_bytes_atomic
+from ecg_dicom.queue import KEY_LENGTH, Job, JobQueue, new_key
+
+LOG = logging.getLogger("ecg_dicom.ingest")
+SIDECAR_SUFFIX = ".json"
+_PART = ".part"
+_INPUT_SUFFIXES = (".dcm", ".npy", ".dicom")
+
+
+def output_name(filename: str) -> str:
+    """Output stem for an input file name: sanitised, without a .dcm/.npy suffix."""
+    stem = safe_stem(filename)
+    for suffix in _INPUT_SUFFIXES:
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+class Spool:
+    """The spool folder plus the job store it feeds.
+
+    Parameters
+    ----------
+    folder : Path
+        ``<work>/spool``; must be on the same file system as the work folder.
+    queue : JobQueue
+        Where accepted inputs are recorded.
+    """
+
+    def __init__(self, folder: Path, queue: JobQueue) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.queue = queue
+
+    def path(self, job: Job) -> Path:
+        """The job's input file."""
+        return self.folder / job.spool
+
+    def sidecar(self, job: Job) -> Path:
+        """Where the job's ``.npy`` sidecar is, if it has one."""
+        return self.folder / (job.spool + SIDECAR_SUFFIX)
+
+    def store_bytes(self, data: bytes, filename: str, origin: str) -> int:
+        """Make ``data`` durable as an input called ``filename`` and record it; returns the job id.
+
+        Raises OSError (e.g. ENOSPC) or sqlite3.Error, leaving no half-written file behind.
+        """
+        key = new_key()
+        target = self.folder / f"{key}-{safe_stem(filename)}"
+        try:
+            write_bytes_atomic(target, data)
+            return self.queue.add(key, output_name(filename), origin, target.name)
+        except BaseException:
+            _unlink_quietly(target.with_name(f".{target.name}{_PART}"))
+            _unlink_quietly(target)
+            raise
+
+    def claim(self, path: Path, origin: str, sidecar: Path | None = None) -> int | None:
+        """Take a complete file out of the watched folder by moving it into the spool.
+
+        The move is atomic (``os.replace``), so a file is taken at most once. On another
+        file system the file is copied durably and then removed. ``sidecar`` (if given)
+        is copied in first and removed last. Returns the job id, or None if the file was
+        gone already.
+        """
+        key = new_key()
+        target = self.folder / f"{key}-{safe_stem(path.name)}"
+        if sidecar is not None:
+            try:
+                write_bytes_atomic(Path(str(target) + SIDECAR_SUFFIX), sidecar.read_bytes())
+            except FileNotFoundError:
+                sidecar = None
+        try:
+            os.replace(path, target)
+            fsync_dir(self.folder)
+        except FileNotFoundError:
+            _unlink_quietly(Path(str(target) + SIDECAR_SUFFIX))
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            part = target.with_name(f".{target.name}{_PART}")
+            shutil.copyfile(path, part)
+            with open(part, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(part, target)
+            fsync_dir(self.folder)
+            path.unlink()
+        job_id = self.queue.add(key, output_name(path.name), origin, target.name)
+        if sidecar is not None:
+            _unlink_quietly(sidecar)
+        return job_id
+
+    def remove(self, job: Job) -> None:
+        """Delete a finished job's input (and sidecar) from the spool."""
+        _unlink_quietly(self.path(job))
+        _unlink_quietly(self.sidecar(job))
+
+    def recover(self) -> tuple[int, int]:
+        """At start: record spool files that have no job row, drop leftovers of finished jobs
+        and half-written ``.part`` files. Returns (recovered, removed)."""
+        recovered = removed = 0
+        for entry in sorted(self.folder.iterdir()):
+            name = entry.name
+            if name.startswith(".") and name.endswith(_PART):
+                _unlink_quietly(entry)
+                removed += 1
+                continue
+            key, sep, original = name.partition("-")
+            if not sep or len(key) != KEY_LENGTH or name.endswith(SIDECAR_SUFFIX) or not entry.is_file():
+                continue
+            state = self.queue.state_of(key)
+            if state is None:
+                self.queue.add(key, output_name(original), "recovered", name)
+                LOG.warning("recovered spool file of job key %s (accepted just before a crash)", key)
+                recovered += 1
+            elif state not in ("waiting", "processing"):
+                _unlink_quietly(entry)
+                _unlink_quietly(Path(str(entry) + SIDECAR_SUFFIX))
+                removed += 1
+        for entry in self.folder.glob(f"*{SIDECAR_SUFFIX}"):
+            if not Path(str(entry)[: -len(SIDECAR_SUFFIX)]).exists():
+                _unlink_quietly(entry)
+                removed += 1
+        return recovered, removed
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,160 @@
+"""Watched folder: ``.npy`` and DICOM files dropped into ``folders.watch`` become jobs.
+
+A file is taken only once it is complete: when inotify reports it closed after writing
+(or moved in), or else when its size and mtime have not changed for ``stable_s`` seconds
+(other observers, network shares, and files already there at start). It is claimed by an
+atomic move into the spool, so it cannot be taken twice. What it contains (npy, DICOM,
+garbage) is decided later by the worker.
+
+Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``), and
+sidecars ``<stem>.json`` (taken together with ``<stem>.npy``; write the sidecar first).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from ecg_dicom.config import Watcher as WatcherSettings
+from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
+
+LOG = logging.getLogger("ecg_dicom.watcher")
+_SKIP_SUFFIXES = (".part", ".tmp", "~", SIDECAR_SUFFIX)
+_TICK_S = 0.2
+
+
+def is_candidate(path: Path) -> bool:
+    """True for a file name the watcher may take (not hidden, partial or a sidecar)."""
+    return not path.name.startswith(".") and not path.name.lower().endswith(_SKIP_SUFFIXES)
+
+
+class _Events(FileSystemEventHandler):
+    """Filters watchdog events and hands paths to the watcher; never touches files."""
+
+    def __init__(self, watcher: "FolderWatcher") -> None:
+        self.watcher = watcher
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self.watcher.notify(Path(str(event.src_path)), complete=True)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self.watcher.notify(Path(str(event.dest_path)), complete=True)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self.watcher.notify(Path(str(event.src_path)), complete=False)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        self.watcher.notify(Path(str(event.src_path)), complete=False)
+
+
+class FolderWatcher:
+    """Takes complete files from ``folder`` into ``spool``; run :meth:`run` in a thread.
+
+    Parameters
+    ----------
+    folder : Path
+        The watched folder (top level only).
+    spool : Spool
+        Where claimed files go.
+    settings : config.Watcher
+        ``stable_s`` and ``rescan_s``.
+    """
+
+    def __init__(self, folder: Path, spool: Spool, settings: WatcherSettings) -> None:
+        self.folder = Path(folder)
+        self.spool = spool
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._complete: set[Path] = set()
+        # path -> (size, mtime_ns, monotonic time this signature was first seen)
+        self._pending: dict[Path, tuple[int, int, float]] = {}
+        self._stop = threading.Event()
+
+    def notify(self, path: Path, complete: bool) -> None:
+        """An event about ``path``: ``complete`` when the writer is known to be done."""
+        if path.parent != self.folder or not is_candidate(path):
+            return
+        with self._lock:
+            if complete:
+                self._complete.add(path)
+            else:
+                self._pending.setdefault(path, (-1, -1, time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Observe the folder until :meth:`stop`; files already there are taken too."""
+        observer = Observer()
+        observer.schedule(_Events(self), str(self.folder), recursive=False)
+        observer.start()
+        try:
+            next_scan = 0.0
+            while not self._stop.is_set():
+                if time.monotonic() >= next_scan:
+                    self.rescan()
+                    next_scan = time.monotonic() + self.settings.rescan_s
+                self.take_ready()
+                self._stop.wait(_TICK_S)
+        finally:
+            observer.stop()
+            observer.join()
+
+    def rescan(self) -> None:
+        """Add every candidate file in the folder to the stability check."""
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError as exc:
+            LOG.error("cannot list the watch folder %s: %s", self.folder, exc)
+            return
+        for entry in entries:
+            self.notify(entry, complete=False)
+
+    def take_ready(self) -> int:
+        """Claim every file that is complete or has been stable long enough; returns how many."""
+        now = time.monotonic()
+        ready = []
+        with self._lock:
+            ready.extend(self._complete)
+            self._complete.clear()
+            for path, (size, mtime, since) in list(self._pending.items()):
+                if path in ready:
+                    del self._pending[path]
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    del self._pending[path]
+                    continue
+                if not path.is_file():
+                    del self._pending[path]
+                elif (st.st_size, st.st_mtime_ns) != (size, mtime):
+                    self._pending[path] = (st.st_size, st.st_mtime_ns, now)
+                elif now - since >= self.settings.stable_s:
+                    del self._pending[path]
+                    ready.append(path)
+        taken = 0
+        for path in ready:
+            taken += self._claim(path)
+        return taken
+
+    def _claim(self, path: Path) -> int:
+        with self._lock:
+            self._pending.pop(path, None)
+        if not path.is_file():
+            return 0
+        sidecar = path.with_suffix(SIDECAR_SUFFIX)
+        try:
+            job_id = self.spool.claim(path, origin="watch", sidecar=sidecar if sidecar.is_file() else None)
+        except OSError as exc:
+            LOG.error("cannot take a dropped file into the spool: %s", exc)
+            return 0
+        if job_id is None:
+            return 0
+        LOG.info("job %d accepted from the watch folder", job_id)
+        return 1

@@ -1,0 +1,184 @@
+"""Delivery of results to PACS: a C-STORE SCU, one association per batch of jobs.
+
+What a status means (dicom-notes, "SCU"):
+
+=============================================  ==========  =================================
+result                                         outcome     action
+=============================================  ==========  =================================
+0x0000 Success                                 delivered   job done
+0xB000 / 0xB006 / 0xB007 Warning               delivered   job done, warning logged
+0xA7xx Out of resources                        transient   retry with backoff
+empty status (timeout, abort), no connection   transient   retry with backoff
+association rejected, transient (result 2)     transient   retry with backoff
+0xA9xx, 0xCxxx, 0x0122, other failures         permanent   dead-letter folder + reason file
+association rejected, permanent (result 1)     permanent   dead-letter folder + reason file
+no presentation context for the SOP class      permanent   dead-letter folder + reason file
+=============================================  ==========  =================================
+
+Nothing is marked delivered without a Success or Warning status. Retries are scheduled in
+the job store (so they survive restarts) after ``retry_initial_s * 2**(attempts)`` seconds,
+capped at ``retry_max_s``, times a jitter in [0.5, 1]; a job still undelivered
+``give_up_after_s`` after its results were written is dead-lettered. Output UIDs are
+deterministic, so sending an instance again after a crash does not make a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import threading
+import time
+from enum import Enum
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from ecg_dicom.config import Folders, Pacs
+from ecg_dicom.outputs.files import write_reason
+from ecg_dicom.queue import Job, JobQueue
+
+LOG = logging.getLogger("ecg_dicom.pacs")
+# SOP classes our results use: 12-Lead ECG, General ECG
+OUTPUT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.5.1.4.1.1.9.1.2")
+WARNING_STATUSES = (0xB000, 0xB006, 0xB007)
+REJECTED_PERMANENT = 1
+
+
+class Outcome(Enum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+def classify_status(status: Dataset | None) -> tuple[Outcome, str]:
+    """Outcome of one C-STORE response (``None`` or empty: no response) and a short text."""
+    code = getattr(status, "Status", None) if status is not None else None
+    if code is None:
+        return Outcome.TRANSIENT, "no response (timeout or abort)"
+    code = int(code)
+    text = f"status 0x{code:04X}"
+    if code == 0x0000:
+        return Outcome.DELIVERED, text
+    if code in WARNING_STATUSES:
+        return Outcome.DELIVERED, f"{text} (warning)"
+    if 0xA700 <= code <= 0xA7FF:
+        return Outcome.TRANSIENT, f"{text} (out of resources)"
+    return Outcome.PERMANENT, f"{text} (failure)"
+
+
+def backoff_s(attempts: int, pacs: Pacs, rng: random.Random) -> float:
+    """Seconds to wait before the next try after ``attempts`` failed tries (>= 1)."""
+    base = min(pacs.retry_max_s, pacs.retry_initial_s * 2.0 ** (attempts - 1))
+    return base * rng.uniform(0.5, 1.0)
+
+
+class Delivery:
+    """Sends the DICOM results of ``delivering`` jobs to PACS; run :meth:`run` in a thread.
+
+    Parameters
+    ----------
+    queue : the job store (jobs in ``delivering``, with their next attempt time).
+    pacs : where to send and how hard to try.
+    folders : output (where the results are) and dead-letter folders.
+    ae_title : our calling AE title.
+    batch_size : jobs per association.
+    """
+
+    def __init__(self, queue: JobQueue, pacs: Pacs, folders: Folders, ae_title: str, batch_size: int) -> None:
+        self.queue = queue
+        self.pacs = pacs
+        self.folders = folders
+        self.batch_size = batch_size
+        self.rng = random.Random()
+        self.ae = AE(ae_title=ae_title)
+        for uid in OUTPUT_SOP_CLASSES:
+            self.ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = pacs.timeout_s
+        self.ae.connection_timeout = pacs.timeout_s
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver due jobs until ``stop`` is set; the association in hand is finished first."""
+        while not stop.is_set():
+            jobs = self.queue.due(time.time(), self.batch_size)
+            if jobs:
+                self.deliver(jobs)
+                continue
+            nxt = self.queue.next_due()
+            stop.wait(1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time())))
+
+    def deliver(self, jobs: list[Job]) -> None:
+        """One association for ``jobs``; each job ends delivered, retried later, or dead."""
+        assoc = self.ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title)
+        if not assoc.is_established:
+            if assoc.is_rejected and getattr(assoc.acceptor.primitive, "result", None) == REJECTED_PERMANENT:
+                reason = "association rejected permanently by PACS (check AE titles / PACS config)"
+                for job in jobs:
+                    self._dead(job, reason)
+            else:
+                what = "rejected (transient)" if assoc.is_rejected else "not established (refused, timeout or abort)"
+                for job in jobs:
+                    self._retry(job, f"association {what}")
+            return
+        try:
+            for job in jobs:
+                outcome, text = self._send_job(assoc, job)
+                if outcome is Outcome.DELIVERED:
+                    self.queue.delivered(job.id)
+                    LOG.info("%s delivered to %s (%s)", job.tag, self.pacs.ae_title, text)
+                elif outcome is Outcome.PERMANENT:
+                    self._dead(job, text)
+                else:
+                    self._retry(job, text)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _send_job(self, assoc, job: Job) -> tuple[Outcome, str]:
+        """C-STORE every DICOM output of ``job``; the job's outcome is its worst file's."""
+        worst, texts = Outcome.DELIVERED, []
+        for name in (n for n in job.outputs if n.endswith(".dcm")):
+            if not assoc.is_established:
+                return Outcome.TRANSIENT, "association lost"
+            try:
+                ds = dcmread(self.folders.output / name)
+            except (OSError, InvalidDicomError) as exc:
+                return Outcome.PERMANENT, f"result file {name} unreadable: {exc}"
+            try:
+                status = assoc.send_c_store(ds)
+            except ValueError as exc:  # no accepted presentation context for this SOP class
+                return Outcome.PERMANENT, f"PACS does not accept it: {exc}"
+            outcome, text = classify_status(status)
+            texts.append(text)
+            if outcome is Outcome.PERMANENT:
+                return outcome, text
+            if outcome is Outcome.TRANSIENT:
+                worst = outcome
+            elif "warning" in text:
+                LOG.warning("%s: PACS answered %s, counted as delivered", job.tag, text)
+        return worst, ", ".join(texts) or "no DICOM output"
+
+    def _retry(self, job: Job, reason: str) -> None:
+        attempts = job.attempts + 1
+        since = job.deliver_since or time.time()
+        if time.time() - since > self.pacs.give_up_after_s:
+            self._dead(job, f"gave up after {attempts} attempts over {time.time() - since:.0f} s: {reason}")
+            return
+        delay = backoff_s(attempts, self.pacs, self.rng)
+        self.queue.retry_later(job.id, time.time() + delay, reason)
+        LOG.warning("%s: delivery attempt %d failed (%s); next in %.1f s", job.tag, attempts, reason, delay)
+
+    def _dead(self, job: Job, reason: str) -> None:
+        """Copy the job's DICOM results to the dead-letter folder with a reason file."""
+        folder = self.folders.dead_letter
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (n for n in job.outputs if n.endswith(".dcm")):
+            src = self.folders.output / name
+            if src.exists():
+                shutil.copy2(src, folder / name)
+        write_reason(folder, job.name, reason)
+        self.queue.dead(job.id, reason)
+        LOG.error("%s dead-lettered: %s", job.tag, reason)

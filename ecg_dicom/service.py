@@ -1,0 +1,150 @@
+"""``ecg-dicom serve --config site.yaml``: the whole service, wired in one place.
+
+Data flow::
+
+    C-STORE SCP ──┐
+                  ├─> spool + job store ─> worker (model, batched) ─> output/*.npy, *.dcm
+    watch folder ─┘                                                   └─> delivery ─> PACS
+
+SIGTERM / SIGINT: stop accepting (listener closed, watcher stopped), let open
+associations finish for a moment, let the worker finish its batch and the delivery its
+association, then exit 0. Anything still in flight is in the job store and is picked up
+at the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from ecg_dicom.config import Settings, load_config, log_effective
+from ecg_dicom.errors import CheckpointError, ConfigError
+from ecg_dicom.ingest import Spool
+from ecg_dicom.queue import JobQueue
+
+LOG = logging.getLogger("ecg_dicom.service")
+DRAIN_S = 3.0        # how long open associations may go on after a stop request
+JOIN_S = 5.0         # how long the worker / delivery may take to finish what they hold
+WARM_UP_FS = 500.0
+# (5000,) µV: a 1 mV, 1.2 Hz sine, 10 s at 500 Hz; run once at start so the first job is not slow
+WARM_UP_LEAD_UV = 1000.0 * np.sin(2 * np.pi * 1.2 * np.arange(5000) / WARM_UP_FS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``serve``: 0 after a clean stop, 2 for a bad configuration."""
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"ecg-dicom serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        return serve(settings)
+    except (ConfigError, CheckpointError) as exc:
+        LOG.error("cannot start: %s", exc)
+        print(f"ecg-dicom serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom logs every PDU at INFO; keep its own warnings and errors only
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom logs each of its warnings as well as raising them: keep the log line only
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run the service until ``stop`` is set (by SIGTERM/SIGINT when run from the CLI)."""
+    from ecg_dicom.core.inference import Reconstructor
+    from ecg_dicom.ingest.scp import start_scp
+    from ecg_dicom.ingest.watcher import FolderWatcher
+    from ecg_dicom.outputs.pacs import Delivery
+    from ecg_dicom.worker import Worker
+
+    stop = stop or threading.Event()
+    log_effective(settings, LOG)
+    folders = settings.folders
+
+    # durable state first: interrupted jobs back to waiting, orphaned spool files recorded
+    queue = JobQueue(folders.queue_db)
+    spool = Spool(folders.spool, queue)
+    requeued = queue.recover()
+    recovered, removed = spool.recover()
+    LOG.info("job store %s: %d interrupted jobs requeued, %d spool files recovered, %d leftovers removed; %s",
+             folders.queue_db, requeued, recovered, removed, _counts_text(queue.counts()))
+
+    reconstructor = Reconstructor.from_checkpoint(settings.checkpoint, input_lead=settings.input_lead,
+                                                  device=settings.device)
+    reconstructor.reconstruct(WARM_UP_LEAD_UV, WARM_UP_FS)  # first call pays torch's lazy set-up
+    LOG.info("model %s loaded (input lead %s, device %s)", reconstructor.model_version,
+             reconstructor.input_lead, settings.device)
+
+    # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
+    worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None)
+    delivery = (Delivery(queue, settings.pacs, folders, settings.ae_title, settings.worker.batch_size)
+                if settings.pacs else None)
+    watcher = FolderWatcher(folders.watch, spool, settings.watcher)
+    work_stop = threading.Event()
+    threads = [threading.Thread(target=worker.run, args=(work_stop,), name="worker", daemon=True),
+               threading.Thread(target=watcher.run, name="watcher", daemon=True)]
+    if delivery:
+        threads.append(threading.Thread(target=delivery.run, args=(work_stop,), name="delivery", daemon=True))
+    ae, server = start_scp(settings, spool)
+    for t in threads:
+        t.start()
+    restore = _install_signal_handlers(stop)
+    LOG.info("service ready")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        LOG.info("stopping: no longer accepting")
+        server.shutdown()
+        watcher.stop()
+        deadline = time.monotonic() + DRAIN_S
+        while ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ae.shutdown()  # aborts what is still open: an un-acked store is resent by its sender
+        work_stop.set()
+        deadline = time.monotonic() + JOIN_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        unfinished = [t.name for t in threads if t.is_alive()]
+        counts = queue.counts()
+        LOG.info("stopped%s; %s", f" ({', '.join(unfinished)} still busy, resumed at next start)"
+                 if unfinished else "", _counts_text(counts))
+        restore()
+    return 0
+
+
+def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop`` (main thread only); returns a function restoring the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: object) -> None:
+        LOG.info("signal %s received", signal.Signals(signum).name)
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+    return restore
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return " ".join(f"{state}={n}" for state, n in counts.items())

@@ -1,0 +1,195 @@
+"""Worker: waiting jobs -> model (batched) -> ``<name>.npy`` + ``<name>.dcm`` in the output folder.
+
+Jobs are claimed in batches (up to ``batch_size``, waiting at most ``max_wait_s`` for a
+batch to fill), read and checked one by one (a bad input is rejected alone, with its
+reason), and reconstructed together in one :meth:`Reconstructor.reconstruct_batch` call.
+Outputs are written atomically before the job moves on, so a crash at any point leaves
+either nothing or complete files, and the job is simply done again at restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ecg_dicom.config import Folders
+from ecg_dicom.config import Worker as WorkerSettings
+from ecg_dicom.core.inference import Reconstruction, Reconstructor
+from ecg_dicom.errors import InputError
+from ecg_dicom.ingest import Spool
+from ecg_dicom.inputs import LeadInput, load_lead
+from ecg_dicom.leads import canonical_lead_name
+from ecg_dicom.outputs.dicom_writer import write_ecg_dicom
+from ecg_dicom.outputs.files import write_npy_atomic, write_reason
+from ecg_dicom.queue import Job, JobQueue
+
+LOG = logging.getLogger("ecg_dicom.worker")
+NPY_DEFAULT_FS = 500.0
+SIDECAR_KEYS = {"fs": (int, float), "lead": str, "units": str}
+# How long to wait before trying again when outputs could not be written (disk full, ...)
+OUTPUT_RETRY_S = 5.0
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The ``{"fs": ..., "lead": ..., "units": ...}`` sidecar of a ``.npy``; {} when absent.
+
+    Raises InputError naming what is wrong with it.
+    """
+    if not path.exists():
+        return {}
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"sidecar .json is not readable JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise InputError("sidecar .json must be an object like {\"fs\": 500, \"lead\": \"I\"}")
+    for key, value in params.items():
+        if key not in SIDECAR_KEYS:
+            raise InputError(f"sidecar .json: unknown key {key!r} (known: {', '.join(SIDECAR_KEYS)})")
+        if isinstance(value, bool) or not isinstance(value, SIDECAR_KEYS[key]):
+            raise InputError(f"sidecar .json: {key!r} has the wrong type ({type(value).__name__})")
+    if "lead" in params:
+        try:
+            params["lead"] = canonical_lead_name(params["lead"])
+        except KeyError:
+            raise InputError(f"sidecar .json: {params['lead']!r} is not a lead name") from None
+    return params
+
+
+class Worker:
+    """Turns waiting jobs into outputs; run :meth:`run` in a thread.
+
+    Parameters
+    ----------
+    queue, spool : the job store and the spool its inputs are in.
+    reconstructor : the loaded model.
+    folders : output and rejected folders.
+    settings : batch size and batch wait.
+    deliver : True when a PACS is configured (processed jobs then go to ``delivering``).
+    """
+
+    def __init__(self, queue: JobQueue, spool: Spool, reconstructor: Reconstructor, folders: Folders,
+                 settings: WorkerSettings, deliver: bool) -> None:
+        self.queue = queue
+        self.spool = spool
+        self.reconstructor = reconstructor
+        self.folders = folders
+        self.settings = settings
+        self.deliver = deliver
+        self.output_blocked = False  # set when outputs could not be written: pause, then retry
+
+    def run(self, stop: threading.Event) -> None:
+        """Process batches until ``stop`` is set; the batch in hand is finished first."""
+        while not stop.is_set():
+            jobs = self.next_batch(stop)
+            if jobs:
+                self.process(jobs)
+            else:
+                self.queue.wait_for_new(1.0)
+            if self.output_blocked:
+                self.output_blocked = False
+                stop.wait(OUTPUT_RETRY_S)
+
+    def next_batch(self, stop: threading.Event) -> list[Job]:
+        """Claim up to ``batch_size`` jobs, waiting up to ``max_wait_s`` for more to arrive."""
+        jobs = self.queue.claim(self.settings.batch_size)
+        if not jobs:
+            return jobs
+        deadline = time.monotonic() + self.settings.max_wait_s
+        while len(jobs) < self.settings.batch_size and not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.queue.wait_for_new(left)
+            jobs += self.queue.claim(self.settings.batch_size - len(jobs))
+        return jobs
+
+    def process(self, jobs: list[Job]) -> None:
+        """Read, reconstruct and write one batch of claimed jobs."""
+        loaded: list[tuple[Job, LeadInput]] = []
+        for job in jobs:
+            try:
+                loaded.append((job, self.load(job)))
+            except InputError as exc:
+                self.reject(job, str(exc))
+            except Exception as exc:  # an unexpected reader failure is still the input's problem
+                LOG.exception("%s: unexpected error while reading", job.tag)
+                self.reject(job, f"unreadable input ({type(exc).__name__}: {exc})")
+        if not loaded:
+            return
+        t0 = time.perf_counter()
+        results = self._reconstruct([inp for _, inp in loaded])
+        LOG.info("batch of %d reconstructed in %.2f s", len(loaded), time.perf_counter() - t0)
+        for (job, inp), result in zip(loaded, results):
+            if isinstance(result, Exception):
+                self.reject(job, f"reconstruction failed ({type(result).__name__}: {result})")
+            else:
+                self.write(job, inp, result)
+
+    def load(self, job: Job) -> LeadInput:
+        """Read and check a job's input lead (sidecar honoured for .npy). Raises InputError."""
+        params = read_sidecar(self.spool.sidecar(job))
+        lead = params.get("lead", self.reconstructor.input_lead)
+        if lead != self.reconstructor.input_lead:
+            raise InputError(f"sidecar says lead {lead}; this service's model takes lead "
+                             f"{self.reconstructor.input_lead}")
+        return load_lead(self.spool.path(job), input_lead=lead, fs=float(params.get("fs", NPY_DEFAULT_FS)),
+                         units=params.get("units", "uV"))
+
+    def _reconstruct(self, inputs: list[LeadInput]) -> list[Reconstruction | Exception]:
+        """One batched call; if it fails, each record alone, so that a bad record fails alone."""
+        try:
+            return list(self.reconstructor.reconstruct_batch([i.signal_uv for i in inputs],
+                                                             [i.fs for i in inputs]))
+        except Exception:
+            LOG.exception("batch reconstruction failed; trying each record alone")
+        results: list[Reconstruction | Exception] = []
+        for inp in inputs:
+            try:
+                results.append(self.reconstructor.reconstruct_batch([inp.signal_uv], [inp.fs])[0])
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def write(self, job: Job, inp: LeadInput, result: Reconstruction) -> None:
+        """Write ``<name>.npy`` (12, N) µV and the DICOM object(s); then advance the job."""
+        out = self.folders.output
+        try:
+            npy = write_npy_atomic(out / f"{job.name}.npy", result.leads)
+            dcms = write_ecg_dicom(out, job.name, result.leads, inp.fs, self.reconstructor.model_version,
+                                   self.reconstructor.input_lead, source=inp.dataset,
+                                   content_hash=inp.content_hash)
+        except InputError as exc:
+            self.reject(job, str(exc))
+            return
+        except OSError as exc:
+            LOG.error("%s: cannot write outputs (%s); will try again", job.tag, exc)
+            self.queue.release(job.id)
+            self.output_blocked = True
+            return
+        outputs = [npy.name] + [Path(p).name for p in dcms]
+        self.queue.processed(job.id, outputs, self.deliver)
+        self.spool.remove(job)
+        LOG.info("%s: %d outputs written, %s", job.tag, len(outputs),
+                 "awaiting delivery" if self.deliver else "done")
+
+    def reject(self, job: Job, reason: str) -> None:
+        """Move the input to ``rejected/`` beside ``<name>.reason.txt``; the job is ``rejected``."""
+        rejected = self.folders.rejected
+        rejected.mkdir(parents=True, exist_ok=True)
+        original = job.spool.split("-", 1)[1]
+        try:
+            write_reason(rejected, job.name, reason)
+            if self.spool.path(job).exists():
+                shutil.move(self.spool.path(job), rejected / original)
+            if self.spool.sidecar(job).exists():
+                shutil.move(self.spool.sidecar(job), rejected / f"{job.name}.json")
+        except OSError as exc:
+            LOG.error("%s: cannot move the rejected input (%s)", job.tag, exc)
+        self.queue.reject(job.id, reason)
+        LOG.warning("%s rejected: %s", job.tag, reason)
