@@ -106,8 +106,7 @@ def test_structure_and_provenance(shared_data: Path, tmp_path: Path) -> None:
     assert "AI-reconstructed" in ds.SeriesDescription and "NOT FOR DIAGNOSIS" in ds.SeriesDescription
     # Only the attributes we mean to keep: nothing else of the cart's comes along.
     for keyword in ("InstitutionName", "Laterality", "OperatorsName", "PatientAddress"):
-        assert keyword in source or keyword == "Laterality"
-        assert keyword not in ds, keyword
+        assert keyword in source and keyword not in ds, keyword
     # Group 1: the acquired input lead; group 2: the 11 reconstructed leads.
     input_group, derived_group = ds.WaveformSequence
     assert input_group.WaveformOriginality == "ORIGINAL" and derived_group.WaveformOriginality == "DERIVED"
@@ -260,6 +259,16 @@ def test_writes_are_atomic_and_stay_in_the_folder(tmp_path: Path) -> None:
 def test_bad_arrays_are_refused(leads: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_ecg_datasets(leads, 500.0, VERSION, "I", None, HASH)
+
+
+def test_bad_arguments_are_refused() -> None:
+    leads = synthetic_12_leads(1000, 500.0)
+    with pytest.raises(ValueError, match="input lead 'V1' is not one of"):
+        build_ecg_datasets(leads, 500.0, VERSION, "V1", None, HASH)
+    with pytest.raises(ValueError, match="positive number"):
+        build_ecg_datasets(leads, 0.0, VERSION, "I", None, HASH)
+    with pytest.raises(ValueError, match="content hash"):
+        build_ecg_datasets(leads, 500.0, VERSION, "I", None, None)
 
 
 def test_reconstructor_output_round_trips(tiny_reconstructor, shared_data: Path, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from pydicom.valuerep import DT, DSfloat, validate_value
 
 from ecg_dicom import __version__
 from ecg_dicom.core.preprocess import resample_fs
-from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, SCPECG_CODES
+from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, SCPECG_CODES, SUPPORTED_INPUT_LEADS
 from ecg_dicom.outputs.files import safe_stem, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -236,8 +236,8 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
         raise ValueError(f"leads_uv must be (12, N) with N > 0, got {leads_uv.shape}")
     if not np.all(np.isfinite(leads_uv)):
         raise ValueError("leads_uv holds NaN or infinite values")
-    if input_lead not in LEADS_12:
-        raise ValueError(f"input lead {input_lead!r} is not one of {LEADS_12}")
+    if input_lead not in SUPPORTED_INPUT_LEADS:
+        raise ValueError(f"input lead {input_lead!r} is not one of {SUPPORTED_INPUT_LEADS}")
     if not (fs > 0 and math.isfinite(fs)):
         raise ValueError(f"sampling frequency must be a positive number, got {fs!r}")
     source_uid = source.get("SOPInstanceUID") if source is not None else None
