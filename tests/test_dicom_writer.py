@@ -51,6 +51,14 @@ def assert_valid(path: Path) -> None:
     assert "TwelveLeadECGWaveformStorage" in dump.stdout and "E:" not in dump.stderr
 
 
+def assert_consistent_entities(*paths: Path) -> None:
+    """dcentvfy: patient, study and series attributes agree across the files (no Error line)."""
+    assert shutil.which("dcentvfy"), "dcentvfy (Debian package dicom3tools) is required"
+    done = subprocess.run(["dcentvfy", *map(str, paths)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("Error", "Abort"))]
+    assert not errors, errors
+
+
 def read_back(paths: list[Path]) -> np.ndarray:
     """All 12 leads of the written object(s), read with our reader, joined in time: (12, N) µV."""
     return np.concatenate(
@@ -85,6 +93,7 @@ def test_write_from_real_source_is_valid_and_reads_back(shared_data: Path, tmp_p
     paths = write_ecg_dicom(tmp_path, "out", leads, fs, VERSION, "I", source, HASH)
     assert paths == [tmp_path / "out.dcm"]
     assert_valid(paths[0])
+    assert_consistent_entities(paths[0], shared_data / name)  # joins the source's study cleanly
     back = read_back(paths)
     # 1 µV steps: each sample within half a step; the identities within three half steps.
     assert np.max(np.abs(back - leads)) <= 0.5 + 1e-9
@@ -201,6 +210,7 @@ def test_long_records_are_split_into_12_lead_objects(tmp_path: Path, n: int, par
     assert len({ds.SOPInstanceUID for ds in datasets}) == parts
     assert len({ds.SeriesInstanceUID for ds in datasets}) == 1
     assert_valid(paths[-1])
+    assert_consistent_entities(*paths)
     np.testing.assert_array_less(np.abs(read_back(paths) - leads), 0.5 + 1e-9)
 
 
