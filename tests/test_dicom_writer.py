@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 import shutil
 import subprocess
 from pathlib import Path
@@ -165,10 +166,13 @@ def test_npy_input_gets_empty_patient_and_new_study(tmp_path: Path) -> None:
     ds = pydicom.dcmread(path)
     assert ds.PatientName == "" and ds.PatientID == "" and ds.PatientBirthDate == ""
     assert "ReferencedInstanceSequence" not in ds
-    other = build_ecg_datasets(leads, 500.0, "v2", "I", None, HASH)[0]
+    other = build_ecg_datasets(leads, 500.0, "v2", "I", None, HASH, now=datetime(2001, 2, 3, 4, 5, 6))[0]
     different = build_ecg_datasets(leads, 500.0, VERSION, "I", None, "cd" * 32)[0]
-    # The study follows the input file, whatever model converts it.
-    assert ds.StudyInstanceUID == other.StudyInstanceUID != different.StudyInstanceUID
+    # The study follows the input file, whatever model converts it and whenever.
+    study = ("StudyInstanceUID", "StudyID", "StudyDate", "StudyTime")
+    assert [ds[k].value for k in study] == [other[k].value for k in study]
+    assert ds.StudyInstanceUID != different.StudyInstanceUID and ds.StudyID == HASH[:16]
+    assert other.AcquisitionDateTime.startswith("20010203040506")  # unknown: the conversion time
     assert np.max(np.abs(read_back([path]) - leads)) <= 0.5 + 1e-9
 
 

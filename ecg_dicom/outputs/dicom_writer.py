@@ -27,7 +27,8 @@ without making our object invalid: the result goes into a replacement study whos
 derived from the invalid one (so every result from that source study lands together), and
 a warning is logged; an invalid source SOP Instance UID is likewise left unreferenced.
 A ``.npy`` input (no source) gets empty patient attributes and a new study derived from the
-file's content hash.
+file's content hash (Study ID: the hash's first 16 digits; Study Date/Time empty); as its
+acquisition time is unknown, Acquisition DateTime is the conversion time.
 
 UIDs are deterministic (``generate_uid(entropy_srcs=...)``) from the source SOP Instance UID
 (or the content hash), the model version and the input lead, so converting the same input
@@ -269,9 +270,8 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     _copy_patient_study(common, source)
     common.StudyInstanceUID = _study_uid(source, content_hash)
     if source is None:
+        # Deterministic like the study's UID; its date and time stay empty (unknown).
         common.StudyID = str(content_hash)[:16]
-        common.StudyDate = now.strftime("%Y%m%d")
-        common.StudyTime = now.strftime("%H%M%S")
     common.Modality = "ECG"
     common.SeriesInstanceUID = generate_uid(entropy_srcs=["series", anchor, model_version, input_lead])
     common.SeriesNumber = SERIES_NUMBER
