@@ -1,0 +1,302 @@
+"""Real peers for the service tests: our own ``serve`` process, Orthanc, DCMTK tools.
+
+Every peer runs on 127.0.0.1 on a free port, is waited for until it answers, and is
+always terminated (context managers / fixtures call :meth:`stop`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ORTHANC = "/usr/sbin/Orthanc"
+SERVICE_AET = "ECGDICOM"
+CART_AET = "CART1"
+PACS_AET = "TESTPACS"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+# -- DCMTK ---------------------------------------------------------------------------------
+def storescu(port: int, files: list[Path], calling: str = CART_AET, called: str = SERVICE_AET,
+             timeout: float = 120) -> subprocess.CompletedProcess:
+    """C-STORE ``files`` with DCMTK storescu (-v: one line per request and response)."""
+    return subprocess.run(["storescu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, timeout=timeout)
+
+
+def echoscu(port: int, calling: str = CART_AET, called: str = SERVICE_AET) -> bool:
+    """True when a C-ECHO to the port succeeds."""
+    return subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+                          capture_output=True, timeout=30).returncode == 0
+
+
+def stored_ok(storescu_output: str) -> list[str]:
+    """Files that storescu -v reports answered with Success (in order)."""
+    ok, current = [], None
+    for line in storescu_output.splitlines():
+        if "Sending file:" in line:
+            current = line.split("Sending file:", 1)[1].strip()
+        elif "Received Store Response (Success)" in line and current:
+            ok.append(current)
+            current = None
+    return ok
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """``Error`` lines of dciodvfy for ``path`` (its exit status is not reliable)."""
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stderr + out.stdout).splitlines() if line.startswith("Error")]
+
+
+class StoreSCP:
+    """DCMTK storescp as a PACS, with its misbehaviour flags (``--refuse``, ``--abort-during``...)."""
+
+    def __init__(self, folder: Path, *flags: str, aet: str = PACS_AET) -> None:
+        self.folder, self.flags, self.aet = Path(folder), flags, aet
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreSCP":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(["storescp", "-aet", self.aet, "-od", str(self.folder), *self.flags,
+                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _listening(self.port), 10, "storescp to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            _stop_process(self.proc)
+
+    def __enter__(self) -> "StoreSCP":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- Orthanc ---------------------------------------------------------------------------------
+class Orthanc:
+    """Orthanc as the test PACS: temporary storage, no plugins, REST on a free port.
+
+    ``stop()`` then ``start()`` again keeps the same ports and storage.
+    """
+
+    def __init__(self, folder: Path, aet: str = PACS_AET) -> None:
+        self.folder = Path(folder)
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> "Orthanc":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {"Name": "test-pacs", "StorageDirectory": str(self.folder / "db"),
+                  "IndexDirectory": str(self.folder / "db"), "Plugins": [], "HttpPort": self.http_port,
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": self.aet,
+                  "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": True,
+                  "DicomAlwaysAllowStore": True, "SaveJobs": False, "OrthancExplorerEnabled": False,
+                  "WebDavEnabled": False}
+        cfg = self.folder / "orthanc.json"
+        cfg.write_text(json.dumps(config))
+        self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.folder / "orthanc.log", "ab"))
+        wait_for(self._ready, 30, "Orthanc to answer GET /system")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited with {self.proc.returncode}; see {self.folder / 'orthanc.log'}")
+        try:
+            self.get("/system")
+            return _listening(self.dicom_port)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc:
+            _stop_process(self.proc)
+            self.proc = None
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as rsp:
+            data = rsp.read()
+        return json.loads(data) if rsp.headers.get_content_type() == "application/json" else data
+
+    def post(self, path: str, body: bytes) -> Any:
+        req = urllib.request.Request(self.url + path, data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as rsp:
+            return json.loads(rsp.read())
+
+    def instances(self) -> list[str]:
+        return self.get("/instances")
+
+    def lookup(self, uid: str) -> list[dict]:
+        """Orthanc resources whose UID is ``uid`` (``POST /tools/lookup``)."""
+        return self.post("/tools/lookup", uid.encode())
+
+    def download(self, instance_id: str, dest: Path) -> Path:
+        dest.write_bytes(self.get(f"/instances/{instance_id}/file"))
+        return dest
+
+    def __enter__(self) -> "Orthanc":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- our service -------------------------------------------------------------------------------
+def write_config(folder: Path, checkpoint: Path, pacs: dict | None = None, **overrides: Any) -> Path:
+    """A site.yaml in ``folder`` with its own folders, a free port and fast test timings."""
+    config: dict[str, Any] = {
+        "ae_title": SERVICE_AET,
+        "listen": {"host": "127.0.0.1", "port": free_port(), "timeout_s": 10},
+        "allowed_callers": [CART_AET],
+        "input_lead": "I",
+        "checkpoint": str(checkpoint),
+        "folders": {"watch": "inbox", "output": "outbox", "work": "work"},
+        "worker": {"batch_size": 8, "max_wait_s": 0.1},
+        "watcher": {"stable_s": 0.5, "rescan_s": 1.0},
+        "log_level": "INFO",
+    }
+    if pacs is not None:
+        config["pacs"] = {"timeout_s": 5, "retry_initial_s": 0.5, "retry_max_s": 1.0, **pacs}
+    config.update(overrides)
+    path = Path(folder) / "site.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Service:
+    """``python -m ecg_dicom serve --config ...`` as a real subprocess; log in ``<folder>/serve.log``."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = Path(config)
+        data = yaml.safe_load(self.config.read_text())
+        self.port = data["listen"]["port"]
+        base = self.config.parent
+        self.watch, self.output, self.work = (base / data["folders"][k] for k in ("watch", "output", "work"))
+        self.log = base / "serve.log"
+        self.proc: subprocess.Popen | None = None
+        self._log_offset = 0
+
+    def start(self, timeout: float = 60) -> "Service":
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "ecg_dicom", "serve", "--config", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env=env)
+        wait_for(self._ready, timeout, "the service to log 'service ready'")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+        return "service ready" in self.log_text()
+
+    def log_text(self) -> str:
+        """The log written since the last start."""
+        if not self.log.exists():
+            return ""
+        with open(self.log, "rb") as fh:
+            fh.seek(self._log_offset)
+            return fh.read().decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"serve did not exit within {timeout} s of SIGTERM")
+        finally:
+            self.proc = None
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def counts(self) -> dict[str, int]:
+        """Job counts read straight from the job store (read-only)."""
+        db = self.work / "queue.sqlite3"
+        if not db.exists():
+            return {}
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return dict(con.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        except sqlite3.OperationalError:
+            return {}
+        finally:
+            con.close()
+
+    def settled(self, expected: int) -> bool:
+        """True when ``expected`` jobs exist and none is waiting, processing or delivering."""
+        c = self.counts()
+        busy = c.get("waiting", 0) + c.get("processing", 0) + c.get("delivering", 0)
+        return sum(c.values()) >= expected and busy == 0
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            try:
+                self.stop()
+            except AssertionError:
+                pass

@@ -1,0 +1,150 @@
+"""The service end to end against real peers: DCMTK carts, Orthanc as PACS, dciodvfy.
+
+One ``serve`` subprocess and one Orthanc for the module; each test sends its own inputs
+and checks its own outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from conftest import synthetic_lead
+from ecg_dicom.core.waveform import read_dicom_lead
+from ecg_dicom.queue import STATES
+from peers import (CART_AET, PACS_AET, Orthanc, Service, dciodvfy_errors, echoscu, stored_ok,
+                   storescu, wait_for, write_config)
+
+pytestmark = pytest.mark.slow
+TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        yield orthanc
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_checkpoint, pacs):
+    folder = tmp_path_factory.mktemp("site")
+    cfg = write_config(folder, tiny_checkpoint,
+                       pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+    svc = Service(cfg).start()
+    yield svc
+    assert svc.stop() == 0
+
+
+def arrived(pacs: Orthanc, dcm: Path) -> str | None:
+    """Orthanc's instance id for our result file ``dcm`` once it is there (by SOP Instance UID)."""
+    if not dcm.exists():
+        return None
+    hits = [h for h in pacs.lookup(dcmread(dcm).SOPInstanceUID) if h["Type"] == "Instance"]
+    return hits[0]["ID"] if hits else None
+
+
+def check_result(service: Service, pacs: Orthanc, name: str, n_samples: int, tmp_path: Path) -> None:
+    """<name>.npy is (12, N) µV and <name>.dcm arrived in Orthanc as a valid 12-lead object."""
+    dcm = service.output / f"{name}.dcm"
+    instance = wait_for(lambda: arrived(pacs, dcm), 60, f"{name} to arrive in Orthanc")
+    leads = np.load(service.output / f"{name}.npy", allow_pickle=False)
+    assert leads.shape == (12, n_samples) and np.isfinite(leads).all()
+    received = pacs.download(instance, tmp_path / f"{name}.from-orthanc.dcm")
+    assert dciodvfy_errors(received) == []
+    ds = dcmread(received)
+    assert ds.SOPClassUID == TWELVE_LEAD and ds.Modality == "ECG"
+    assert sum(int(g.NumberOfWaveformChannels) for g in ds.WaveformSequence) == 12
+
+
+def test_echo(service):
+    assert echoscu(service.port)
+
+
+def test_real_dicom_ecgs_are_stored_reconstructed_and_delivered(service, pacs, shared_data, tmp_path):
+    inputs = sorted((shared_data / "dicom" / "12lead").glob("*.dcm")) + \
+        sorted((shared_data / "dicom" / "hemodynamic").glob("*.dcm"))
+    result = storescu(service.port, inputs)
+    assert result.returncode == 0, result.stderr
+    assert len(stored_ok(result.stdout + result.stderr)) == len(inputs)
+    for path in inputs:
+        uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        n = read_dicom_lead(path, "I").signal_uv.size
+        check_result(service, pacs, str(uid), n, tmp_path)
+    log = service.log_text()
+    assert f"audit: association released from {CART_AET}@127.0.0.1" in log
+    assert f"{len(inputs)} stored" in log
+
+
+def test_dropped_npy_files_are_taken_and_delivered(service, pacs, tmp_path):
+    lead = synthetic_lead(seconds=8.0, fs=500.0, seed=3)
+    np.save(service.watch / "dropped_500hz.npy", lead)       # written in place: taken when closed
+    staged = tmp_path / "dropped_250hz.npy"
+    np.save(staged, synthetic_lead(seconds=8.0, fs=250.0, seed=4))
+    (service.watch / "dropped_250hz.json").write_text(json.dumps({"fs": 250, "lead": "I"}))
+    os.replace(staged, service.watch / "dropped_250hz.npy")  # moved in: complete at once
+    check_result(service, pacs, "dropped_500hz", lead.size, tmp_path)
+    check_result(service, pacs, "dropped_250hz", 2000, tmp_path)
+    assert not list(service.watch.iterdir())
+
+
+def test_caller_not_allowed_and_wrong_called_ae_are_refused(service, shared_data):
+    ecg = shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm"
+    before = sum(service.counts().values())
+    result = storescu(service.port, [ecg], calling="INTRUDER")
+    assert result.returncode != 0 and "Calling AE Title Not Recognized" in result.stderr + result.stdout
+    result = storescu(service.port, [ecg], called="SOMEONEELSE")
+    assert result.returncode != 0 and "Called AE Title Not Recognized" in result.stderr + result.stdout
+    assert not echoscu(service.port, calling="INTRUDER")
+    assert sum(service.counts().values()) == before
+    wait_for(lambda: "refused from INTRUDER@127.0.0.1" in service.log_text(), 5, "the audit line")
+
+
+def test_ct_image_is_refused(service, shared_data):
+    before = sum(service.counts().values())
+    result = storescu(service.port, [shared_data / "dicom" / "non_waveform" / "CT_small.dcm"])
+    assert result.returncode != 0
+    assert "No presentation context" in result.stderr + result.stdout
+    assert sum(service.counts().values()) == before
+
+
+def test_malformed_dropped_files_get_reasons_and_the_service_goes_on(service, shared_data):
+    bad = {
+        "no_meta.dcm": (shared_data / "dicom" / "malformed" / "no_meta.dcm").read_bytes(),
+        "ct_image.dcm": (shared_data / "dicom" / "non_waveform" / "CT_small.dcm").read_bytes(),
+        "notes.txt": b"this is not an ECG\n",
+    }
+    for name, data in bad.items():
+        (service.watch / name).write_bytes(data)
+    nan_lead = synthetic_lead(seconds=5.0)
+    nan_lead[100] = np.nan
+    np.save(service.watch / "has_nan.npy", nan_lead)
+    np.save(service.watch / "two_d.npy", np.zeros((3, 5000), np.float32))
+    rejected = service.output / "rejected"
+    for name in ("no_meta", "ct_image", "notes.txt", "has_nan", "two_d"):
+        reason = wait_for(lambda: (rejected / f"{name}.reason.txt").exists() and (rejected / f"{name}.reason.txt"),
+                          30, f"a reason file for {name}")
+        assert reason.read_text().strip()
+    assert (rejected / "ct_image.dcm").read_bytes() == bad["ct_image.dcm"]   # the original is kept
+    assert "1.2.840.10008.5.1.4.1.1.2" in (rejected / "ct_image.reason.txt").read_text()
+    assert "NaN" in (rejected / "has_nan.reason.txt").read_text()
+    assert "not one lead" in (rejected / "two_d.reason.txt").read_text()
+    assert echoscu(service.port)  # still alive
+    assert not (service.output / "has_nan.npy").exists()
+
+
+def test_status_command_prints_counts(service):
+    wait_for(lambda: service.settled(0), 60, "the queue to settle")
+    out = subprocess.run([sys.executable, "-m", "ecg_dicom", "status", "--config", str(service.config)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    printed = {k.strip(): int(v) for k, v in (line.split(":") for line in out.stdout.splitlines())}
+    in_store = {**dict.fromkeys(STATES, 0), **service.counts()}
+    in_store["dead-lettered"] = in_store.pop("dead")
+    assert printed == in_store
