@@ -250,3 +250,27 @@ def test_truncated_file_is_refused(shared_data: Path, tmp_path: Path) -> None:
     cut.write_bytes((shared_data / MORTARA).read_bytes()[:200_000])
     with pytest.raises(WaveformError, match="unreadable DICOM file"):
         read_dicom_lead(cut, "I")
+
+
+def test_corrupt_bytes_only_ever_raise_waveform_error(shared_data: Path, tmp_path: Path) -> None:
+    """Flip bytes in the header and the Waveform Sequence's own header: a reason or a lead."""
+    data = (shared_data / MORTARA).read_bytes()
+    waveform_sequence = data.find(bytes([0x00, 0x54, 0x00, 0x01]))  # (5400,0100), little-endian
+    assert waveform_sequence > 0
+    rng = np.random.default_rng(7)
+    outcomes = {"read": 0, "refused": 0}
+    for trial in range(80):
+        corrupt = bytearray(data)
+        lo, hi = (132, 3000) if trial % 2 else (waveform_sequence, waveform_sequence + 1200)
+        for pos in rng.integers(lo, hi, size=rng.integers(1, 6)):
+            corrupt[int(pos)] = int(rng.integers(0, 256))
+        path = tmp_path / "corrupt.dcm"
+        path.write_bytes(bytes(corrupt))
+        try:
+            lead = read_dicom_lead(path, "I")
+        except WaveformError:
+            outcomes["refused"] += 1
+        else:
+            outcomes["read"] += 1
+            assert lead.signal_uv.ndim == 1 and lead.fs > 0
+    assert outcomes["refused"] > 0 and outcomes["read"] > 0

@@ -13,6 +13,7 @@ Sequence* code (UCUM ``uV``, ``mV``, ...).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,10 @@ LINEAR_SAMPLE_FORMATS: dict[tuple[int, str], int] = {
 # UCUM codes of (003A,0211) Channel Sensitivity Units -> factor to µV.
 UNIT_TO_UV: dict[str, float] = {"nV": 1e-3, "uV": 1.0, "mV": 1e3, "V": 1e6}
 
+# What pydicom raises on corrupt bytes (unknown VR, bad lengths, undecodable values).
+_PARSE_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+                 IndexError, NotImplementedError, struct.error)
+
 _CODE_TO_LEAD: dict[tuple[str, str], str] = {
     **{("SCPECG", code): lead for lead, code in SCPECG_CODES.items()},
     **{("MDC", code): lead for lead, code in MDC_CODES.items()},
@@ -87,7 +92,7 @@ def _read_file(path: Path) -> Dataset:
             "not a DICOM Part 10 file: no 128-byte preamble, 'DICM' prefix and File Meta"
             " Information"
         ) from exc
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+    except _PARSE_ERRORS as exc:
         raise WaveformError(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         raise WaveformError("File Meta Information has no Transfer Syntax UID (0002,0010)")
@@ -234,6 +239,15 @@ def read_dicom_lead(source: str | Path | Dataset, lead: str) -> DicomLead:
     except KeyError:
         raise WaveformError(f"{lead!r} is not one of the 12 standard leads") from None
     ds = source if isinstance(source, Dataset) else _read_file(Path(source))
+    try:
+        return _read_lead(ds, wanted)
+    except _PARSE_ERRORS as exc:
+        # pydicom parses values (and nested sequences) lazily: corrupt bytes surface here.
+        raise WaveformError(f"malformed DICOM object: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_lead(ds: Dataset, wanted: str) -> DicomLead:
+    """The body of :func:`read_dicom_lead` for a dataset in hand and a canonical lead name."""
     _check_encoding(ds)
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if not sop_class:
@@ -266,9 +280,6 @@ def read_dicom_lead(source: str | Path | Dataset, lead: str) -> DicomLead:
     _, g_index, c_index = max(candidates, key=lambda c: (c[0], -c[1]))
     group = groups[g_index]
     factor = _units_factor(group.ChannelDefinitionSequence[c_index], wanted)
-    try:
-        values = ds.waveform_array(g_index)[:, c_index]
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise WaveformError(f"cannot decode multiplex group {g_index + 1}: {exc}") from exc
+    values = ds.waveform_array(g_index)[:, c_index]
     signal_uv = np.asarray(values, dtype=np.float64) * factor
     return DicomLead(signal_uv, _group_fs(group, g_index), wanted, ds)
