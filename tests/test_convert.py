@@ -114,3 +114,31 @@ def test_output_names_never_leave_the_output_folder(name):
 
     stem = safe_stem(name)
     assert "/" not in stem and not stem.startswith(".") and stem
+
+
+def test_mixed_folder_of_npy_and_real_dicom(shared_data, tiny_checkpoint, tmp_path):
+    """DICOM recognised by content (with or without .dcm); bad DICOM gets a reason file too."""
+    import shutil
+
+    import pydicom
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(shared_data / "dicom/12lead/mortara_eli250_waveform_ecg.dcm", inp / "cart.dcm")
+    shutil.copy(shared_data / "dicom/hemodynamic/ge_maclab_12lead_in_hemodynamic_sop.dcm", inp / "ge_no_suffix")
+    shutil.copy(shared_data / "dicom/non_waveform/CT_small.dcm", inp / "ct.dcm")
+    shutil.copy(shared_data / "dicom/malformed/no_meta.dcm", inp / "nometa.dcm")
+    np.save(inp / "lead.npy", synthetic_lead())
+    out = tmp_path / "out"
+
+    assert convert(inp, out, tiny_checkpoint, "--format", "both") == 1
+    for stem, n in (("cart", 10_000), ("ge_no_suffix", 2_400), ("lead", 5_000)):
+        arr = np.load(out / f"{stem}.npy")
+        assert arr.shape == (12, n), stem
+        ds = pydicom.dcmread(out / f"{stem}.dcm")
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.9.1.1"
+    cart = pydicom.dcmread(shared_data / "dicom/12lead/mortara_eli250_waveform_ecg.dcm")
+    assert pydicom.dcmread(out / "cart.dcm").StudyInstanceUID == cart.StudyInstanceUID
+    assert "CT Image Storage" in (out / "ct.reason.txt").read_text()
+    assert (out / "nometa.reason.txt").read_text().strip()
+    assert not (out / "ct.npy").exists() and not (out / "nometa.npy").exists()
