@@ -214,8 +214,16 @@ def write_config(folder: Path, checkpoint: Path, pacs: dict | None = None, **ove
         config["pacs"] = {"timeout_s": 5, "retry_initial_s": 0.5, "retry_max_s": 1.0, **pacs}
     config.update(overrides)
     path = Path(folder) / "site.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def status_counts(config: Path) -> dict[str, int]:
+    """What ``ecg-dicom status --config`` prints, as {label: count}."""
+    out = subprocess.run([sys.executable, "-m", "ecg_dicom", "status", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return {k.strip(): int(v) for k, v in (line.split(":") for line in out.stdout.splitlines())}
 
 
 class Service:

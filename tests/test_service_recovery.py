@@ -1,0 +1,118 @@
+"""Nothing lost: kill -9 during a burst, PACS down for a while, SIGTERM, against real peers."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from peers import PACS_AET, Orthanc, Service, status_counts, stored_ok, storescu, wait_for, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def make_inputs(source: Path, folder: Path, n: int) -> dict[str, str]:
+    """``n`` copies of a real ECG, each a distinct instance; returns {file path: SOP Instance UID}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = dcmread(source)
+    files = {}
+    for i in range(n):
+        uid = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        path = folder / f"ecg{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files[str(path)] = uid
+    return files
+
+
+def orthanc_copies(pacs: Orthanc, output: Path, input_uid: str) -> int:
+    """How many instances Orthanc holds of the result made from ``input_uid``."""
+    result = output / f"{input_uid}.dcm"
+    if not result.exists():
+        return 0
+    uid = dcmread(result, stop_before_pixels=True).SOPInstanceUID
+    return sum(1 for hit in pacs.lookup(uid) if hit["Type"] == "Instance")
+
+
+def test_kill_9_during_a_burst_loses_nothing_and_duplicates_nothing(tmp_path, tiny_checkpoint, shared_data):
+    inputs = make_inputs(shared_data / "dicom" / "hemodynamic" / "ge_maclab_12lead_in_hemodynamic_sop.dcm",
+                         tmp_path / "cart", 50)
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        cfg = write_config(tmp_path / "site", tiny_checkpoint,
+                           pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+        svc = Service(cfg).start()
+        try:
+            cart = subprocess.Popen(["storescu", "-v", "-aet", "CART1", "-aec", "ECGDICOM", "127.0.0.1",
+                                     str(svc.port), *inputs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            wait_for(lambda: sum(svc.counts().values()) >= 12, 60, "a dozen stores accepted", interval=0.01)
+            svc.kill9()
+            out, _ = cart.communicate(timeout=60)
+            acked = stored_ok(out)
+            # stores go one after another: with 12 recorded, at least 11 were answered
+            assert len(acked) >= 11, out[-2000:]
+            svc.start()
+            wait_for(lambda: svc.settled(len(acked)), 120, "every accepted job to be delivered")
+            for path in acked:
+                assert orthanc_copies(pacs, svc.output, inputs[path]) == 1, path
+            # the cart sends again what was never acknowledged, as carts do
+            rest = [p for p in inputs if p not in acked]
+            if rest:
+                again = storescu(svc.port, rest)
+                assert again.returncode == 0, again.stderr
+            wait_for(lambda: svc.settled(len(inputs)), 120, "the re-sent inputs to be delivered")
+            assert len(pacs.instances()) == len(inputs)
+            assert all(orthanc_copies(pacs, svc.output, uid) == 1 for uid in inputs.values())
+            t0 = time.monotonic()
+            assert svc.stop() == 0
+            assert time.monotonic() - t0 < 10
+        finally:
+            svc.kill9()
+
+
+def test_results_wait_for_a_stopped_pacs_and_are_delivered_when_it_is_back(tmp_path, tiny_checkpoint,
+                                                                            shared_data):
+    inputs = sorted((shared_data / "dicom" / "12lead").glob("*.dcm"))
+    pacs = Orthanc(tmp_path / "orthanc")
+    pacs.start()
+    pacs.stop()   # the PACS is down when the results are ready
+    cfg = write_config(tmp_path / "site", tiny_checkpoint,
+                       pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+    svc = Service(cfg).start()
+    try:
+        assert storescu(svc.port, inputs).returncode == 0
+        wait_for(lambda: svc.counts() == {"delivering": len(inputs)}, 60, "results ready, awaiting delivery")
+        time.sleep(2.5)  # several retries (0.5 s initial backoff) against the stopped PACS
+        assert svc.counts() == {"delivering": len(inputs)}   # none marked delivered
+        assert "delivery attempt 2 failed" in svc.log_text()
+        # a restart keeps the retry schedule and the attempt counts
+        assert svc.stop() == 0
+        assert status_counts(cfg)["delivering"] == len(inputs)
+        svc.start()
+        pacs.start()
+        wait_for(lambda: svc.counts() == {"done": len(inputs)}, 60, "delivery once the PACS is back")
+        assert len(pacs.instances()) == len(inputs)
+        assert not list((svc.output / "dead-letter").iterdir())
+    finally:
+        svc.kill9()
+        pacs.stop()
+
+
+def test_permanent_rejection_by_pacs_goes_to_dead_letter(tmp_path, tiny_checkpoint, shared_data):
+    """Orthanc checks the called AE title: a misconfigured one is a permanent rejection."""
+    ecg = shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm"
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        cfg = write_config(tmp_path / "site", tiny_checkpoint,
+                           pacs={"ae_title": "NOTTHEPACS", "host": "127.0.0.1", "port": pacs.dicom_port})
+        with Service(cfg) as svc:
+            assert storescu(svc.port, [ecg]).returncode == 0
+            wait_for(lambda: svc.counts() == {"dead": 1}, 60, "the job to be dead-lettered")
+            uid = dcmread(ecg, stop_before_pixels=True).SOPInstanceUID
+            dead = svc.output / "dead-letter"
+            assert (dead / f"{uid}.dcm").is_file()
+            assert "rejected permanently" in (dead / f"{uid}.reason.txt").read_text()
+            assert pacs.instances() == []
