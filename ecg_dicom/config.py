@@ -92,7 +92,7 @@ class Worker:
     for a batch to fill once the first job is there."""
 
     batch_size: int = 8
-    max_wait_s: float = 0.2
+    max_wait_s: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,9 @@ class Settings:
     pacs: Pacs | None = None
     checkpoint: Path | None = None
     device: str = "cpu"
+    # intra-op threads of torch; 1 keeps latency steady on a shared machine (more threads than
+    # idle cores makes each forward pass many times slower), raise it on a dedicated server
+    torch_threads: int = 1
     worker: Worker = field(default_factory=Worker)
     watcher: Watcher = field(default_factory=Watcher)
     max_associations: int = 10
@@ -232,6 +235,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"worker.max_wait_s: must not be negative, got {s.worker.max_wait_s}")
     _check_positive("watcher.stable_s", s.watcher.stable_s)
     _check_positive("watcher.rescan_s", s.watcher.rescan_s)
+    if s.torch_threads < 1:
+        raise ConfigError(f"torch_threads: must be at least 1, got {s.torch_threads}")
     if s.max_associations < 1:
         raise ConfigError(f"max_associations: must be at least 1, got {s.max_associations}")
     if s.log_level.upper() not in LOG_LEVELS:

@@ -92,6 +92,7 @@ class JobQueue:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._new_job = threading.Event()
+        self._to_deliver = threading.Event()
         self._db.executescript(_SCHEMA)
 
     @property
@@ -169,6 +170,8 @@ class JobQueue:
             "WHERE id = ?",
             ("delivering" if deliver else "done", json.dumps(outputs), now, now if deliver else None,
              now, job_id))
+        if deliver:
+            self._to_deliver.set()
 
     def reject(self, job_id: int, reason: str) -> None:
         self._set(job_id, "rejected", reason)
@@ -185,6 +188,11 @@ class JobQueue:
         """Time of the earliest pending delivery attempt, or None."""
         row = self._db.execute("SELECT MIN(next_attempt) FROM jobs WHERE state = 'delivering'").fetchone()
         return row[0]
+
+    def wait_for_delivery(self, timeout: float) -> None:
+        """Block until a job becomes ``delivering`` (or ``timeout`` seconds pass)."""
+        self._to_deliver.wait(timeout)
+        self._to_deliver.clear()
 
     def delivered(self, job_id: int) -> None:
         self._set(job_id, "done")

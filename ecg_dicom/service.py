@@ -66,6 +66,8 @@ def setup_logging(level: str) -> None:
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     """Run the service until ``stop`` is set (by SIGTERM/SIGINT when run from the CLI)."""
+    import torch
+
     from ecg_dicom.core.inference import Reconstructor
     from ecg_dicom.ingest.scp import start_scp
     from ecg_dicom.ingest.watcher import FolderWatcher
@@ -84,11 +86,12 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     LOG.info("job store %s: %d interrupted jobs requeued, %d spool files recovered, %d leftovers removed; %s",
              folders.queue_db, requeued, recovered, removed, _counts_text(queue.counts()))
 
+    torch.set_num_threads(settings.torch_threads)
     reconstructor = Reconstructor.from_checkpoint(settings.checkpoint, input_lead=settings.input_lead,
                                                   device=settings.device)
     reconstructor.reconstruct(WARM_UP_LEAD_UV, WARM_UP_FS)  # first call pays torch's lazy set-up
-    LOG.info("model %s loaded (input lead %s, device %s)", reconstructor.model_version,
-             reconstructor.input_lead, settings.device)
+    LOG.info("model %s loaded (input lead %s, device %s, %d threads)", reconstructor.model_version,
+             reconstructor.input_lead, settings.device, torch.get_num_threads())
 
     # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
     worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None)

@@ -108,7 +108,7 @@ class Delivery:
                 self.deliver(jobs)
                 continue
             nxt = self.queue.next_due()
-            stop.wait(1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time())))
+            self.queue.wait_for_delivery(1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time())))
 
     def deliver(self, jobs: list[Job]) -> None:
         """One association for ``jobs``; each job ends delivered, retried later, or dead."""

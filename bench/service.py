@@ -1,0 +1,164 @@
+"""Service benchmark (not a test): run `python bench/service.py [--n 200] [--checkpoint CKPT]`.
+
+Measures in one run on this machine, with real peers on loopback:
+  1. C-STOREs accepted per second by our listener (`ecg-dicom serve`, worker running) vs
+     DCMTK `storescp` writing to disk, same storescu burst of N distinct ECGs (target >= 0.5x);
+  2. time from a C-STORE request (on an open association) to the 12-lead result being listed
+     by Orthanc vs the bare inference time of the same ECG in-process, medians (target <= 1.5x);
+  3. resident memory of `serve`: idle after start, and peak under the burst.
+Uses the shipped lead-I checkpoint when present, else the default model config, randomly
+initialised (same size, same speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from ecg_dicom.core.checkpoint import Preprocessing, save_checkpoint, shipped_checkpoint_path  # noqa: E402
+from ecg_dicom.core.inference import Reconstructor  # noqa: E402
+from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig  # noqa: E402
+from ecg_dicom.inputs import load_lead  # noqa: E402
+from peers import PACS_AET, Orthanc, Service, StoreSCP, storescu, wait_for, write_config  # noqa: E402
+
+ECG = REPO.parent / "shared" / "data" / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm"
+
+
+def copies(source: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` copies of a real ECG, each with its own SOP Instance UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = dcmread(source)
+    paths = []
+    for i in range(n):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(folder / f"ecg{i:04d}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def timed_burst(port: int, files: list[Path], called: str) -> float:
+    """Seconds storescu needs to C-STORE ``files`` in one association (all must succeed)."""
+    t0 = time.perf_counter()
+    out = storescu(port, files, called=called, timeout=600)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"storescu failed: {out.stderr[-500:]}")
+    return elapsed
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of ``pid`` in KiB (VmRSS now, or VmHWM: the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def checkpoint_path(arg: str | None, tmp: Path) -> tuple[Path, str]:
+    if arg:
+        return Path(arg), arg
+    shipped = shipped_checkpoint_path("I")
+    if shipped.exists():
+        return shipped, f"shipped {shipped.name}"
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp / "random_full.pt", BiLSTMAttentionModel(ModelConfig()), "I", "bench-random",
+                           Preprocessing(), {"data": "none (random weights, benchmark only)"})
+    return path, "default config, random weights (no shipped checkpoint yet)"
+
+
+def bare_inference_s(ckpt: Path, repeats: int) -> tuple[float, float]:
+    """Median seconds to reconstruct the ECG in-process (model loaded), and to read + reconstruct it."""
+    rec = Reconstructor.from_checkpoint(ckpt, input_lead="I")
+    lead = load_lead(ECG, "I")
+    rec.reconstruct(lead.signal_uv, lead.fs)  # warm-up
+    model, total = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        lead = load_lead(ECG, "I")
+        t1 = time.perf_counter()
+        rec.reconstruct(lead.signal_uv, lead.fs)
+        model.append(time.perf_counter() - t1)
+        total.append(time.perf_counter() - t0)
+    return statistics.median(model), statistics.median(total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="C-STOREs per burst (default 200)")
+    parser.add_argument("--latency-runs", type=int, default=5, help="single ECGs timed end to end (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, service and bare alike (default 1)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped lead I, else random)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp_name:
+        tmp = Path(tmp_name)
+        ckpt, ckpt_text = checkpoint_path(args.checkpoint, tmp)
+        print(f"checkpoint: {ckpt_text}; torch threads {args.threads} (service and bare inference)")
+        burst = copies(ECG, tmp / "burst", args.n)
+        singles = copies(ECG, tmp / "single", args.latency_runs)
+
+        # 1. listener throughput: DCMTK storescp, then ours
+        with StoreSCP(tmp / "storescp-out", aet="STORESCP") as scp:
+            t_dcmtk = timed_burst(scp.port, burst, "STORESCP")
+        with Orthanc(tmp / "orthanc") as pacs:
+            cfg = write_config(tmp / "site", ckpt, pacs={"ae_title": PACS_AET, "host": "127.0.0.1",
+                                                         "port": pacs.dicom_port},
+                               worker={"batch_size": 8, "max_wait_s": 0.02}, torch_threads=args.threads)
+            svc = Service(cfg)
+            svc.start(timeout=180)
+            try:
+                pid = svc.proc.pid
+                time.sleep(2.0)
+                idle_kib = rss_kib(pid)
+                t_ours = timed_burst(svc.port, burst, "ECGDICOM")
+                wait_for(lambda: svc.settled(len(burst)), 1800, "the burst to be delivered", interval=0.5)
+                peak_kib = rss_kib(pid, "VmHWM")
+
+                # 2. latency, one ECG at a time, the service idle otherwise: from the C-STORE
+                #    request on an open association to the result being listed by Orthanc
+                latencies = []
+                scu = AE(ae_title="CART1")
+                scu.add_requested_context(dcmread(ECG).SOPClassUID, ExplicitVRLittleEndian)
+                assoc = scu.associate("127.0.0.1", svc.port, ae_title="ECGDICOM")
+                for path in singles:
+                    ds = dcmread(path)
+                    before = pacs.get("/statistics")["CountInstances"]
+                    t0 = time.perf_counter()
+                    if assoc.send_c_store(ds).Status != 0:
+                        raise RuntimeError("C-STORE failed")
+                    wait_for(lambda: pacs.get("/statistics")["CountInstances"] > before, 120,
+                             "the result in Orthanc", interval=0.002)
+                    latencies.append(time.perf_counter() - t0)
+                assoc.release()
+                svc.stop()
+            finally:
+                svc.kill9()
+        torch.set_num_threads(args.threads)
+        t_bare, t_read_bare = bare_inference_s(ckpt, 3 * args.latency_runs)
+
+    rate_dcmtk, rate_ours = args.n / t_dcmtk, args.n / t_ours
+    latency = statistics.median(latencies)
+    print(f"C-STORE accepted/s: ours {rate_ours:.1f}, storescp {rate_dcmtk:.1f}  "
+          f"ratio {rate_ours / rate_dcmtk:.2f}x (target >= 0.5x)  [{args.n} x {ECG.name}]")
+    print(f"C-STORE -> listed by Orthanc: median {latency * 1000:.0f} ms (min {min(latencies) * 1000:.0f}); "
+          f"bare inference {t_bare * 1000:.0f} ms (read + inference {t_read_bare * 1000:.0f} ms)  "
+          f"ratio {latency / t_bare:.2f}x (target <= 1.5x)")
+    print(f"serve resident memory: idle {idle_kib / 1024:.0f} MiB, peak under load {peak_kib / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
