@@ -74,6 +74,14 @@ class TestLoad:
         assert s.folders.watch == tmp_path / "var" / "inbox"
         assert s.pacs is None and s.listen.port == 11112
 
+    def test_docker_site_yaml_is_valid(self, tmp_path):
+        data = yaml.safe_load((REPO / "config" / "docker.yaml").read_text())
+        assert data["listen"]["host"] == "0.0.0.0" and data["listen"]["port"] == 11112
+        assert all(str(p).startswith("/data/") for p in data["folders"].values())
+        data["folders"] = {k: str(tmp_path / k) for k in data["folders"]}  # not /data on this machine
+        assert load_config(write(tmp_path, data)).ae_title == "ECGDICOM"
+        assert "COPY config/docker.yaml /config/site.yaml" in (REPO / "Dockerfile").read_text()
+
 
 class TestRefusals:
     @pytest.mark.parametrize("dotted, value, key", [
