@@ -213,6 +213,7 @@ def write_config(folder: Path, checkpoint: Path, pacs: dict | None = None, **ove
     if pacs is not None:
         config["pacs"] = {"timeout_s": 5, "retry_initial_s": 0.5, "retry_max_s": 1.0, **pacs}
     config.update(overrides)
+    config = {k: v for k, v in config.items() if v is not None}  # None: leave the key out
     path = Path(folder) / "site.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))

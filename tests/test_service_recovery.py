@@ -6,10 +6,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from conftest import synthetic_lead
 from peers import PACS_AET, Orthanc, Service, status_counts, stored_ok, storescu, wait_for, write_config
 
 pytestmark = pytest.mark.slow
@@ -72,6 +74,37 @@ def test_kill_9_during_a_burst_loses_nothing_and_duplicates_nothing(tmp_path, ti
             assert time.monotonic() - t0 < 10
         finally:
             svc.kill9()
+
+
+def test_sigterm_during_a_burst_exits_0_quickly_and_keeps_every_accepted_store(tmp_path, tiny_checkpoint,
+                                                                               shared_data):
+    """No PACS: SIGTERM mid-burst; then a restart finishes every store that was answered
+    Success. Files already waiting in the watch folder at start are taken too."""
+    inputs = make_inputs(shared_data / "dicom" / "hemodynamic" / "ge_maclab_12lead_in_hemodynamic_sop.dcm",
+                         tmp_path / "cart", 20)
+    cfg = write_config(tmp_path / "site", tiny_checkpoint, allowed_callers=None)
+    svc = Service(cfg)
+    svc.watch.mkdir(parents=True)
+    np.save(svc.watch / "waiting_at_start.npy", synthetic_lead(seconds=6.0))
+    svc.start()
+    try:
+        assert "allowed_callers is not set" in svc.log_text()
+        cart = subprocess.Popen(["storescu", "-v", "-aet", "ANYCART", "-aec", "ECGDICOM", "127.0.0.1",
+                                 str(svc.port), *inputs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        wait_for(lambda: sum(svc.counts().values()) >= 8, 60, "some stores accepted", interval=0.01)
+        t0 = time.monotonic()
+        assert svc.stop() == 0
+        assert time.monotonic() - t0 < 10
+        acked = stored_ok(cart.communicate(timeout=60)[0])
+        svc.start()
+        wait_for(lambda: svc.settled(len(acked) + 1), 120, "every accepted job to be done")
+        for path in acked:
+            assert (svc.output / f"{inputs[path]}.npy").is_file(), path
+        assert (svc.output / "waiting_at_start.npy").is_file()
+        assert svc.stop() == 0
+    finally:
+        svc.kill9()
 
 
 def test_results_wait_for_a_stopped_pacs_and_are_delivered_when_it_is_back(tmp_path, tiny_checkpoint,

@@ -2,7 +2,10 @@
 
 A file is taken only once it is complete: when inotify reports it closed after writing
 (or moved in), or else when its size and mtime have not changed for ``stable_s`` seconds
-(other observers, network shares, and files already there at start). It is claimed by an
+(files already there at start, moved in from another folder, or seen only by the
+periodic rescan, e.g. on a network share). A file inotify saw being written to, or an
+empty one, waits for its close event; only if that never comes (events lost) is it taken
+after ``EVENTED_FALLBACK_S`` seconds without change. It is claimed by an
 atomic move into the spool, so it cannot be taken twice. What it contains (npy, DICOM,
 garbage) is decided later by the worker.
 
@@ -26,6 +29,7 @@ from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
 LOG = logging.getLogger("ecg_dicom.watcher")
 _SKIP_SUFFIXES = (".part", ".tmp", "~", SIDECAR_SUFFIX)
 _TICK_S = 0.2
+EVENTED_FALLBACK_S = 30.0
 
 
 def is_candidate(path: Path) -> bool:
@@ -46,10 +50,11 @@ class _Events(FileSystemEventHandler):
         self.watcher.notify(Path(str(event.dest_path)), complete=True)
 
     def on_created(self, event: FileSystemEvent) -> None:
+        # also what a file moved in from outside the folder looks like: no close event follows
         self.watcher.notify(Path(str(event.src_path)), complete=False)
 
     def on_modified(self, event: FileSystemEvent) -> None:
-        self.watcher.notify(Path(str(event.src_path)), complete=False)
+        self.watcher.notify(Path(str(event.src_path)), complete=False, evented=True)
 
 
 class FolderWatcher:
@@ -71,19 +76,23 @@ class FolderWatcher:
         self.settings = settings
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
-        # path -> (size, mtime_ns, monotonic time this signature was first seen)
-        self._pending: dict[Path, tuple[int, int, float]] = {}
+        # path -> (size, mtime_ns, monotonic time this signature was first seen,
+        #          seconds it must stay unchanged: stable_s, or the fallback when inotify saw it written)
+        self._pending: dict[Path, tuple[int, int, float, float]] = {}
         self._stop = threading.Event()
 
-    def notify(self, path: Path, complete: bool) -> None:
-        """An event about ``path``: ``complete`` when the writer is known to be done."""
+    def notify(self, path: Path, complete: bool, evented: bool = False) -> None:
+        """News about ``path``: ``complete`` when the writer is known to be done; ``evented``
+        when inotify reported a write to it (its close event will follow)."""
         if path.parent != self.folder or not is_candidate(path):
             return
         with self._lock:
             if complete:
                 self._complete.add(path)
-            else:
-                self._pending.setdefault(path, (-1, -1, time.monotonic()))
+                return
+            wait = max(EVENTED_FALLBACK_S, self.settings.stable_s) if evented else self.settings.stable_s
+            size, mtime, since, old_wait = self._pending.get(path, (-1, -1, time.monotonic(), 0.0))
+            self._pending[path] = (size, mtime, since, max(wait, old_wait))
 
     def stop(self) -> None:
         self._stop.set()
@@ -122,7 +131,7 @@ class FolderWatcher:
         with self._lock:
             ready.extend(self._complete)
             self._complete.clear()
-            for path, (size, mtime, since) in list(self._pending.items()):
+            for path, (size, mtime, since, wait) in list(self._pending.items()):
                 if path in ready:
                     del self._pending[path]
                     continue
@@ -134,8 +143,8 @@ class FolderWatcher:
                 if not path.is_file():
                     del self._pending[path]
                 elif (st.st_size, st.st_mtime_ns) != (size, mtime):
-                    self._pending[path] = (st.st_size, st.st_mtime_ns, now)
-                elif now - since >= self.settings.stable_s:
+                    self._pending[path] = (st.st_size, st.st_mtime_ns, now, wait)
+                elif now - since >= (wait if st.st_size else max(wait, EVENTED_FALLBACK_S)):
                     del self._pending[path]
                     ready.append(path)
         taken = 0
