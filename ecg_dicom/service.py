@@ -24,11 +24,17 @@ import warnings
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ecg_dicom.config import Settings, load_config, log_effective
+from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import CheckpointError, ConfigError
 from ecg_dicom.ingest import Spool
+from ecg_dicom.ingest.scp import start_scp
+from ecg_dicom.ingest.watcher import FolderWatcher
+from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
+from ecg_dicom.worker import Worker
 
 LOG = logging.getLogger("ecg_dicom.service")
 DRAIN_S = 3.0        # how long open associations may go on after a stop request
@@ -66,15 +72,15 @@ def setup_logging(level: str) -> None:
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     """Run the service until ``stop`` is set (by SIGTERM/SIGINT when run from the CLI)."""
-    import torch
-
-    from ecg_dicom.core.inference import Reconstructor
-    from ecg_dicom.ingest.scp import start_scp
-    from ecg_dicom.ingest.watcher import FolderWatcher
-    from ecg_dicom.outputs.pacs import Delivery
-    from ecg_dicom.worker import Worker
-
     stop = stop or threading.Event()
+    restore_signals = _install_signal_handlers(stop)
+    try:
+        return _serve(settings, stop)
+    finally:
+        restore_signals()
+
+
+def _serve(settings: Settings, stop: threading.Event) -> int:
     log_effective(settings, LOG)
     folders = settings.folders
 
@@ -103,10 +109,13 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
                threading.Thread(target=watcher.run, name="watcher", daemon=True)]
     if delivery:
         threads.append(threading.Thread(target=delivery.run, args=(work_stop,), name="delivery", daemon=True))
-    ae, server = start_scp(settings, spool)
+    try:
+        ae, server = start_scp(settings, spool)
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
+                          f"{exc.strerror or exc}") from exc
     for t in threads:
         t.start()
-    restore = _install_signal_handlers(stop)
     LOG.info("service ready")
     try:
         while not stop.wait(0.5):
@@ -127,7 +136,6 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         counts = queue.counts()
         LOG.info("stopped%s; %s", f" ({', '.join(unfinished)} still busy, resumed at next start)"
                  if unfinished else "", _counts_text(counts))
-        restore()
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,17 @@ class TestCommands:
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2
         assert "listen.portt" in out.stderr
+
+    def test_serve_exits_2_when_the_port_is_taken(self, tmp_path, tiny_checkpoint):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            data = {**MINIMAL, "checkpoint": str(tiny_checkpoint),
+                    "listen": {"host": "127.0.0.1", "port": busy.getsockname()[1]}}
+            out = subprocess.run([sys.executable, "-m", "ecg_dicom", "serve", "--config", str(write(tmp_path, data))],
+                                 capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2
+        assert "listen: cannot listen on" in out.stderr
 
     def test_status_prints_every_count(self, tmp_path, capsys):
         cfg = write(tmp_path, MINIMAL)

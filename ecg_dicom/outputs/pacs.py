@@ -30,7 +30,6 @@ import shutil
 import threading
 import time
 from enum import Enum
-from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
