@@ -95,3 +95,16 @@ def test_train_without_data_fails_cleanly(tmp_path: Path) -> None:
 def test_exclude_db_holds_a_database_out(shared_data: Path) -> None:
     records = load_wfdb_records([shared_data / "ecg12/ptbxl", shared_data / "ecg12/ptb"], exclude_db=["ptb"])
     assert records and {r.database for r in records} == {"ptbxl"}
+
+
+def test_fine_tuning_starts_from_init_and_records_it(four_records: Path, tmp_path: Path) -> None:
+    base = _train(four_records, tmp_path / "base.pt")
+    out = tmp_path / "ft.pt"
+    assert main(["train", "--out", str(out), "--real", str(four_records), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--init", str(base)]) == 0
+    ft, start = load_checkpoint(out, "I"), load_checkpoint(base, "I")
+    assert ft.training["pretraining"]["model_version"] == start.model_version
+    assert ft.training["data"]["init"] == str(base)
+    # one small step away from the initial weights, not a fresh random model
+    diffs = [float((ft.model.state_dict()[k] - v).abs().max()) for k, v in start.model.state_dict().items()]
+    assert 0 < max(diffs) < 0.05

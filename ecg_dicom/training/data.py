@@ -141,12 +141,14 @@ def load_synthetic(n: int, cache_dir: str | Path, seed: int = 0) -> list[Record]
     return records
 
 
-def split_records(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Record-wise split with a fixed seed: (train names, validation names), both sorted."""
+def split_records(names: Sequence[str], val_fraction: float, seed: int,
+                  max_val: int = 64) -> tuple[list[str], list[str]]:
+    """Record-wise split with a fixed seed: (train names, validation names), both sorted;
+    at most ``max_val`` validation records, none when there are 4 records or fewer."""
     names = sorted(names)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(names))
-    n_val = int(round(len(names) * val_fraction)) if len(names) > 4 else 0
+    n_val = min(int(round(len(names) * val_fraction)), max_val) if len(names) > 4 else 0
     val = sorted(names[i] for i in order[:n_val])
     train = sorted(names[i] for i in order[n_val:])
     return train, val

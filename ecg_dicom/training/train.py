@@ -242,10 +242,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, steps_per_epoch=args.steps_per_epoch)
     pre = Preprocessing(fs=250.0, window=1250, hop=625)
     model_config = ModelConfig(n_leads=len(learned_leads(input_lead)))
-    init_state = None
+    init_state, pretraining = None, None
     if args.init:
         init = load_checkpoint(args.init, input_lead=input_lead)
         model_config, pre, init_state = init.model.config, init.preprocessing, init.model.state_dict()
+        pretraining = {k: init.training.get(k) for k in ("command", "data", "seed", "epochs", "date")}
+        pretraining["model_version"] = init.model_version
     train_names, val_names = split_records([r.name for r in records], cfg.val_fraction, cfg.seed)
     by_name = {r.name: r for r in records}
     log.info("training on %d records (%d real), validating on %d", len(train_names),
@@ -266,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             "train_records": [n for n in train_names if not n.startswith("synthetic/")],
             "init": str(args.init) if args.init else None,
         },
+        "pretraining": pretraining,
         "held_out": {"validation_records": val_names, "excluded_databases": list(args.exclude_db)},
         "seed": cfg.seed,
         "epochs": cfg.epochs,
