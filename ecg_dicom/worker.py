@@ -86,11 +86,15 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; the batch in hand is finished first."""
         while not stop.is_set():
-            jobs = self.next_batch(stop)
-            if jobs:
-                self.process(jobs)
-            else:
-                self.queue.wait_for_new(1.0)
+            try:
+                jobs = self.next_batch(stop)
+                if jobs:
+                    self.process(jobs)
+                else:
+                    self.queue.wait_for_new(1.0)
+            except Exception:  # the job store itself failing: keep going, jobs stay recorded
+                LOG.exception("worker error; pausing before the next batch")
+                self.output_blocked = True
             if self.output_blocked:
                 self.output_blocked = False
                 stop.wait(OUTPUT_RETRY_S)
@@ -171,6 +175,10 @@ class Worker:
             LOG.error("%s: cannot write outputs (%s); will try again", job.tag, exc)
             self.queue.release(job.id)
             self.output_blocked = True
+            return
+        except Exception as exc:  # the writer refusing this record: its problem, not the service's
+            LOG.exception("%s: unexpected error while writing outputs", job.tag)
+            self.reject(job, f"cannot write outputs ({type(exc).__name__}: {exc})")
             return
         outputs = [npy.name] + [Path(p).name for p in dcms]
         self.queue.processed(job.id, outputs, self.deliver)

@@ -108,7 +108,10 @@ class FolderWatcher:
                 if time.monotonic() >= next_scan:
                     self.rescan()
                     next_scan = time.monotonic() + self.settings.rescan_s
-                self.take_ready()
+                try:
+                    self.take_ready()
+                except Exception:  # e.g. the job store failing: files stay in the folder for later
+                    LOG.exception("watcher error")
                 self._stop.wait(_TICK_S)
         finally:
             observer.stop()

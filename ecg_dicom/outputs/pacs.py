@@ -45,6 +45,7 @@ LOG = logging.getLogger("ecg_dicom.pacs")
 OUTPUT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.5.1.4.1.1.9.1.2")
 WARNING_STATUSES = (0xB000, 0xB006, 0xB007)
 REJECTED_PERMANENT = 1
+ERROR_PAUSE_S = 5.0
 
 
 class Outcome(Enum):
@@ -102,9 +103,14 @@ class Delivery:
     def run(self, stop: threading.Event) -> None:
         """Deliver due jobs until ``stop`` is set; the association in hand is finished first."""
         while not stop.is_set():
-            jobs = self.queue.due(time.time(), self.batch_size)
-            if jobs:
-                self.deliver(jobs)
+            try:
+                jobs = self.queue.due(time.time(), self.batch_size)
+                if jobs:
+                    self.deliver(jobs)
+                    continue
+            except Exception:  # job store or dead-letter folder failing: keep going, jobs stay recorded
+                LOG.exception("delivery error; pausing")
+                stop.wait(ERROR_PAUSE_S)
                 continue
             nxt = self.queue.next_due()
             self.queue.wait_for_delivery(1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time())))
