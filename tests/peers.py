@@ -149,8 +149,8 @@ class Orthanc:
                   "WebDavEnabled": False}
         cfg = self.folder / "orthanc.json"
         cfg.write_text(json.dumps(config))
-        self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.folder / "orthanc.log", "ab"))
+        with open(self.folder / "orthanc.log", "ab") as log:
+            self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=subprocess.DEVNULL, stderr=log)
         wait_for(self._ready, 30, "Orthanc to answer GET /system")
         return self
 
@@ -243,8 +243,9 @@ class Service:
     def start(self, timeout: float = 60) -> "Service":
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "ecg_dicom", "serve", "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env=env)
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "ecg_dicom", "serve", "--config",
+                                          str(self.config)], stdout=subprocess.DEVNULL, stderr=log, env=env)
         wait_for(self._ready, timeout, "the service to log 'service ready'")
         return self
 

@@ -143,3 +143,14 @@ def test_status_command_prints_counts(service):
     in_store = {**dict.fromkeys(STATES, 0), **service.counts()}
     in_store["dead-lettered"] = in_store.pop("dead")
     assert printed == in_store
+
+
+def test_log_names_no_patient_and_no_file(service, shared_data):
+    """Runs last in this module: nothing that identified a patient or an input reached the log."""
+    log = service.log_text()
+    assert "job " in log
+    secrets = {"dropped_500hz", "dropped_250hz", "has_nan", "no_meta"}
+    for path in (shared_data / "dicom").rglob("*.dcm"):
+        ds = dcmread(path, stop_before_pixels=True, force=True)
+        secrets |= {str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))} - {""}
+    assert secrets and not [s for s in secrets if s in log]
