@@ -124,8 +124,9 @@ def test_malformed_dropped_files_get_reasons_and_the_service_goes_on(service, sh
     nan_lead[100] = np.nan
     np.save(service.watch / "has_nan.npy", nan_lead)
     np.save(service.watch / "two_d.npy", np.zeros((3, 5000), np.float32))
+    np.save(service.watch / "too_short.npy", synthetic_lead(seconds=1.0))
     rejected = service.output / "rejected"
-    for name in ("no_meta", "ct_image", "notes.txt", "has_nan", "two_d"):
+    for name in ("no_meta", "ct_image", "notes.txt", "has_nan", "two_d", "too_short"):
         reason = wait_for(lambda: (rejected / f"{name}.reason.txt").exists() and (rejected / f"{name}.reason.txt"),
                           30, f"a reason file for {name}")
         assert reason.read_text().strip()
@@ -133,8 +134,29 @@ def test_malformed_dropped_files_get_reasons_and_the_service_goes_on(service, sh
     assert "1.2.840.10008.5.1.4.1.1.2" in (rejected / "ct_image.reason.txt").read_text()
     assert "NaN" in (rejected / "has_nan.reason.txt").read_text()
     assert "not one lead" in (rejected / "two_d.reason.txt").read_text()
+    assert "too short" in (rejected / "too_short.reason.txt").read_text()
     assert echoscu(service.port)  # still alive
     assert not (service.output / "has_nan.npy").exists()
+
+
+def test_stored_ecg_without_the_input_lead_is_acked_then_rejected(service, shared_data, tmp_path):
+    """Validation happens after the ack, in the worker: Success on the wire, reason file later."""
+    ds = dcmread(shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
+    for group in ds.WaveformSequence:   # relabel lead I as a second V1
+        for channel in group.ChannelDefinitionSequence:
+            if channel.ChannelSourceSequence[0].CodeValue == "5.6.3-9-1":
+                channel.ChannelSourceSequence[0].CodeValue = "5.6.3-9-3"
+                channel.ChannelSourceSequence[0].CodeMeaning = "Lead V1"
+    path = tmp_path / "no_lead_i.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    result = storescu(service.port, [path])
+    assert result.returncode == 0 and stored_ok(result.stdout + result.stderr) == [str(path)]
+    reason = service.output / "rejected" / f"{ds.SOPInstanceUID}.reason.txt"
+    wait_for(reason.exists, 30, "the reason file")
+    assert "no lead I" in reason.read_text()
+    assert (service.output / "rejected" / f"{ds.SOPInstanceUID}.dcm").is_file()
+    assert not (service.output / f"{ds.SOPInstanceUID}.npy").exists()
 
 
 def test_status_command_prints_counts(service):
