@@ -14,10 +14,12 @@ COPY ecg_dicom ./ecg_dicom
 RUN pip install . && rm -rf /opt/ecg-dicom/ecg_dicom /opt/ecg-dicom/build
 
 COPY config/docker.yaml /config/site.yaml
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ecg \
-    && mkdir -p /data && chown ecg:ecg /data
+RUN groupadd --system --gid 10001 ecg \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin ecg \
+    && mkdir -p /data && chown 10001:10001 /data
 
-USER ecg
+# numeric, so that orchestrators can check it is not root
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 11112
 # exec form: serve is PID 1 and gets SIGTERM from `docker stop` (it exits 0 within a few seconds)
