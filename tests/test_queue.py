@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -130,6 +131,22 @@ class TestSpool:
         assert spool.path(job).read_bytes() == b"npy"
         assert spool.sidecar(job).read_text() == '{"fs": 250}'
         assert spool.claim(inbox / "rec.npy", "watch") is None  # already taken
+
+    def test_claim_across_file_systems_copies_durably_then_removes(self, spool, queue, tmp_path, monkeypatch):
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        (inbox / "rec.dcm").write_bytes(b"dicom bytes")
+        real_replace = os.replace
+
+        def no_cross_device_rename(src, dst):
+            if Path(src).parent == inbox:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", no_cross_device_rename)
+        job = queue.get(spool.claim(inbox / "rec.dcm", "watch"))
+        assert spool.path(job).read_bytes() == b"dicom bytes"
+        assert list(inbox.iterdir()) == [] and not list(spool.folder.glob(".*"))
 
     def test_recover_orphans_and_leftovers(self, spool, queue):
         key = new_key()
