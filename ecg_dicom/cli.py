@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (weights are reproducible for a fixed thread count)")
     p.add_argument("--steps-per-epoch", type=int, default=16, help="batches of 16 crops per epoch")
+    p.add_argument("--real-fraction", type=float, default=0.5,
+                   help="share of real crops per batch when --synthetic is mixed with --real")
 
     p = sub.add_parser("evaluate", help="per-lead r / RMSE (µV) / std ratio vs linear baselines")
     p.add_argument("data", nargs="+", help="folders of WFDB records or of (12, N) µV .npy arrays")

@@ -34,6 +34,25 @@ def test_reads_ludb_lowercase_names_and_per_lead_gains(shared_data: Path) -> Non
     assert all(100 < np.ptp(row) < 10000 for row in rec.leads)
 
 
+def test_flags_amplitude_normalised_records(shared_data: Path) -> None:
+    """LUDB stores every lead scaled to exactly 1 mV peak-to-peak: shapes only."""
+    ludb = read_wfdb_record(shared_data / "ecg12/ludb/56.hea")
+    assert not ludb.amplitude_reliable
+    np.testing.assert_allclose(np.ptp(ludb.leads, axis=1), 1000.0, atol=2.0)
+    assert read_wfdb_record(shared_data / "ecg12/georgia/E07500.hea").amplitude_reliable
+    assert read_wfdb_record(shared_data / "ecg12/ptb/s0010_re.hea").amplitude_reliable
+
+
+def test_shape_only_records_do_not_pull_amplitude() -> None:
+    torch.manual_seed(0)
+    target = torch.randn(2, 7, 500) * 0.3
+    pred = torch.cat([target[:1], target[1:] * 0.3])  # record 1 shrunk, same shape
+    _, both = reconstruction_loss(pred, None, target, torch.tensor([1.0, 1.0]))
+    _, first = reconstruction_loss(pred, None, target, torch.tensor([1.0, 0.0]))
+    assert both["std"] > 0.5 and first["std"] == pytest.approx(0.0, abs=1e-6)
+    assert first["mse"] == pytest.approx(0.0, abs=1e-9) and first["r"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_reads_ptbxl_100hz_record(shared_data: Path) -> None:
     rec = read_wfdb_record(shared_data / "ecg12/ptbxl/00001_lr.hea")
     assert rec.fs == 100 and rec.leads.shape == (12, 1000)

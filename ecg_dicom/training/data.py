@@ -26,12 +26,25 @@ class Record:
 
     name: "<database>/<record>" (unique within a run); database: the folder the record
     lives in (e.g. "ludb"), used for record-wise and database-wise splits.
+    amplitude_reliable: False when every lead was normalised to the same peak-to-peak
+    (LUDB stores each lead scaled to exactly 1 mV p2p): its shapes are real, its absolute
+    and relative amplitudes are not.
     """
 
     name: str
     database: str
     fs: float
     leads: np.ndarray
+    amplitude_reliable: bool = True
+
+
+NORMALISED_P2P_UV = 1000.0
+
+
+def amplitude_normalised(leads_uv: np.ndarray, tol_uv: float = 2.0) -> bool:
+    """True when every lead of (12, N) µV has a peak-to-peak of exactly 1 mV (± ``tol_uv``):
+    a per-lead normalised export, not a physical recording."""
+    return bool(np.all(np.abs(np.ptp(leads_uv, axis=-1) - NORMALISED_P2P_UV) < tol_uv))
 
 
 def read_wfdb_record(header: str | Path, database: str | None = None) -> Record:
@@ -61,7 +74,8 @@ def read_wfdb_record(header: str | Path, database: str | None = None) -> Record:
         raise ValueError(f"{header}: leads {', '.join(missing)} are missing")
     out = np.nan_to_num(out, nan=0.0)
     database = database or header.parent.name
-    return Record(name=f"{database}/{header.stem}", database=database, fs=float(rec.fs), leads=out)
+    return Record(name=f"{database}/{header.stem}", database=database, fs=float(rec.fs), leads=out,
+                  amplitude_reliable=not amplitude_normalised(out))
 
 
 def find_headers(folders: Iterable[str | Path]) -> list[Path]:

@@ -55,6 +55,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     threads: int = 1
+    real_fraction: float = 0.5  # share of real crops per batch when synthetic records are mixed in
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Prepared:
     name: str
     x: np.ndarray
     y: np.ndarray
+    amplitude_reliable: bool = True
 
 
 def prepare_records(records: Sequence[Record], input_lead: str, fs: float) -> list[Prepared]:
@@ -90,7 +92,8 @@ def prepare_records(records: Sequence[Record], input_lead: str, fs: float) -> li
     out = []
     for rec in records:
         leads = highpass(resample_fs(rec.leads, rec.fs, fs), fs)
-        out.append(Prepared(rec.name, leads[idx_in].astype(np.float32), leads[idx_out].astype(np.float32)))
+        out.append(Prepared(rec.name, leads[idx_in].astype(np.float32), leads[idx_out].astype(np.float32),
+                            rec.amplitude_reliable))
     return out
 
 
@@ -124,8 +127,9 @@ def augment_input(x: np.ndarray, fs: float, rng: np.random.Generator, aug: Augme
 
 
 def make_batch(recs: Sequence[Prepared], picks: Sequence[int], length: int, fs: float,
-               rng: np.random.Generator, aug: Augment | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (B, 2, L) float32 and targets (B, n_out, L) float32 mV for records ``picks``."""
+               rng: np.random.Generator, aug: Augment | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (B, 2, L) float32, targets (B, n_out, L) float32 mV and the (B,) amplitude
+    mask (1 where the record's amplitudes are physical) for records ``picks``."""
     xs, ys = [], []
     for i in picks:
         x, y = _crop(recs[i], length, rng, aug)
@@ -134,25 +138,31 @@ def make_batch(recs: Sequence[Prepared], picks: Sequence[int], length: int, fs: 
             x, y = augment_input(x * gain, fs, rng, aug), y * gain
         xs.append(x)
         ys.append(y / 1000.0)
-    return torch.from_numpy(model_features(np.stack(xs))), torch.from_numpy(np.stack(ys).astype(np.float32))
+    amp = torch.tensor([float(recs[i].amplitude_reliable) for i in picks])
+    return torch.from_numpy(model_features(np.stack(xs))), torch.from_numpy(np.stack(ys).astype(np.float32)), amp
 
 
-def reconstruction_loss(mean: torch.Tensor, log_var: torch.Tensor | None, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """mean, log_var, target: (B, leads, L) in mV / log mV². Returns (loss, parts)."""
-    mse = (mean - target).pow(2).mean()
+def reconstruction_loss(mean: torch.Tensor, log_var: torch.Tensor | None, target: torch.Tensor,
+                        amp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean, log_var, target: (B, leads, L) in mV / log mV²; amp: (B,) 1 where the target's
+    amplitude is physical. Records with amp 0 only teach the shape (correlation term);
+    MSE, std ratio and NLL use the others. Returns (loss, parts)."""
+    amp = torch.ones(mean.shape[0]) if amp is None else amp
+    n_amp = amp.sum().clamp(min=1.0)
+    mse = ((mean - target).pow(2).mean((1, 2)) * amp).sum() / n_amp
     mc = mean - mean.mean(-1, keepdim=True)
     tc = target - target.mean(-1, keepdim=True)
     sp = mc.pow(2).mean(-1).add(1e-8).sqrt()
     st = tc.pow(2).mean(-1).add(1e-8).sqrt()
     live = (st > FLAT_TARGET_MV).float()
-    n_live = live.sum().clamp(min=1.0)
     r = (mc * tc).mean(-1) / (sp * st)
-    corr = ((1 - r) * live).sum() / n_live
-    std = ((torch.log(sp + 1e-4) - torch.log(st + 1e-4)).pow(2) * live).sum() / n_live
+    corr = ((1 - r) * live).sum() / live.sum().clamp(min=1.0)
+    live_amp = live * amp[:, None]
+    std = ((torch.log(sp + 1e-4) - torch.log(st + 1e-4)).pow(2) * live_amp).sum() / live_amp.sum().clamp(min=1.0)
     loss = W_MSE * mse + W_CORR * corr + W_STD * std
     parts = {"mse": mse.item(), "r": 1 - corr.item(), "std": std.item()}
     if log_var is not None:
-        nll = 0.5 * (log_var + (target - mean.detach()).pow(2) / log_var.exp()).mean()
+        nll = ((0.5 * (log_var + (target - mean.detach()).pow(2) / log_var.exp())).mean((1, 2)) * amp).sum() / n_amp
         loss = loss + W_NLL * nll
         parts["nll"] = nll.item()
     return loss, parts
@@ -166,11 +176,33 @@ def _weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def batch_pools(train_recs: Sequence[Prepared], n_extra: int, cfg: TrainConfig) -> tuple[list[list[int]], list[int]]:
+    """Index pools and crops per batch from each, so that no pool drowns the others.
+
+    Pools: real records with physical amplitudes, real records with normalised amplitudes
+    (shape only), synthetic records (indices after the real ones). Real records get
+    ``cfg.real_fraction`` of every batch, split evenly between the two real pools; empty
+    pools give their share to the others.
+    """
+    pools = [[i for i, r in enumerate(train_recs) if r.amplitude_reliable],
+             [i for i, r in enumerate(train_recs) if not r.amplitude_reliable],
+             list(range(len(train_recs), len(train_recs) + n_extra))]
+    shares = [cfg.real_fraction / 2, cfg.real_fraction / 2, 1 - cfg.real_fraction]
+    kept = [(p, s) for p, s in zip(pools, shares) if p]
+    total = sum(s for _, s in kept)
+    counts = [int(cfg.batch_size * s / total) for _, s in kept]
+    counts[0] += cfg.batch_size - sum(counts)
+    return [p for p, _ in kept], counts
+
+
 def train_model(train_recs: Sequence[Prepared], val_recs: Sequence[Prepared], input_lead: str,
                 pre: Preprocessing, cfg: TrainConfig, model_config: ModelConfig,
                 init_state: dict | None = None, aug: Augment = Augment(),
-                progress: bool = True) -> tuple[BiLSTMAttentionModel, dict]:
-    """Train and return (best model by validation loss, history)."""
+                progress: bool = True, extra_recs: Sequence[Prepared] = ()) -> tuple[BiLSTMAttentionModel, dict]:
+    """Train and return (best model by validation loss, history).
+
+    ``extra_recs``: synthetic records mixed in beside the real ones (see :func:`batch_pools`).
+    """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
@@ -187,18 +219,23 @@ def train_model(train_recs: Sequence[Prepared], val_recs: Sequence[Prepared], in
         val_batches.append(make_batch(val_recs, picks, pre.window, pre.fs, rng, None))
     history: dict = {"val_loss": [], "val_r": [], "train_loss": []}
     best_state, best_loss, best_epoch = None, math.inf, cfg.epochs
-    order: list[int] = []
+    pools, per_pool = batch_pools(train_recs, len(extra_recs), cfg)
+    orders: list[list[int]] = [[] for _ in pools]
+    all_recs = [*train_recs, *extra_recs]
     bar = tqdm(total=total, desc=f"train lead {input_lead}", disable=not progress, dynamic_ncols=True)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         running = 0.0
         for _ in range(cfg.steps_per_epoch):
-            if len(order) < cfg.batch_size:
-                order.extend(rng.permutation(len(train_recs)).tolist())
-            picks, order = order[:cfg.batch_size], order[cfg.batch_size:]
-            feats, target = make_batch(train_recs, picks, pre.window, pre.fs, rng, aug)
+            picks = []
+            for pool, order, k in zip(pools, orders, per_pool):
+                while len(order) < k:
+                    order.extend(pool[i] for i in rng.permutation(len(pool)))
+                picks += order[:k]
+                del order[:k]
+            feats, target, amp = make_batch(all_recs, picks, pre.window, pre.fs, rng, aug)
             mean, log_var = model(feats)
-            loss, _ = reconstruction_loss(mean, log_var, target)
+            loss, _ = reconstruction_loss(mean, log_var, target, amp)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -211,7 +248,7 @@ def train_model(train_recs: Sequence[Prepared], val_recs: Sequence[Prepared], in
         if val_batches:
             model.eval()
             with torch.no_grad():
-                parts = [reconstruction_loss(*model(f), t) for f, t in val_batches]
+                parts = [reconstruction_loss(*model(f), t, a) for f, t, a in val_batches]
             v_loss = float(np.mean([float(p[0]) for p in parts]))
             v_r = float(np.mean([p[1]["r"] for p in parts]))
             history["val_loss"].append(v_loss)
@@ -239,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         print("no training records: give --real folders and/or --synthetic N", file=sys.stderr)
         return 2
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, steps_per_epoch=args.steps_per_epoch)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, steps_per_epoch=args.steps_per_epoch,
+                      real_fraction=args.real_fraction)
     pre = Preprocessing(fs=250.0, window=1250, hop=625)
     model_config = ModelConfig(n_leads=len(learned_leads(input_lead)))
     init_state, pretraining = None, None
@@ -248,13 +286,19 @@ def run(args: argparse.Namespace) -> int:
         model_config, pre, init_state = init.model.config, init.preprocessing, init.model.state_dict()
         pretraining = {k: init.training.get(k) for k in ("command", "data", "seed", "epochs", "date")}
         pretraining["model_version"] = init.model_version
-    train_names, val_names = split_records([r.name for r in records], cfg.val_fraction, cfg.seed)
+    # validation is real when there is real data; synthetic records then all train (mixed in)
+    synthetic_names = [r.name for r in records if r.database == "synthetic"]
+    train_names, val_names = split_records(real_names or synthetic_names, cfg.val_fraction, cfg.seed)
+    extra_names = synthetic_names if real_names else []
     by_name = {r.name: r for r in records}
-    log.info("training on %d records (%d real), validating on %d", len(train_names),
-             sum(n in set(real_names) for n in train_names), len(val_names))
+    log.info("training on %d records (+%d synthetic mixed in), validating on %d",
+             len(train_names), len(extra_names), len(val_names))
     prepared = {r.name: p for r, p in zip(records, prepare_records(records, input_lead, pre.fs))}
+    for name in extra_names:  # beside real data, synthetic records teach shape, not amplitude
+        prepared[name].amplitude_reliable = False
     model, history = train_model([prepared[n] for n in train_names], [prepared[n] for n in val_names],
-                                 input_lead, pre, cfg, model_config, init_state)
+                                 input_lead, pre, cfg, model_config, init_state,
+                                 extra_recs=[prepared[n] for n in extra_names])
     train_real = [by_name[n] for n in train_names if n in set(real_names)]
     baselines = fit_baselines_on_records(train_real or [by_name[n] for n in train_names], input_lead)
     training = {
@@ -263,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
         "data": {
             "real_folders": [str(p) for p in args.real],
             "excluded_databases": list(args.exclude_db),
-            "databases": dict(Counter(by_name[n].database for n in train_names)),
+            "databases": dict(Counter(by_name[n].database for n in [*train_names, *extra_names])),
             "synthetic": int(args.synthetic),
             "train_records": [n for n in train_names if not n.startswith("synthetic/")],
             "init": str(args.init) if args.init else None,
