@@ -31,7 +31,10 @@ def pool(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def markdown_table(summary: dict[str, Any], title: str) -> str:
     """One markdown table: per learned lead r / RMSE / std ratio of every method, mean r."""
     methods = list(summary["methods"])
-    lines = [f"**{title}** ({summary['n_records']} records)", "",
+    n_amp = summary.get("n_amplitude_records", summary["n_records"])
+    note = (f"RMSE and std ratio over the {n_amp} records with physical amplitudes" if n_amp
+            else "RMSE and std ratio against LUDB's per-lead normalised (1 mV p2p) targets: not physical")
+    lines = [f"**{title}** ({summary['n_records']} records; r over all; {note})", "",
              "| lead | " + " | ".join(f"{m} r | {m} RMSE µV | {m} std ratio" for m in methods) + " |",
              "|---|" + "---:|" * (3 * len(methods))]
     for key in ("leads", "derived"):

@@ -5,7 +5,9 @@ Protocol: the first 10 s of each record at 500 Hz; the model runs through the re
 inference path (:class:`Reconstructor`) on the raw input lead; truth and every
 prediction are high-passed at 0.5 Hz before the metrics; a flat (dead) true lead is
 skipped for that record. Learned leads make the mean; the four limb leads computed by
-formula are reported apart.
+formula are reported apart. RMSE and std ratio are taken over the records with physical
+amplitudes when the set has any (LUDB stores every lead normalised to 1 mV p2p, so its
+amplitudes say nothing); r is taken over all records.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def evaluate_records(reconstructor: Reconstructor, records: Sequence[Record],
             per_lead[lead] = {m: lead_metrics(p[k], true[k]) for m, p in preds.items()}
         results.append({
             "name": rec.name, "database": rec.database, "leads": per_lead,
+            "amplitude_reliable": rec.amplitude_reliable,
             "sigma_uv": None if recon.sigma is None else dict(zip(learned, map(float, recon.sigma))),
         })
     return results
@@ -77,24 +80,28 @@ def summarize(results: Sequence[dict[str, Any]], input_lead: str) -> dict[str, A
     the learned leads; derived limb leads apart; sigma-vs-RMSE rank correlation."""
     learned = learned_leads(input_lead)
     methods = [m for m in METHODS if any(m in v for res in results for v in res["leads"].values())]
+    physical = [res for res in results if res.get("amplitude_reliable", True)]
+    amp_set = physical or list(results)
     summary: dict[str, Any] = {"input_lead": input_lead, "n_records": len(results),
+                               "n_amplitude_records": len(physical),
                                "learned_leads": list(learned), "derived_leads": list(DERIVED_LIMB_LEADS),
                                "methods": {}}
     for m in methods:
         table = {}
         for lead in (*learned, *DERIVED_LIMB_LEADS):
             vals = [res["leads"][lead][m] for res in results if lead in res["leads"]]
+            amp_vals = [res["leads"][lead][m] for res in amp_set if lead in res["leads"]]
             if vals:
                 table[lead] = {"r": float(np.mean([v["r"] for v in vals])),
-                               "rmse_uv": float(np.median([v["rmse_uv"] for v in vals])),
-                               "std_ratio": float(np.median([v["std_ratio"] for v in vals])),
+                               "rmse_uv": float(np.median([v["rmse_uv"] for v in amp_vals])),
+                               "std_ratio": float(np.median([v["std_ratio"] for v in amp_vals])),
                                "n": len(vals)}
         summary["methods"][m] = {
             "leads": {k: v for k, v in table.items() if k in learned},
             "derived": {k: v for k, v in table.items() if k not in learned},
             "mean_r": float(np.mean([table[k]["r"] for k in learned if k in table])),
         }
-    summary["confidence"] = confidence_rank_correlation(results)
+    summary["confidence"] = confidence_rank_correlation(amp_set)
     return summary
 
 
@@ -121,7 +128,11 @@ def format_table(summary: dict[str, Any], title: str = "") -> str:
     head = f"{'lead':<6}" + "".join(f" | {m:^28}" for m in methods)
     sub = f"{'':<6}" + "".join(f" | {'r':>7} {'RMSE µV':>9} {'std':>6}   " for _ in methods)
     lines = [title] if title else []
-    lines += [f"{summary['n_records']} records, input lead {summary['input_lead']}", head, sub, "-" * len(sub)]
+    n_amp = summary.get("n_amplitude_records", summary["n_records"])
+    amp_note = (f"RMSE / std ratio over the {n_amp} records with physical amplitudes" if n_amp
+                else "RMSE / std ratio against targets normalised to 1 mV p2p per lead (not physical)")
+    lines += [f"{summary['n_records']} records, input lead {summary['input_lead']}; {amp_note}",
+              head, sub, "-" * len(sub)]
 
     def row(lead: str, key: str) -> str:
         cells = []
