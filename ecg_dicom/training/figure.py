@@ -55,9 +55,11 @@ def plot_reconstructions(items: Sequence[tuple[str, Path, Path]], out: str | Pat
                 ax.set_title(label, fontsize=8, loc="left", pad=2)
                 ax.tick_params(labelsize=6)
                 ax.grid(alpha=0.3)
-        axes[3 * block, 0].annotate(title, (0, 1.35), xycoords="axes fraction", fontsize=10, weight="bold")
     fig.suptitle(f"Recorded (black) vs reconstructed from lead {input_lead} (red), mV, 0.5 Hz high-pass", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.2, rect=(0, 0, 1, 0.975))
+    for block, (title, _, _) in enumerate(items):
+        box = axes[3 * block, 0].get_position()
+        fig.text(box.x0, box.y1 + 0.018, title, fontsize=10, weight="bold")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
