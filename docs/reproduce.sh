@@ -9,7 +9,7 @@ for LEAD in I II; do
   ecg-dicom train --out runs/${LEAD}_synth.pt --input-lead $LEAD --synthetic 4000 --epochs 40 --seed 0
   # 2. leave-one-database-out: fine-tune on the real records of the other databases, synthetic mixed in
   for DB in ludb georgia ptbxl ptb; do
-    ecg-dicom train --out runs/${LEAD}_no${DB}.pt --input-lead $LEAD --real $DATA --exclude-db $DB --real-fraction 0.75 \
+    ecg-dicom train --out runs/${LEAD}_no${DB}.pt --input-lead $LEAD --real $DATA --exclude-db $DB --real-fraction 0.5 \
       --synthetic 4000 --init runs/${LEAD}_synth.pt --epochs 20 --seed 0
     ecg-dicom evaluate $DATA/$DB --input-lead $LEAD --checkpoint runs/${LEAD}_no${DB}.pt \
       --json runs/eval_${LEAD}_${DB}.json
