@@ -19,3 +19,8 @@ for LEAD in I II; do
   # 3. the shipped model is the PTB-held-out fold model
   cp runs/${LEAD}_noptb.pt ecg_dicom/weights/lead_${LEAD}.pt
 done
+# 4. the figure: each record drawn by a model that never trained on it
+python -m ecg_dicom.training.figure --out docs/reconstruction.png \
+  "Normal sinus rhythm - Georgia E07506 (model trained without Georgia)=runs/I_nogeorgia.pt=$DATA/georgia/E07506.hea" \
+  "Myocardial infarction - PTB s0010_re (shipped lead-I model; PTB held out)=ecg_dicom/weights/lead_I.pt=$DATA/ptb/s0010_re.hea" \
+  "Right bundle branch block - Georgia E07509 (model trained without Georgia)=runs/I_nogeorgia.pt=$DATA/georgia/E07509.hea"

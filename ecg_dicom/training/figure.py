@@ -34,8 +34,7 @@ def plot_reconstructions(items: Sequence[tuple[str, Path, Path]], out: str | Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3 * len(items), 4, figsize=(16, 3.1 * 3 * len(items) / 1.6), sharey="row")
-    axes = np.atleast_2d(axes)
+    fig, axes = plt.subplots(3 * len(items), 4, figsize=(16, 2.2 * 3 * len(items)), sharey="row", squeeze=False)
     seg = int(SEGMENT_S * BASELINE_FS)
     for block, (title, ckpt, header) in enumerate(items):
         rec = read_wfdb_record(header)
@@ -56,10 +55,10 @@ def plot_reconstructions(items: Sequence[tuple[str, Path, Path]], out: str | Pat
                 ax.tick_params(labelsize=6)
                 ax.grid(alpha=0.3)
     fig.suptitle(f"Recorded (black) vs reconstructed from lead {input_lead} (red), mV, 0.5 Hz high-pass", fontsize=11)
-    fig.tight_layout(h_pad=2.2, rect=(0, 0, 1, 0.975))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.03, top=0.95, wspace=0.06, hspace=0.55)
     for block, (title, _, _) in enumerate(items):
         box = axes[3 * block, 0].get_position()
-        fig.text(box.x0, box.y1 + 0.018, title, fontsize=10, weight="bold")
+        fig.text(box.x0, box.y1 + 0.012, title, fontsize=10, weight="bold")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
