@@ -17,7 +17,7 @@ from ecg_dicom.training.data import read_wfdb_record
 from ecg_dicom.training.evaluate import evaluate_records, load_baselines, summarize
 
 MAX_CHECKPOINT_BYTES = 20 * 1024 * 1024
-# docs/model_card.md, "Shipped lead-I model on its own held-out records" (PTB s0010_re and
+# README.md (model card), "Shipped lead-I model on its own held-out records" (PTB s0010_re and
 # the 20 validation records): mean r over II, V1–V6 and r per lead.
 CARD_HELD_OUT_MEAN_R = {"model": 0.749, "linear_zero_lag": 0.542, "linear_lagged": 0.678}
 CARD_HELD_OUT_LEAD_R = {"II": 0.788, "V1": 0.694, "V2": 0.648, "V3": 0.739, "V4": 0.705, "V5": 0.815, "V6": 0.852}
