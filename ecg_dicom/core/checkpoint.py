@@ -34,8 +34,8 @@ class Preprocessing:
     overlapping by ``window - hop``, min-max + mV features (see ``model_features``)."""
 
     fs: float = 250.0
-    window: int = 2500
-    hop: int = 1250
+    window: int = 1250
+    hop: int = 625
     scaling: str = "minmax+mV"
 
     def to_dict(self) -> dict:

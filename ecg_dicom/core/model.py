@@ -21,7 +21,7 @@ class ModelConfig:
     in_features: per-sample input features (min-max scaled lead, lead in mV).
     n_leads: learned output leads (II or I, then V1–V6).
     stem_channels: width of the convolutional stem and of the decoder.
-    stride: the LSTM runs at fs / stride (a 250 Hz window of 2500 -> 500 steps).
+    stride: the LSTM runs at fs / stride (a 250 Hz window of 1250 -> 250 steps).
     hidden: LSTM hidden size per direction; lstm_layers: stacked bidirectional layers.
     heads: attention heads over time; variance_head: also predict a per-lead log-variance.
     """
