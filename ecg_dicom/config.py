@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
@@ -140,6 +141,15 @@ def load_config(path: str | Path) -> Settings:
     _validate(settings)
     _create_folders(settings.folders)
     return settings
+
+
+def load_config_or_report(path: str | Path, command: str) -> Settings | None:
+    """:func:`load_config` for a CLI command: on a bad config print why on stderr, return None."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"ecg-dicom {command}: configuration error: {exc}", file=sys.stderr)
+        return None
 
 
 def log_effective(settings: Settings, logger: logging.Logger) -> None:

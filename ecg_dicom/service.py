@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ecg_dicom.config import Settings, load_config, log_effective
+from ecg_dicom.config import Settings, load_config_or_report, log_effective
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import CheckpointError, ConfigError
 from ecg_dicom.ingest import Spool
@@ -46,10 +46,8 @@ WARM_UP_LEAD_UV = 1000.0 * np.sin(2 * np.pi * 1.2 * np.arange(5000) / WARM_UP_FS
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``serve``: 0 after a clean stop, 2 for a bad configuration."""
-    try:
-        settings = load_config(args.config)
-    except ConfigError as exc:
-        print(f"ecg-dicom serve: configuration error: {exc}", file=sys.stderr)
+    settings = load_config_or_report(args.config, "serve")
+    if settings is None:
         return 2
     setup_logging(settings.log_level)
     try:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ecg_dicom.config import load_config
-from ecg_dicom.errors import ConfigError
+from ecg_dicom.config import load_config_or_report
 from ecg_dicom.queue import JobQueue
 
 # state in the store -> how it is printed
@@ -16,10 +14,8 @@ LABELS = {"waiting": "waiting", "processing": "processing", "delivering": "deliv
 
 def run(args: argparse.Namespace) -> int:
     """Print one ``<state>: <count>`` line per state; 2 for a bad configuration."""
-    try:
-        settings = load_config(args.config)
-    except ConfigError as exc:
-        print(f"ecg-dicom status: configuration error: {exc}", file=sys.stderr)
+    settings = load_config_or_report(args.config, "status")
+    if settings is None:
         return 2
     queue = JobQueue(settings.folders.queue_db)
     try:

@@ -12,7 +12,6 @@ from ecg_dicom.core.checkpoint import load_checkpoint, shipped_checkpoint_path
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.preprocess import highpass
 from ecg_dicom.leads import LEADS_12, learned_leads
-from ecg_dicom.training.baselines import BASELINE_FS, protocol_window
 from ecg_dicom.training.data import read_wfdb_record
 from ecg_dicom.training.evaluate import evaluate_records, load_baselines, summarize
 
