@@ -96,3 +96,19 @@ def test_evaluate_without_baselines_fails_with_a_reason(
         shared_data: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", str(shared_data / "ecg12/ptb"), "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "baselines" in capsys.readouterr().err
+
+
+def test_evaluate_warns_when_records_were_training_data(shared_data: Path, tmp_path: Path, capsys) -> None:
+    """The shipped lead-I model was trained on PTB-XL but never saw PTB: say which is which."""
+    ptbxl, ptb = tmp_path / "ptbxl", tmp_path / "ptb"
+    ptbxl.mkdir()
+    ptb.mkdir()
+    for suffix in (".hea", ".mat"):
+        (ptbxl / f"HR06000{suffix}").write_bytes((shared_data / "ecg12/ptbxl" / f"HR06000{suffix}").read_bytes())
+    for suffix in (".hea", ".dat", ".xyz"):
+        (ptb / f"s0010_re{suffix}").write_bytes((shared_data / "ecg12/ptb" / f"s0010_re{suffix}").read_bytes())
+    assert main(["evaluate", str(ptbxl), "--json", str(tmp_path / "a.json")]) == 0
+    assert "1 of 1 records were in this checkpoint's training data" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a.json").read_text())["summary"]["records_in_training_data"] == ["ptbxl/HR06000"]
+    assert main(["evaluate", str(ptb)]) == 0
+    assert "training data" not in capsys.readouterr().err

@@ -161,6 +161,13 @@ def load_baselines(reconstructor: Reconstructor, baseline_data: Sequence[str] | 
     return {kind: LinearBaseline.from_dict(d) for kind, d in stored.items()}
 
 
+def trained_on(reconstructor: Reconstructor, records: Sequence[Record]) -> list[str]:
+    """Names of ``records`` that the checkpoint was trained on (its recorded train_records)."""
+    data = reconstructor.checkpoint.training.get("data")
+    known = set(data.get("train_records") or ()) if isinstance(data, dict) else set()
+    return [r.name for r in records if r.name in known]
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ecg-dicom evaluate``."""
     try:
@@ -173,7 +180,13 @@ def run(args: argparse.Namespace) -> int:
     except EcgDicomError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    seen = trained_on(rec, records)
+    if seen:
+        print(f"warning: {len(seen)} of {len(records)} records were in this checkpoint's training data"
+              f" ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}): these figures are not held-out",
+              file=sys.stderr)
     summary = summarize(results, rec.input_lead)
+    summary["records_in_training_data"] = seen
     summary["model_version"] = rec.model_version
     summary["checkpoint"] = str(args.checkpoint) if args.checkpoint else "shipped"
     print(format_table(summary))
