@@ -1,28 +1,25 @@
 """ecg-dicom: reconstruct a 12-lead ECG (µV) from one lead, and speak DICOM about it."""
 
-from ecg_dicom.core.model import Attention, BiLSTMAttentionModel, ModelConfig
-from ecg_dicom.core.preprocess import min_max_scale, resample_signal
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "Attention",
-    "BiLSTMAttentionModel",
-    "ModelConfig",
-    "min_max_scale",
-    "resample_signal",
-    "process_and_save_npy_files",
-    "Reconstructor",
-]
+# public name -> module that defines it; imported on first use so that the CLI's --help
+# and `ecg-dicom status` do not pay for importing torch
+_PUBLIC = {
+    "Attention": "ecg_dicom.core.model",
+    "BiLSTMAttentionModel": "ecg_dicom.core.model",
+    "ModelConfig": "ecg_dicom.core.model",
+    "min_max_scale": "ecg_dicom.core.preprocess",
+    "resample_signal": "ecg_dicom.core.preprocess",
+    "process_and_save_npy_files": "ecg_dicom.convert",
+    "Reconstructor": "ecg_dicom.core.inference",
+}
+
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str):
-    # Lazy so that `import ecg_dicom` stays light for the CLI's --help.
-    if name == "process_and_save_npy_files":
-        from ecg_dicom.convert import process_and_save_npy_files
-        return process_and_save_npy_files
-    if name == "Reconstructor":
-        from ecg_dicom.core.inference import Reconstructor
-        return Reconstructor
-    raise AttributeError(name)
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'ecg_dicom' has no attribute {name!r}")
