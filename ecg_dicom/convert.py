@@ -8,26 +8,24 @@ ever modified.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
-from ecg_dicom.core.inference import Reconstruction, Reconstructor
+from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel
 from ecg_dicom.errors import EcgDicomError, InputError
 from ecg_dicom.inputs import LeadInput, load_lead, looks_like_input
 from ecg_dicom.leads import learned_leads
-from ecg_dicom.outputs.files import safe_stem, write_bytes_atomic, write_npy_atomic, write_reason
+from ecg_dicom.outputs.files import safe_stem, write_reason
+from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
 
 log = logging.getLogger(__name__)
-OUTPUT_FORMATS = ("npy", "dicom", "both")
 
 
 @dataclass
@@ -36,42 +34,6 @@ class ConvertReport:
 
     written: dict[str, list[Path]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
-
-
-def confidence_report(recon: Reconstruction, input_lead: str) -> dict:
-    """Per learned lead: the model's RMS uncertainty (µV) and the same relative to the lead's std.
-
-    A lower ``relative_uncertainty`` means a more reliable lead; it is what the model's
-    variance head predicts, validated against actual errors in the model card.
-    """
-    names = learned_leads(input_lead)
-    if recon.sigma is None:
-        return {"available": False, "reason": "checkpoint has no variance head"}
-    from ecg_dicom.leads import LEADS_12
-
-    leads = {}
-    for name, sigma in zip(names, recon.sigma):
-        std = float(np.std(recon.leads[LEADS_12.index(name)]))
-        leads[name] = {"sigma_uv": round(float(sigma), 2),
-                       "relative_uncertainty": round(float(sigma) / std, 4) if std > 0 else None}
-    return {"available": True, "leads": leads}
-
-
-def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,
-                  reconstructor: Reconstructor, output_format: str, confidence: bool) -> list[Path]:
-    """Write the requested outputs for one converted input; returns the files written."""
-    written: list[Path] = []
-    if output_format in ("npy", "both"):
-        written.append(write_npy_atomic(output_dir / f"{stem}.npy", recon.leads))
-    if output_format in ("dicom", "both"):
-        from ecg_dicom.outputs.dicom_writer import write_ecg_dicom
-
-        written += write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
-                                   reconstructor.input_lead, item.dataset, item.content_hash)
-    if confidence:
-        report = json.dumps(confidence_report(recon, reconstructor.input_lead), indent=2)
-        written.append(write_bytes_atomic(output_dir / f"{stem}.confidence.json", report.encode()))
-    return written
 
 
 def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,

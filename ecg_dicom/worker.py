@@ -24,8 +24,8 @@ from ecg_dicom.errors import InputError
 from ecg_dicom.ingest import Spool
 from ecg_dicom.inputs import LeadInput, load_lead
 from ecg_dicom.leads import canonical_lead_name
-from ecg_dicom.outputs.dicom_writer import write_ecg_dicom
-from ecg_dicom.outputs.files import write_npy_atomic, write_reason
+from ecg_dicom.outputs.files import write_reason
+from ecg_dicom.outputs.results import write_outputs
 from ecg_dicom.queue import Job, JobQueue
 
 LOG = logging.getLogger("ecg_dicom.worker")
@@ -164,10 +164,7 @@ class Worker:
         """Write ``<name>.npy`` (12, N) µV and the DICOM object(s); then advance the job."""
         out = self.folders.output
         try:
-            npy = write_npy_atomic(out / f"{job.name}.npy", result.leads)
-            dcms = write_ecg_dicom(out, job.name, result.leads, inp.fs, self.reconstructor.model_version,
-                                   self.reconstructor.input_lead, source=inp.dataset,
-                                   content_hash=inp.content_hash)
+            written = write_outputs(out, job.name, inp, result, self.reconstructor, "both", confidence=False)
         except InputError as exc:
             self.reject(job, str(exc))
             return
@@ -180,7 +177,7 @@ class Worker:
             LOG.exception("%s: unexpected error while writing outputs", job.tag)
             self.reject(job, f"cannot write outputs ({type(exc).__name__}: {exc})")
             return
-        outputs = [npy.name] + [Path(p).name for p in dcms]
+        outputs = [p.name for p in written]
         self.queue.processed(job.id, outputs, self.deliver)
         self.spool.remove(job)
         LOG.info("%s: %d outputs written, %s", job.tag, len(outputs),
