@@ -117,12 +117,13 @@ def main() -> None:
         t_batch = time.perf_counter() - t0
 
     n_windows = len(window_starts(int(10 * pre.fs), pre.window, pre.hop))
-    flops = model_flops(checkpoint.model.config, pre.window) * n_windows
+    members = getattr(checkpoint.model, "members", [checkpoint.model])  # an ensemble runs each member
+    flops = sum(model_flops(m.config, pre.window) for m in members) * n_windows
     peak = matmul_rate(threads)
     seed_rate, batch_rate = args.n / t_seed, args.n / t_batch
     model_rate = model_only_rate(checkpoint.model, pre.window, args.batch_size) / n_windows
     achieved = flops * batch_rate
-    print(f"model: {source}; window {pre.window} samples at {pre.fs:g} Hz; torch threads {threads}")
+    print(f"model: {source} ({len(members)} member(s)); window {pre.window} samples at {pre.fs:g} Hz; torch threads {threads}")
     print(f"seed-style loop : {seed_rate:8.1f} ECG/s")
     print(f"batched convert : {batch_rate:8.1f} ECG/s (batch {args.batch_size}, incl. file I/O and checks)")
     print(f"RATIO batched / seed-style = {batch_rate / seed_rate:.2f}x (target >= 10x)")

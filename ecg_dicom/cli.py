@@ -2,6 +2,7 @@
 
     ecg-dicom convert  INPUT_DIR OUTPUT_DIR   one-lead .npy / DICOM -> 12-lead .npy / DICOM
     ecg-dicom train    --out CKPT             reproduce the shipped weights
+    ecg-dicom ensemble --out CKPT MEMBER...   combine trained checkpoints into one
     ecg-dicom evaluate DATA                   per-lead r, RMSE (µV), std ratio vs linear baselines
     ecg-dicom serve    --config site.yaml     the DICOM service
     ecg-dicom status   --config site.yaml     queue counts
@@ -21,6 +22,7 @@ from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
 _COMMANDS = {
     "convert": "ecg_dicom.convert",
     "train": "ecg_dicom.training.train",
+    "ensemble": "ecg_dicom.training.ensemble",
     "evaluate": "ecg_dicom.training.evaluate",
     "serve": "ecg_dicom.service",
     "status": "ecg_dicom.status",
@@ -69,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, default=16, help="batches of 16 crops per epoch")
     p.add_argument("--real-fraction", type=float, default=0.5,
                    help="share of real crops per batch when --synthetic is mixed with --real")
+
+    p = sub.add_parser("ensemble", help="combine checkpoints trained by `train` into one averaged checkpoint")
+    p.add_argument("members", nargs="+", help="checkpoint files (at least two models in all)")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I")
 
     p = sub.add_parser("evaluate", help="per-lead r / RMSE (µV) / std ratio vs linear baselines")
     p.add_argument("data", nargs="+", help="folders of WFDB records or of (12, N) µV .npy arrays")

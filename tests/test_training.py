@@ -127,3 +127,14 @@ def test_fine_tuning_starts_from_init_and_records_it(four_records: Path, tmp_pat
     # one small step away from the initial weights, not a fresh random model
     diffs = [float((ft.model.state_dict()[k] - v).abs().max()) for k, v in start.model.state_dict().items()]
     assert 0 < max(diffs) < 0.05
+
+
+def test_fine_tuning_refuses_an_ensemble_or_a_bad_init(four_records: Path, tmp_path: Path, capsys) -> None:
+    base = _train(four_records, tmp_path / "base.pt")
+    ensemble = tmp_path / "ens.pt"
+    assert main(["ensemble", str(base), str(base), "--out", str(ensemble)]) == 0
+    for init, reason in ((ensemble, "is an ensemble"), (tmp_path / "missing.pt", "does not exist")):
+        assert main(["train", "--out", str(tmp_path / "ft.pt"), "--real", str(four_records), "--epochs", "1",
+                     "--steps-per-epoch", "1", "--init", str(init)]) == 2
+        assert reason in capsys.readouterr().err
+    assert not (tmp_path / "ft.pt").exists()

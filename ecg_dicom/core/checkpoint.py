@@ -12,15 +12,18 @@ from typing import Any
 
 import torch
 
-from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
+from ecg_dicom.core.model import BiLSTMAttentionModel, EnsembleModel, ModelConfig
 from ecg_dicom.errors import CheckpointError
 from ecg_dicom.leads import learned_leads
 
 CHECKPOINT_FORMAT = "ecg-dicom-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+# 1: one model (model_config + state_dict); 2: also ensembles (members: [{model_config, state_dict}])
+CHECKPOINT_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 REQUIRED_KEYS = ("format", "format_version", "model_version", "input_lead", "output_leads",
-                 "model_config", "preprocessing", "training", "state_dict")
+                 "preprocessing", "training")
+Model = BiLSTMAttentionModel | EnsembleModel
 
 
 def shipped_checkpoint_path(input_lead: str) -> Path:
@@ -46,7 +49,7 @@ class Preprocessing:
 class Checkpoint:
     """A loaded checkpoint: the model in eval mode plus everything that describes it."""
 
-    model: BiLSTMAttentionModel
+    model: Model
     input_lead: str
     output_leads: tuple[str, ...]
     model_version: str
@@ -57,14 +60,17 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model: BiLSTMAttentionModel,
+    model: Model,
     input_lead: str,
     model_version: str,
     preprocessing: Preprocessing,
     training: dict[str, Any],
     metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (tmp file + rename); weights are stored as float32."""
+    """Write a checkpoint atomically (tmp file + rename); weights are stored as float32.
+
+    An :class:`EnsembleModel` is stored as its members' configs and weights.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -73,11 +79,11 @@ def save_checkpoint(
         "model_version": model_version,
         "input_lead": input_lead,
         "output_leads": list(learned_leads(input_lead)),
-        "model_config": model.config.to_dict(),
         "preprocessing": preprocessing.to_dict(),
         "training": training,
         "metrics": metrics or {},
-        "state_dict": {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()},
+        **(_weights(model) if isinstance(model, BiLSTMAttentionModel)
+           else {"members": [_weights(member) for member in model.members]}),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -105,23 +111,23 @@ def load_checkpoint(path: str | Path | None = None, input_lead: str = "I",
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {payload['format_version']}, this code reads {CHECKPOINT_FORMAT_VERSION}"
-        )
+    if payload["format_version"] not in READABLE_FORMAT_VERSIONS:
+        raise CheckpointError(f"{path} has format version {payload['format_version']}, this code reads"
+                              f" {', '.join(map(str, READABLE_FORMAT_VERSIONS))}")
     if payload["input_lead"] != input_lead:
         raise CheckpointError(f"{path} is a model for input lead {payload['input_lead']}, not {input_lead}")
     if tuple(payload["output_leads"]) != learned_leads(input_lead):
         raise CheckpointError(f"{path} predicts {payload['output_leads']}, expected {list(learned_leads(input_lead))}")
+    parts = payload["members"] if "members" in payload else [payload]
     try:
-        config = ModelConfig(**payload["model_config"])
-        model = BiLSTMAttentionModel(config)
-        model.load_state_dict(payload["state_dict"])
+        members = [_build_member(part, path) for part in parts]
+        model = members[0] if "members" not in payload else EnsembleModel(members)
         preprocessing = Preprocessing(**payload["preprocessing"])
     except (TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: weights do not match its model config: {exc}") from exc
-    if config.n_leads != len(payload["output_leads"]):
-        raise CheckpointError(f"{path}: model predicts {config.n_leads} leads, header says {len(payload['output_leads'])}")
+    if model.config.n_leads != len(payload["output_leads"]):
+        raise CheckpointError(f"{path}: model predicts {model.config.n_leads} leads,"
+                              f" header says {len(payload['output_leads'])}")
     model.to(device).eval()
     return Checkpoint(
         model=model,
@@ -132,3 +138,18 @@ def load_checkpoint(path: str | Path | None = None, input_lead: str = "I",
         training=dict(payload["training"]),
         metrics=dict(payload.get("metrics") or {}),
     )
+
+
+def _weights(model: BiLSTMAttentionModel) -> dict[str, Any]:
+    """One model's config and float32 weights, as stored in a checkpoint."""
+    return {"model_config": model.config.to_dict(),
+            "state_dict": {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}}
+
+
+def _build_member(part: Any, path: Path) -> BiLSTMAttentionModel:
+    """Rebuild one model from its stored config and weights (see :func:`_weights`)."""
+    if not isinstance(part, dict) or "model_config" not in part or "state_dict" not in part:
+        raise CheckpointError(f"{path} lacks model_config or state_dict")
+    model = BiLSTMAttentionModel(ModelConfig(**part["model_config"]))
+    model.load_state_dict(part["state_dict"])
+    return model

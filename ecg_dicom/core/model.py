@@ -7,11 +7,14 @@ Only the network lives here; preprocessing and the inverse scaling are in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "Attention", "BiLSTMAttentionModel"]
+__all__ = ["ModelConfig", "Attention", "BiLSTMAttentionModel", "EnsembleModel"]
+
+LOG_VAR_RANGE = (-12.0, 6.0)  # log mV²: σ from 2.5 µV to 20 mV
 
 
 @dataclass(frozen=True)
@@ -108,4 +111,36 @@ class BiLSTMAttentionModel(nn.Module):
         if not self.config.variance_head:
             return out, None
         mean, log_var = out.chunk(2, dim=1)
-        return mean, log_var.clamp(-12.0, 6.0)
+        return mean, log_var.clamp(*LOG_VAR_RANGE)
+
+
+class EnsembleModel(nn.Module):
+    """Several independently trained :class:`BiLSTMAttentionModel` members, averaged.
+
+    Why: on held-out databases the mean of members trained from different starts (and on
+    different data mixes) reconstructs better than any one of them, and the spread between
+    members is an uncertainty signal that a single variance head lacks. Same input and
+    output as one member; the log-variance is that of the mixture: the members' mean
+    variance plus the variance of their means (spread alone when members have no head).
+    """
+
+    def __init__(self, members: Sequence[BiLSTMAttentionModel]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0].config
+        for m in members[1:]:
+            if (m.config.in_features, m.config.n_leads, m.config.stride) != (first.in_features, first.n_leads, first.stride):
+                raise ValueError("ensemble members differ in input features, output leads or stride")
+        self.members = nn.ModuleList(members)
+        self.config = first  # what callers need of it (features, leads, stride) is shared by all
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (N, F, L) -> (mean (N, leads, L) mV, log-variance (N, leads, L) of the mixture)."""
+        outputs = [member(x) for member in self.members]
+        means = torch.stack([mean for mean, _ in outputs])
+        # M x N x leads x L
+        variance = means.var(dim=0, unbiased=False)
+        if all(log_var is not None for _, log_var in outputs):
+            variance = variance + torch.stack([log_var.exp() for _, log_var in outputs]).mean(dim=0)
+        return means.mean(dim=0), variance.clamp_min(1e-12).log().clamp(*LOG_VAR_RANGE)

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from ecg_dicom import __version__
 from ecg_dicom.core.checkpoint import Preprocessing, load_checkpoint, save_checkpoint
-from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
+from ecg_dicom.core.model import BiLSTMAttentionModel, EnsembleModel, ModelConfig
 from ecg_dicom.core.preprocess import highpass, model_features, resample_fs, resample_signal
+from ecg_dicom.errors import CheckpointError
 from ecg_dicom.leads import LEADS_12, learned_leads
 from ecg_dicom.training.baselines import fit_baselines_on_records
 from ecg_dicom.training.data import Record, load_synthetic, load_wfdb_records, split_records
@@ -167,7 +168,8 @@ def reconstruction_loss(mean: torch.Tensor, log_var: torch.Tensor | None, target
     return loss, parts
 
 
-def _weights_hash(model: torch.nn.Module) -> str:
+def weights_hash(model: torch.nn.Module) -> str:
+    """SHA-256 over the weights in key order: the tail of a model version names its weights."""
     h = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         h.update(key.encode())
@@ -281,7 +283,14 @@ def run(args: argparse.Namespace) -> int:
     model_config = ModelConfig(n_leads=len(learned_leads(input_lead)))
     init_state, pretraining = None, None
     if args.init:
-        init = load_checkpoint(args.init, input_lead=input_lead)
+        try:
+            init = load_checkpoint(args.init, input_lead=input_lead)
+        except CheckpointError as exc:
+            print(f"error: --init: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(init.model, EnsembleModel):
+            print(f"error: --init {args.init} is an ensemble; fine-tune one of its members instead", file=sys.stderr)
+            return 2
         model_config, pre, init_state = init.model.config, init.preprocessing, init.model.state_dict()
         pretraining = {k: init.training.get(k) for k in ("command", "data", "seed", "epochs", "date")}
         pretraining["model_version"] = init.model_version
@@ -323,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": str(torch.__version__),
     }
-    version = f"{__version__}+lead{input_lead}.{_weights_hash(model)[:10]}"
+    version = f"{__version__}+lead{input_lead}.{weights_hash(model)[:10]}"
     metrics = {"validation": {"loss": min(history["val_loss"], default=None),
                               "r": history["val_r"][history["best_epoch"] - 1] if history["val_r"] else None}}
     save_checkpoint(args.out, model, input_lead, version, pre, training, metrics)
