@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=int, default=0, help="number of deepfake-ecg records to generate and use")
     p.add_argument("--synthetic-dir", default=None, help="cache folder for generated synthetic records")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, crops and augmentation")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the record-wise validation split (default 0: the same held-out records for every --seed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--init", default=None, help="checkpoint to start from (fine-tuning)")
     p.add_argument("--threads", type=int, default=1,

@@ -138,3 +138,22 @@ def test_fine_tuning_refuses_an_ensemble_or_a_bad_init(four_records: Path, tmp_p
                      "--steps-per-epoch", "1", "--init", str(init)]) == 2
         assert reason in capsys.readouterr().err
     assert not (tmp_path / "ft.pt").exists()
+
+
+def test_members_trained_with_other_seeds_hold_out_the_same_records(shared_data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "georgia"
+    folder.mkdir()
+    for path in sorted((shared_data / "ecg12/georgia").glob("*.hea"))[:12]:
+        for ext in (".hea", ".mat"):
+            (folder / f"{path.stem}{ext}").symlink_to(path.with_suffix(ext))
+
+    def validation_records(*extra: str) -> list[str]:
+        out = tmp_path / "m.pt"
+        assert main(["train", "--out", str(out), "--real", str(folder), "--epochs", "1",
+                     "--steps-per-epoch", "1", *extra]) == 0
+        return load_checkpoint(out, "I").training["held_out"]["validation_records"]
+
+    base = validation_records("--seed", "0")
+    assert len(base) == 1
+    assert validation_records("--seed", "1") == base
+    assert validation_records("--seed", "1", "--split-seed", "1") != base

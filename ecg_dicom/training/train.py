@@ -54,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
     seed: int = 0
+    split_seed: int = 0  # fixed apart from seed, so members of an ensemble hold out the same records
     threads: int = 1
     real_fraction: float = 0.5  # share of real crops per batch when synthetic records are mixed in
 
@@ -277,8 +278,8 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         print("no training records: give --real folders and/or --synthetic N", file=sys.stderr)
         return 2
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, steps_per_epoch=args.steps_per_epoch,
-                      real_fraction=args.real_fraction)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
+                      steps_per_epoch=args.steps_per_epoch, real_fraction=args.real_fraction)
     pre = Preprocessing(fs=250.0, window=1250, hop=625)
     model_config = ModelConfig(n_leads=len(learned_leads(input_lead)))
     init_state, pretraining = None, None
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         pretraining["model_version"] = init.model_version
     # validation is real when there is real data; synthetic records then all train (mixed in)
     synthetic_names = [r.name for r in records if r.database == "synthetic"]
-    train_names, val_names = split_records(real_names or synthetic_names, cfg.val_fraction, cfg.seed)
+    train_names, val_names = split_records(real_names or synthetic_names, cfg.val_fraction, cfg.split_seed)
     extra_names = synthetic_names if real_names else []
     by_name = {r.name: r for r in records}
     log.info("training on %d records (+%d synthetic mixed in), validating on %d",
