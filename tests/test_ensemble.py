@@ -19,10 +19,12 @@ def _member(seed: int, config: ModelConfig = TINY_CONFIG) -> BiLSTMAttentionMode
     return BiLSTMAttentionModel(config).eval()
 
 
-def _save_member(path, seed, train_records, baselines, input_lead="I", preprocessing=Preprocessing()):
+def _save_member(path, seed, train_records, baselines, input_lead="I", preprocessing=Preprocessing(),
+                 held_out=None):
     return save_checkpoint(path, _member(seed), input_lead, f"m{seed}", preprocessing,
                            {"data": {"train_records": train_records, "databases": {"ludb": 1}},
-                            "baselines": baselines, "command": f"ecg-dicom train --seed {seed}"})
+                            "held_out": held_out or {}, "baselines": baselines,
+                            "command": f"ecg-dicom train --seed {seed}"})
 
 
 def test_ensemble_mean_is_members_mean_and_variance_includes_their_spread():
@@ -89,24 +91,29 @@ def test_version_1_single_model_checkpoints_still_load(tmp_path):
 
 
 def test_ensemble_command_combines_checkpoints_for_the_whole_pipeline(tmp_path, capsys):
-    synthetic = _save_member(tmp_path / "synth.pt", 0, [], {"kind": "fit on synthetic"})
-    real = _save_member(tmp_path / "real.pt", 1, ["ludb/1", "ludb/2"], {"kind": "fit on real"})
+    synthetic = _save_member(tmp_path / "synth.pt", 0, [], {"kind": "fit on synthetic"},
+                             held_out={"validation_records": ["synthetic/7"]})
+    real = _save_member(tmp_path / "real.pt", 1, ["ludb/1", "ludb/2"], {"kind": "fit on real"},
+                        held_out={"validation_records": ["ludb/3", "ludb/4"], "excluded_databases": ["ptb", "ptbxl"]})
+    real_2 = _save_member(tmp_path / "real_2.pt", 2, ["ludb/1", "ludb/3"], {"kind": "fit on real, 2"},
+                          held_out={"validation_records": ["ludb/2", "ludb/4"], "excluded_databases": ["ptb"]})
     out = tmp_path / "ens.pt"
-    assert main(["ensemble", str(synthetic), str(real), "--out", str(out), "--input-lead", "I"]) == 0
-    assert "2 members" in capsys.readouterr().out
+    assert main(["ensemble", str(synthetic), str(real), str(real_2), "--out", str(out), "--input-lead", "I"]) == 0
+    assert "3 members" in capsys.readouterr().out
     ckpt = load_checkpoint(out, "I")
-    assert ckpt.training["data"]["train_records"] == ["ludb/1", "ludb/2"]  # evaluate warns on these
+    assert ckpt.training["data"]["train_records"] == ["ludb/1", "ludb/2", "ludb/3"]  # evaluate warns on these
+    assert ckpt.training["held_out"] == {"validation_records": ["ludb/4"], "excluded_databases": ["ptb"]}
     assert ckpt.training["baselines"] == {"kind": "fit on real"}  # the real-data member's baselines
-    assert [m["checkpoint"] for m in ckpt.training["members"]] == [str(synthetic), str(real)]
-    assert ".ens2." in ckpt.model_version
+    assert [m["checkpoint"] for m in ckpt.training["members"]] == [str(synthetic), str(real), str(real_2)]
+    assert ".ens3." in ckpt.model_version
 
     lead = synthetic_lead()
     recon = Reconstructor(ckpt).reconstruct_batch([lead], [500.0])[0]
-    singles = [Reconstructor.from_checkpoint(p, "I").reconstruct(lead, 500.0) for p in (synthetic, real)]
+    singles = [Reconstructor.from_checkpoint(p, "I").reconstruct(lead, 500.0) for p in (synthetic, real, real_2)]
     assert recon.leads.shape == (12, lead.size)
     np.testing.assert_array_equal(recon.leads[LEADS_12.index("I")], lead)
     learned = [LEADS_12.index(name) for name in ("II", "V1", "V6")]
-    np.testing.assert_allclose(recon.leads[learned], (singles[0][learned] + singles[1][learned]) / 2,
+    np.testing.assert_allclose(recon.leads[learned], np.mean([single[learned] for single in singles], axis=0),
                                rtol=1e-4, atol=0.05)
     assert recon.sigma is not None and recon.sigma.shape == (7,)
 

@@ -28,8 +28,9 @@ def combine(checkpoints: Sequence[Checkpoint], names: Sequence[str]) -> tuple[En
     """Members (same input lead and preprocessing) -> the ensemble and its ``training`` record.
 
     The record keeps each member's own training record, the union of their training
-    records (so `evaluate` still warns about records any member saw), and the linear
-    baselines of the first member that trained on real records.
+    records (so `evaluate` still warns about records any member saw), the real records and
+    databases that every member held out, and the linear baselines of the first member
+    that trained on real records.
     """
     first = checkpoints[0]
     for name, ckpt in zip(names, checkpoints):
@@ -45,12 +46,18 @@ def combine(checkpoints: Sequence[Checkpoint], names: Sequence[str]) -> tuple[En
     datas = [c.training.get("data") if isinstance(c.training.get("data"), dict) else {} for c in checkpoints]
     train_records = sorted({n for d in datas for n in d.get("train_records") or ()})
     with_real = [c for c, d in zip(checkpoints, datas) if d.get("train_records")]
+    held_outs = [c.training.get("held_out") or {} for c in with_real]
+    excluded = set.intersection(*(set(h.get("excluded_databases") or ()) for h in held_outs)) if held_outs else set()
+    unseen = set.intersection(*(set(h.get("validation_records") or ()) for h in held_outs)) if held_outs else set()
     training = {
         "members": [{"checkpoint": name, "model_version": c.model_version,
                      **{k: c.training.get(k) for k in ("command", "data", "pretraining", "seed", "epochs", "date")}}
                     for name, c in zip(names, checkpoints)],
         "data": {"train_records": train_records,
                  "databases": sorted({db for d in datas for db in (d.get("databases") or {})})},
+        # real records and databases that no member trained on
+        "held_out": {"validation_records": sorted(unseen - set(train_records)),
+                     "excluded_databases": sorted(excluded)},
         "baselines": (with_real or checkpoints)[0].training.get("baselines"),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": str(torch.__version__),
