@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, default=16, help="batches of 16 crops per epoch")
     p.add_argument("--real-fraction", type=float, default=0.5,
                    help="share of real crops per batch when --synthetic is mixed with --real")
+    size = p.add_argument_group("model size (default: the shipped models'; ignored with --init, which keeps its own)")
+    size.add_argument("--stem-channels", type=int, help="conv stem and head width (64)")
+    size.add_argument("--stride", type=int, help="the LSTM runs at 250 Hz / stride (5)")
+    size.add_argument("--hidden", type=int, help="LSTM hidden size per direction (64)")
+    size.add_argument("--lstm-layers", type=int, help="stacked bidirectional LSTM layers (2)")
+    size.add_argument("--heads", type=int, help="attention heads over time (4)")
 
     p = sub.add_parser("ensemble", help="combine checkpoints trained by `train` into one averaged checkpoint")
     p.add_argument("members", nargs="+", help="checkpoint files (at least two models in all)")

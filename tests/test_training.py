@@ -157,3 +157,18 @@ def test_members_trained_with_other_seeds_hold_out_the_same_records(shared_data:
     assert len(base) == 1
     assert validation_records("--seed", "1") == base
     assert validation_records("--seed", "1", "--split-seed", "1") != base
+
+
+def test_model_size_flags_shape_the_model_and_bad_sizes_fail_first(four_records: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    out = tmp_path / "small.pt"
+    assert main(["train", "--out", str(out), "--real", str(four_records), "--epochs", "1", "--steps-per-epoch", "1",
+                 "--stem-channels", "8", "--hidden", "8", "--lstm-layers", "1", "--heads", "2", "--stride", "10"]) == 0
+    config = load_checkpoint(out, "I").model.config
+    assert (config.stem_channels, config.hidden, config.lstm_layers, config.heads, config.stride) == (8, 8, 1, 2, 10)
+    for flags, reason in ((["--heads", "3"], "not divisible by 3 heads"),
+                          (["--stride", "7"], "does not divide the 1250-sample window"),
+                          (["--hidden", "0"], "model size")):
+        assert main(["train", "--out", str(tmp_path / "bad.pt"), "--real", "/nonexistent", *flags]) == 2
+        assert reason in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()

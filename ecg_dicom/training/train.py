@@ -59,6 +59,9 @@ class TrainConfig:
     real_fraction: float = 0.5  # share of real crops per batch when synthetic records are mixed in
 
 
+MODEL_SIZE_ARGS = ("stem_channels", "stride", "hidden", "lstm_layers", "heads")  # train's --model-size flags
+
+
 @dataclass(frozen=True)
 class Augment:
     """Augmentation ranges (probabilities and amplitudes in µV)."""
@@ -270,6 +273,17 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``ecg-dicom train``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     input_lead = args.input_lead
+    pre = Preprocessing(fs=250.0, window=1250, hop=625)
+    try:
+        size = {k: getattr(args, k) for k in MODEL_SIZE_ARGS if getattr(args, k, None) is not None}
+        model_config = ModelConfig(n_leads=len(learned_leads(input_lead)), **size)
+        BiLSTMAttentionModel(model_config)
+    except ValueError as exc:
+        print(f"error: model size: {exc}", file=sys.stderr)
+        return 2
+    if pre.window % model_config.stride:
+        print(f"error: --stride {model_config.stride} does not divide the {pre.window}-sample window", file=sys.stderr)
+        return 2
     records = load_wfdb_records(args.real, exclude_db=args.exclude_db) if args.real else []
     real_names = [r.name for r in records]
     if args.synthetic:
@@ -280,8 +294,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
                       steps_per_epoch=args.steps_per_epoch, real_fraction=args.real_fraction)
-    pre = Preprocessing(fs=250.0, window=1250, hop=625)
-    model_config = ModelConfig(n_leads=len(learned_leads(input_lead)))
     init_state, pretraining = None, None
     if args.init:
         try:
