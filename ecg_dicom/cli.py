@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="checkpoint to start from (fine-tuning)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (weights are reproducible for a fixed thread count)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--steps-per-epoch", type=int, default=16, help="batches of 16 crops per epoch")
     p.add_argument("--real-fraction", type=float, default=0.5,
                    help="share of real crops per batch when --synthetic is mixed with --real")

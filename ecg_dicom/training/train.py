@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         print("no training records: give --real folders and/or --synthetic N", file=sys.stderr)
         return 2
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
-                      steps_per_epoch=args.steps_per_epoch, real_fraction=args.real_fraction)
+                      steps_per_epoch=args.steps_per_epoch, real_fraction=args.real_fraction, lr=args.lr)
     init_state, pretraining = None, None
     if args.init:
         try:
