@@ -21,8 +21,9 @@ OUTPUT_FORMATS = ("npy", "dicom", "both")
 def confidence_report(recon: Reconstruction, input_lead: str) -> dict:
     """Per learned lead: the model's RMS uncertainty (µV) and the same relative to the lead's std.
 
-    A lower ``relative_uncertainty`` means a more reliable lead; it is what the model's
-    variance head predicts, validated against actual errors in the model card.
+    A lower ``relative_uncertainty`` means a more reliable lead. σ is what the variance
+    head predicts (for an ensemble: the members' variance plus their spread), validated
+    against actual errors in the model card.
     """
     names = learned_leads(input_lead)
     if recon.sigma is None:
