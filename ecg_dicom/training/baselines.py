@@ -4,7 +4,7 @@ input lead, zero-lag (one gain) or with ±40 ms of lags (an FIR filter)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -61,12 +61,13 @@ def lag_matrix(x: np.ndarray, lags: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_linear_baseline(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], input_lead: str,
+def fit_linear_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_lead: str,
                         kind: str, fs: float = BASELINE_FS) -> LinearBaseline:
-    """Least squares over all records at once (pooled normal equations).
+    """Least squares over all records at once (pooled normal equations, so ``pairs`` is
+    consumed once and may be a generator: memory does not grow with the record count).
 
-    inputs: (N_i,) µV; targets: (n_out, N_i) µV, all at ``fs`` Hz and already filtered as
-    they will be used. ``kind`` is "linear_zero_lag" or "linear_lagged" (±40 ms).
+    pairs: (input (N_i,) µV, targets (n_out, N_i) µV), all at ``fs`` Hz and already filtered
+    as they will be used. ``kind`` is "linear_zero_lag" or "linear_lagged" (±40 ms).
     """
     if kind not in BASELINE_KINDS:
         raise ValueError(f"unknown baseline kind {kind!r}")
@@ -75,7 +76,7 @@ def fit_linear_baseline(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarr
     n_feat = len(lags) + 1
     xtx = np.zeros((n_feat, n_feat))
     xty = None
-    for x, y in zip(inputs, targets):
+    for x, y in pairs:
         design = np.vstack([lag_matrix(np.asarray(x, np.float64), lags), np.ones(np.asarray(x).size)])
         xtx += design @ design.T
         part = design @ np.asarray(y, np.float64).T
@@ -93,12 +94,13 @@ def fit_baselines_on_records(records: Sequence, input_lead: str, seconds: float 
     the first ``seconds`` at 500 Hz, high-passed at 0.5 Hz."""
     idx_in = LEADS_12.index(input_lead)
     idx_out = [LEADS_12.index(lead) for lead in learned_leads(input_lead)]
-    inputs, targets = [], []
-    for rec in records:
-        leads = highpass(protocol_window(rec.leads, rec.fs, seconds), BASELINE_FS)
-        inputs.append(leads[idx_in])
-        targets.append(leads[idx_out])
-    return {kind: fit_linear_baseline(inputs, targets, input_lead, kind) for kind in BASELINE_KINDS}
+
+    def pairs():
+        for rec in records:
+            leads = highpass(protocol_window(rec.leads, rec.fs, seconds), BASELINE_FS)
+            yield leads[idx_in], leads[idx_out]
+
+    return {kind: fit_linear_baseline(pairs(), input_lead, kind) for kind in BASELINE_KINDS}
 
 
 def protocol_window(leads_uv: np.ndarray, fs: float, seconds: float = 10.0) -> np.ndarray:
