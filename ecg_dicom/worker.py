@@ -184,16 +184,19 @@ class Worker:
                  "awaiting delivery" if self.deliver else "done")
 
     def reject(self, job: Job, reason: str) -> None:
-        """Move the input to ``rejected/`` beside ``<name>.reason.txt``; the job is ``rejected``."""
+        """Move the input to ``rejected/`` and then write ``<name>.reason.txt`` beside it, last,
+        so that whoever polls for the reason file finds the input already there; the job is
+        ``rejected``. (Killed between the two, the job is still pending: on restart its spool
+        file is gone and it is rejected again, with a reason, from the copy in ``rejected/``.)"""
         rejected = self.folders.rejected
         rejected.mkdir(parents=True, exist_ok=True)
         original = job.spool.split("-", 1)[1]
         try:
-            write_reason(rejected, job.name, reason)
             if self.spool.path(job).exists():
                 shutil.move(self.spool.path(job), rejected / original)
             if self.spool.sidecar(job).exists():
                 shutil.move(self.spool.sidecar(job), rejected / f"{job.name}.json")
+            write_reason(rejected, job.name, reason)
         except OSError as exc:
             LOG.error("%s: cannot move the rejected input (%s)", job.tag, exc)
         self.queue.reject(job.id, reason)
