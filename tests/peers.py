@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -58,16 +59,29 @@ def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
 
 
 # -- DCMTK ---------------------------------------------------------------------------------
+def dcmtk(tool: str) -> str:
+    """Absolute path of a DCMTK program. pynetdicom 3 installs Python apps of the same names
+    (storescu, storescp, echoscu) into the virtualenv's bin/, which an activated venv puts
+    first on PATH; the tests talk to the real DCMTK peers, so that folder is skipped."""
+    venv_bin = Path(sys.prefix, "bin").resolve()
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and Path(p).resolve() != venv_bin)
+    found = shutil.which(tool, path=path)
+    if found is None:
+        raise FileNotFoundError(f"DCMTK's {tool} is not installed (make system-deps)")
+    return found
+
+
 def storescu(port: int, files: list[Path], calling: str = CART_AET, called: str = SERVICE_AET,
              timeout: float = 120) -> subprocess.CompletedProcess:
     """C-STORE ``files`` with DCMTK storescu (-v: one line per request and response)."""
-    return subprocess.run(["storescu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+    return subprocess.run([dcmtk("storescu"), "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=timeout)
 
 
 def echoscu(port: int, calling: str = CART_AET, called: str = SERVICE_AET) -> bool:
     """True when a C-ECHO to the port succeeds."""
-    return subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+    return subprocess.run([dcmtk("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
                           capture_output=True, timeout=30).returncode == 0
 
 
@@ -99,7 +113,7 @@ class StoreSCP:
 
     def start(self) -> "StoreSCP":
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(["storescp", "-aet", self.aet, "-od", str(self.folder), *self.flags,
+        self.proc = subprocess.Popen([dcmtk("storescp"), "-aet", self.aet, "-od", str(self.folder), *self.flags,
                                       str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: _listening(self.port), 10, "storescp to listen")
         return self

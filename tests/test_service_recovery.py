@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from conftest import synthetic_lead
-from peers import PACS_AET, Orthanc, Service, status_counts, stored_ok, storescu, wait_for, write_config
+from peers import PACS_AET, Orthanc, Service, dcmtk, status_counts, stored_ok, storescu, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_kill_9_during_a_burst_loses_nothing_and_duplicates_nothing(tmp_path, ti
                            pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
         svc = Service(cfg).start()
         try:
-            cart = subprocess.Popen(["storescu", "-v", "-aet", "CART1", "-aec", "ECGDICOM", "127.0.0.1",
+            cart = subprocess.Popen([dcmtk("storescu"), "-v", "-aet", "CART1", "-aec", "ECGDICOM", "127.0.0.1",
                                      str(svc.port), *inputs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)
             wait_for(lambda: sum(svc.counts().values()) >= 12, 60, "a dozen stores accepted", interval=0.01)
@@ -89,7 +89,7 @@ def test_sigterm_during_a_burst_exits_0_quickly_and_keeps_every_accepted_store(t
     svc.start()
     try:
         assert "allowed_callers is not set" in svc.log_text()
-        cart = subprocess.Popen(["storescu", "-v", "-aet", "ANYCART", "-aec", "ECGDICOM", "127.0.0.1",
+        cart = subprocess.Popen([dcmtk("storescu"), "-v", "-aet", "ANYCART", "-aec", "ECGDICOM", "127.0.0.1",
                                  str(svc.port), *inputs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         wait_for(lambda: sum(svc.counts().values()) >= 8, 60, "some stores accepted", interval=0.01)
