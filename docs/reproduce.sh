@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights and the model card's cross-validated tables (CPU, 1 thread per run).
-# Run from the repository root with ../shared/data/ecg12 beside it. About 5 CPU-hours in all (2.5 h wall-clock);
-# the two input leads are independent and can run side by side on a 2-core machine.
+# Run from the repository root with ../shared/data/ecg12 beside it. About 32 minutes per input lead on one core
+# (measured); the leads are independent, so on 2 cores run `docs/reproduce.sh I & docs/reproduce.sh II; wait`,
+# then `docs/reproduce.sh figure` (no argument: both leads and the figure, one after the other).
 set -euo pipefail
 DATA=../shared/data/ecg12
 mkdir -p runs
-for LEAD in I II; do
+STEPS=${*:-I II figure}
+for LEAD in $STEPS; do
+  [ "$LEAD" = figure ] && continue
   # 1. two pre-trainings on 4000 deepfake-ecg records (generated once, torch seed 0, cached in data_cache/):
   #    seed 0 for 40 epochs, seed 1 for 100 epochs (its synthetic validation split drawn with seed 1)
   ecg-dicom train --out runs/${LEAD}_synth.pt --input-lead $LEAD --synthetic 4000 --epochs 40 --seed 0
@@ -30,6 +33,7 @@ for LEAD in I II; do
   cp runs/${LEAD}_noptb_ens.pt ecg_dicom/weights/lead_${LEAD}.pt
 done
 # 4. the figure: each record drawn by a model that never trained on it
+[[ " $STEPS " == *" figure "* ]] || exit 0
 python -m ecg_dicom.training.figure --out docs/reconstruction.png \
   "Normal sinus rhythm - Georgia E07506 (model trained without Georgia)=runs/I_nogeorgia_ens.pt=$DATA/georgia/E07506.hea" \
   "Myocardial infarction - PTB s0010_re (shipped lead-I model; PTB held out)=ecg_dicom/weights/lead_I.pt=$DATA/ptb/s0010_re.hea" \
