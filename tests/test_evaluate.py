@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ecg_dicom.cli import main
-from ecg_dicom.training.baselines import LinearBaseline, fit_linear_baseline, lag_matrix
+from ecg_dicom.training.baselines import LinearBaseline, fit_linear_baseline, fit_linear_baselines, lag_matrix
 from ecg_dicom.training.data import read_wfdb_record
 from ecg_dicom.training.evaluate import lead_metrics
 
@@ -43,6 +43,26 @@ def test_zero_lag_baseline_is_one_gain_per_lead() -> None:
     b = fit_linear_baseline(((x, gains[:, None] * x) for x in xs), "II", "linear_zero_lag")
     assert b.coef.shape == (7, 1) and b.output_leads[0] == "I"
     np.testing.assert_allclose(b.coef[:, 0], gains, atol=1e-6)
+
+
+def test_both_baselines_from_one_pass_match_separate_fits() -> None:
+    """The zero-lag fit is read off the lagged normal equations: one pass over a generator."""
+    xs = [_noise(2500, s) for s in range(4)]
+    ys = [np.stack([0.7 * x + 0.3 * np.roll(x, k) for k in range(1, 8)]) for x in xs]
+    passes = []
+
+    def pairs():
+        passes.append(1)
+        yield from zip(xs, ys)
+
+    both = fit_linear_baselines(pairs(), "I")
+    assert len(passes) == 1 and set(both) == {"linear_zero_lag", "linear_lagged"}
+    for kind, fitted in both.items():
+        alone = fit_linear_baseline(zip(xs, ys), "I", kind)
+        assert list(fitted.lags) == list(alone.lags)
+        np.testing.assert_allclose(fitted.coef, alone.coef, atol=1e-9)
+        np.testing.assert_allclose(fitted.intercept, alone.intercept, atol=1e-6)
+    assert list(both["linear_zero_lag"].lags) == [0]
 
 
 def test_lead_metrics() -> None:

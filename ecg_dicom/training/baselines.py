@@ -61,17 +61,20 @@ def lag_matrix(x: np.ndarray, lags: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_linear_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_lead: str,
-                        kind: str, fs: float = BASELINE_FS) -> LinearBaseline:
-    """Least squares over all records at once (pooled normal equations, so ``pairs`` is
-    consumed once and may be a generator: memory does not grow with the record count).
+def fit_linear_baselines(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_lead: str,
+                         kinds: Sequence[str] = BASELINE_KINDS, fs: float = BASELINE_FS) -> dict[str, LinearBaseline]:
+    """Least squares over all records at once, for each of ``kinds``, in one pass.
 
+    The pooled normal equations are a running sum, so ``pairs`` is consumed once and may be a
+    generator (memory does not grow with the record count); the zero-lag system is the lag-0
+    and intercept block of the lagged one, so both kinds share that pass.
     pairs: (input (N_i,) µV, targets (n_out, N_i) µV), all at ``fs`` Hz and already filtered
-    as they will be used. ``kind`` is "linear_zero_lag" or "linear_lagged" (±40 ms).
+    as they will be used. kinds: "linear_zero_lag" and/or "linear_lagged" (±40 ms).
     """
-    if kind not in BASELINE_KINDS:
-        raise ValueError(f"unknown baseline kind {kind!r}")
-    max_lag = int(round(LAG_S * fs)) if kind == "linear_lagged" else 0
+    for kind in kinds:
+        if kind not in BASELINE_KINDS:
+            raise ValueError(f"unknown baseline kind {kind!r}")
+    max_lag = int(round(LAG_S * fs)) if "linear_lagged" in kinds else 0
     lags = np.arange(-max_lag, max_lag + 1)
     n_feat = len(lags) + 1
     xtx = np.zeros((n_feat, n_feat))
@@ -83,10 +86,20 @@ def fit_linear_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_le
         xty = part if xty is None else xty + part
     if xty is None:
         raise ValueError("no records to fit the linear baseline on")
-    solution = np.linalg.lstsq(xtx, xty, rcond=None)[0]
-    # solution: (n_feat, n_out)
-    return LinearBaseline(kind, input_lead, learned_leads(input_lead), fs, lags,
-                          solution[:-1].T.copy(), solution[-1].copy())
+    fitted = {}
+    for kind in kinds:
+        keep = np.arange(n_feat) if kind == "linear_lagged" else np.array([max_lag, n_feat - 1])
+        solution = np.linalg.lstsq(xtx[np.ix_(keep, keep)], xty[keep], rcond=None)[0]
+        # solution: (features kept, n_out); the last row is the intercept
+        fitted[kind] = LinearBaseline(kind, input_lead, learned_leads(input_lead), fs, lags[keep[:-1]],
+                                      solution[:-1].T.copy(), solution[-1].copy())
+    return fitted
+
+
+def fit_linear_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_lead: str,
+                        kind: str, fs: float = BASELINE_FS) -> LinearBaseline:
+    """One baseline of ``kind``; see :func:`fit_linear_baselines`."""
+    return fit_linear_baselines(pairs, input_lead, (kind,), fs)[kind]
 
 
 def fit_baselines_on_records(records: Sequence, input_lead: str, seconds: float = 10.0) -> dict[str, LinearBaseline]:
@@ -94,13 +107,9 @@ def fit_baselines_on_records(records: Sequence, input_lead: str, seconds: float 
     the first ``seconds`` at 500 Hz, high-passed at 0.5 Hz."""
     idx_in = LEADS_12.index(input_lead)
     idx_out = [LEADS_12.index(lead) for lead in learned_leads(input_lead)]
-
-    def pairs():
-        for rec in records:
-            leads = highpass(protocol_window(rec.leads, rec.fs, seconds), BASELINE_FS)
-            yield leads[idx_in], leads[idx_out]
-
-    return {kind: fit_linear_baseline(pairs(), input_lead, kind) for kind in BASELINE_KINDS}
+    pairs = ((leads[idx_in], leads[idx_out]) for leads in
+             (highpass(protocol_window(rec.leads, rec.fs, seconds), BASELINE_FS) for rec in records))
+    return fit_linear_baselines(pairs, input_lead)
 
 
 def protocol_window(leads_uv: np.ndarray, fs: float, seconds: float = 10.0) -> np.ndarray:
