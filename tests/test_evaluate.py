@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ecg_dicom.cli import main
-from ecg_dicom.training.baselines import LinearBaseline, fit_linear_baseline, fit_linear_baselines, lag_matrix
+from ecg_dicom.training.baselines import LinearBaseline, fit_linear_baselines, lag_matrix
 from ecg_dicom.training.data import read_wfdb_record
 from ecg_dicom.training.evaluate import lead_metrics
 
@@ -24,7 +24,7 @@ def test_lagged_baseline_recovers_a_known_fir_relation() -> None:
     # lead k = 2 x(t - 3) - 0.5 x(t + 5) + k
     ys = [np.stack([2 * lag_matrix(x, np.array([-3]))[0] - 0.5 * lag_matrix(x, np.array([5]))[0] + k
                     for k in range(7)]) for x in xs]
-    b = fit_linear_baseline(zip(xs, ys), "I", "linear_lagged")
+    b = fit_linear_baselines(zip(xs, ys), "I", ("linear_lagged",))["linear_lagged"]
     assert list(b.lags) == list(range(-20, 21))
     expected = np.zeros(41)
     expected[20 - 3], expected[20 + 5] = 2.0, -0.5
@@ -40,7 +40,7 @@ def test_lagged_baseline_recovers_a_known_fir_relation() -> None:
 def test_zero_lag_baseline_is_one_gain_per_lead() -> None:
     xs = [_noise(2000, s) for s in range(2)]
     gains = np.array([0.5, -1.0, 2.0, 0.0, 1.5, 3.0, -0.2])
-    b = fit_linear_baseline(((x, gains[:, None] * x) for x in xs), "II", "linear_zero_lag")
+    b = fit_linear_baselines(((x, gains[:, None] * x) for x in xs), "II", ("linear_zero_lag",))["linear_zero_lag"]
     assert b.coef.shape == (7, 1) and b.output_leads[0] == "I"
     np.testing.assert_allclose(b.coef[:, 0], gains, atol=1e-6)
 
@@ -58,7 +58,7 @@ def test_both_baselines_from_one_pass_match_separate_fits() -> None:
     both = fit_linear_baselines(pairs(), "I")
     assert len(passes) == 1 and set(both) == {"linear_zero_lag", "linear_lagged"}
     for kind, fitted in both.items():
-        alone = fit_linear_baseline(zip(xs, ys), "I", kind)
+        alone = fit_linear_baselines(zip(xs, ys), "I", (kind,))[kind]
         assert list(fitted.lags) == list(alone.lags)
         np.testing.assert_allclose(fitted.coef, alone.coef, atol=1e-9)
         np.testing.assert_allclose(fitted.intercept, alone.intercept, atol=1e-6)

@@ -96,20 +96,18 @@ def fit_linear_baselines(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_l
     return fitted
 
 
-def fit_linear_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_lead: str,
-                        kind: str, fs: float = BASELINE_FS) -> LinearBaseline:
-    """One baseline of ``kind``; see :func:`fit_linear_baselines`."""
-    return fit_linear_baselines(pairs, input_lead, (kind,), fs)[kind]
-
-
 def fit_baselines_on_records(records: Sequence, input_lead: str, seconds: float = 10.0) -> dict[str, LinearBaseline]:
     """Both baselines fitted on ``records`` (data.Record) by the evaluation protocol:
     the first ``seconds`` at 500 Hz, high-passed at 0.5 Hz."""
     idx_in = LEADS_12.index(input_lead)
     idx_out = [LEADS_12.index(lead) for lead in learned_leads(input_lead)]
-    pairs = ((leads[idx_in], leads[idx_out]) for leads in
-             (highpass(protocol_window(rec.leads, rec.fs, seconds), BASELINE_FS) for rec in records))
-    return fit_linear_baselines(pairs, input_lead)
+
+    def pairs():
+        for rec in records:
+            leads = highpass(protocol_window(rec.leads, rec.fs, seconds), BASELINE_FS)
+            yield leads[idx_in], leads[idx_out]
+
+    return fit_linear_baselines(pairs(), input_lead)
 
 
 def protocol_window(leads_uv: np.ndarray, fs: float, seconds: float = 10.0) -> np.ndarray:
