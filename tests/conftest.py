@@ -25,6 +25,26 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# A few PTB-XL records in PTB-XL's own layout (records100/ and records500/ buckets, both header
+# styles: original PTB-XL and the PhysioNet Challenge rewrites) plus one flat Challenge copy.
+PTBXL_SAMPLE = ("records500/00000/00002_hr", "records500/01000/01017_hr", "records100/00000/00501_lr",
+                "records100/01000/01001_lr", "HR06000")
+
+
+@pytest.fixture(scope="session")
+def ptbxl_tree(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<tmp>/ptbxl/`` holding :data:`PTBXL_SAMPLE` (symlinks) and the metadata table."""
+    root = tmp_path_factory.mktemp("data") / "ptbxl"
+    source = shared_data / "ecg12/ptbxl"
+    for record in PTBXL_SAMPLE:
+        for path in source.glob(f"{record}.*"):
+            target = root / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+    (root / "ptbxl_database_ids_1-500.csv").symlink_to(source / "ptbxl_database_ids_1-500.csv")
+    return root
+
+
 def make_tiny_checkpoint(path: Path, input_lead: str = "I") -> Path:
     """A small randomly initialised but valid checkpoint (fast to load and run)."""
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PTBXL_SAMPLE
 from ecg_dicom.cli import main
 from ecg_dicom.training.baselines import LinearBaseline, fit_linear_baselines, lag_matrix
 from ecg_dicom.training.data import read_wfdb_record
@@ -86,13 +87,16 @@ def _check_report(report: dict, n_records: int) -> None:
 
 
 def test_evaluate_wfdb_folder_writes_model_and_baseline_rows(
-        shared_data: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        shared_data: Path, ptbxl_tree: Path, tiny_checkpoint: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval.json"
-    rc = main(["evaluate", str(shared_data / "ecg12/ptbxl"), "--checkpoint", str(tiny_checkpoint),
+    rc = main(["evaluate", str(ptbxl_tree), "--checkpoint", str(tiny_checkpoint),
                "--baseline-data", str(shared_data / "ecg12/georgia"), "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
-    _check_report(report, 11)
+    _check_report(report, len(PTBXL_SAMPLE))
+    # records in PTB-XL's bucket folders belong to the database, not to "00000" or "records100"
+    assert {rec["database"] for rec in report["records"]} == {"ptbxl"}
     lagged = report["summary"]["methods"]["linear_lagged"]
     zero = report["summary"]["methods"]["linear_zero_lag"]
     assert lagged["mean_r"] > zero["mean_r"] > 0.2  # real baselines, not noise
@@ -108,7 +112,7 @@ def test_evaluate_npy_folder(shared_data: Path, tiny_checkpoint: Path, tmp_path:
         np.save(folder / f"{stem}.npy", rec.leads.astype(np.float32))
     out = tmp_path / "eval.json"
     assert main(["evaluate", str(folder), "--checkpoint", str(tiny_checkpoint), "--baseline-data",
-                 str(shared_data / "ecg12/ptbxl"), "--json", str(out)]) == 0
+                 str(shared_data / "ecg12/ptb"), "--json", str(out)]) == 0
     _check_report(json.loads(out.read_text()), 2)
 
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PTBXL_SAMPLE
 from ecg_dicom.cli import main
 from ecg_dicom.core.checkpoint import load_checkpoint
 from ecg_dicom.leads import LEADS_12
-from ecg_dicom.training.data import load_wfdb_records, read_wfdb_record, split_records
+from ecg_dicom.training.data import (database_of, load_wfdb_records, ptbxl_ecg_id, read_wfdb_record,
+                                     split_records, subject_of)
 from ecg_dicom.training.train import reconstruction_loss
 
 
@@ -111,9 +113,35 @@ def test_train_without_data_fails_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_exclude_db_holds_a_database_out(shared_data: Path) -> None:
-    records = load_wfdb_records([shared_data / "ecg12/ptbxl", shared_data / "ecg12/ptb"], exclude_db=["ptb"])
-    assert records and {r.database for r in records} == {"ptbxl"}
+def test_exclude_db_holds_a_database_out(shared_data: Path, ptbxl_tree: Path) -> None:
+    records = load_wfdb_records([ptbxl_tree, shared_data / "ecg12/ptb"], exclude_db=["ptb"])
+    assert len(records) == len(PTBXL_SAMPLE) and {r.database for r in records} == {"ptbxl"}
+    assert load_wfdb_records([ptbxl_tree.parent], exclude_db=["ptbxl"]) == []
+
+
+def test_databases_are_named_by_their_folder_not_by_ptbxl_buckets(shared_data: Path, ptbxl_tree: Path) -> None:
+    """PTB-XL's records500/00000/... layout and both header styles read as one database."""
+    for header in ("records500/00000/00002_hr.hea", "records100/01000/01001_lr.hea", "HR06000.hea"):
+        assert database_of(ptbxl_tree / header) == "ptbxl"
+    assert database_of(shared_data / "ecg12/ludb/1.hea") == "ludb"
+    by_name = {r.name: r for r in load_wfdb_records([ptbxl_tree])}
+    assert set(by_name) == {f"ptbxl/{Path(p).name}" for p in PTBXL_SAMPLE}
+    assert by_name["ptbxl/00002_hr"].fs == 500 and by_name["ptbxl/00501_lr"].fs == 100
+    # the Challenge 2024 rewrite (lower-case lead names, dated header) reads all 12 leads
+    assert np.all(np.ptp(by_name["ptbxl/01017_hr"].leads, axis=1) > 0)
+
+
+def test_subjects_come_from_metadata_and_the_data_readme(shared_data: Path, ptbxl_tree: Path) -> None:
+    """Patient-grouped splits need one subject id for all records of one person."""
+    by_name = {r.name: r for r in load_wfdb_records([ptbxl_tree])}
+    assert by_name["ptbxl/00002_hr"].patient == "ptbxl/patient13243"   # from ptbxl_database_ids_1-500.csv
+    assert by_name["ptbxl/01001_lr"].patient == "ptbxl/ecg1001"        # no metadata past ecg_id 500
+    assert by_name["ptbxl/HR06000"].patient == "ptbxl/ecg6000"
+    assert ptbxl_ecg_id("00501_lr") == 501 and ptbxl_ecg_id("E07500") is None
+    ptb = {r.name: r.patient for r in load_wfdb_records([shared_data / "ecg12/ptb"])}
+    assert ptb["ptb/S0006"] == ptb["ptb/S0007"] != ptb["ptb/S0008"] == ptb["ptb/S0010"]
+    assert subject_of(shared_data / "ecg12/georgia/E00009.hea", "georgia") == "georgia/E00008"
+    assert subject_of(shared_data / "ecg12/georgia/E07500.hea", "georgia") == "georgia/E07500"
 
 
 def test_fine_tuning_starts_from_init_and_records_it(four_records: Path, tmp_path: Path) -> None:

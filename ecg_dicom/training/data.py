@@ -6,8 +6,12 @@ Every loader returns :class:`Record` objects holding all 12 leads in
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,8 +28,11 @@ UNIT_SCALE_TO_UV = {"uv": 1.0, "µv": 1.0, "mv": 1000.0, "v": 1e6}
 class Record:
     """One 12-lead ECG: ``leads`` (12, N) µV at ``fs`` Hz (float64; float32 for synthetic records).
 
-    name: "<database>/<record>" (unique within a run); database: the folder the record
-    lives in (e.g. "ludb"), used for record-wise and database-wise splits.
+    name: "<database>/<record>" (unique within a run); database: the database folder the
+    record lives in (e.g. "ludb", "ptbxl" for ``ptbxl/records500/00000/00002_hr``; see
+    :func:`database_of`), used for database-wise splits. patient: "<database>/<subject>",
+    the same for every record of one person where the data says so (see
+    :func:`subject_of`), used for patient-grouped splits.
     amplitude_reliable: False when every lead was normalised to the same peak-to-peak
     (LUDB stores each lead scaled to exactly 1 mV p2p): its shapes are real, its absolute
     and relative amplitudes are not.
@@ -36,6 +43,7 @@ class Record:
     fs: float
     leads: np.ndarray
     amplitude_reliable: bool = True
+    patient: str = ""
 
 
 NORMALISED_P2P_UV = 1000.0
@@ -45,6 +53,72 @@ def amplitude_normalised(leads_uv: np.ndarray, tol_uv: float = 2.0) -> bool:
     """True when every lead of (12, N) µV has a peak-to-peak of exactly 1 mV (± ``tol_uv``):
     a per-lead normalised export, not a physical recording."""
     return bool(np.all(np.abs(np.ptp(leads_uv, axis=-1) - NORMALISED_P2P_UV) < tol_uv))
+
+
+# Folder names that are a database's own layout, not the database: PTB-XL keeps its records in
+# records100/ and records500/, each split in buckets named by the thousand (00000, 01000, ...).
+_LAYOUT_FOLDER = re.compile(r"^(records\d+|\d+)$")
+# Records of one subject that the data README names (../shared/data/README.md): Georgia
+# E00006-07 and E00008-10 are consecutive ECGs with the same age and sex; PTB S0006-07 are
+# patient004 and S0008-10 patient005 (ptbdb's RECORDS order), s0010_re is patient001.
+KNOWN_SUBJECTS: dict[tuple[str, str], str] = {
+    **{("georgia", r): "E00006" for r in ("E00006", "E00007")},
+    **{("georgia", r): "E00008" for r in ("E00008", "E00009", "E00010")},
+    **{("ptb", r): "patient004" for r in ("S0006", "S0007")},
+    **{("ptb", r): "patient005" for r in ("S0008", "S0009", "S0010")},
+    ("ptb", "s0010_re"): "patient001",
+}
+PTBXL_METADATA_GLOB = "ptbxl_database*.csv"
+_PTBXL_ECG_ID = re.compile(r"^(?:HR)?0*(\d+)(?:_[hl]r)?$")
+
+
+def database_of(header: str | Path) -> str:
+    """The database a record belongs to: the nearest folder above its header that is not
+    part of a database's own layout (PTB-XL's ``records500/00000``), e.g. ``ptbxl``."""
+    for folder in Path(os.path.abspath(header)).parents:
+        if not _LAYOUT_FOLDER.match(folder.name):
+            return folder.name
+    return Path(header).parent.name
+
+
+def ptbxl_ecg_id(stem: str) -> int | None:
+    """PTB-XL's ecg_id from a record name (``00002_hr``, ``00501_lr``, ``HR06000``), else None."""
+    match = _PTBXL_ECG_ID.match(stem)
+    return int(match.group(1)) if match else None
+
+
+@lru_cache(maxsize=None)
+def _ptbxl_patients(folder: Path) -> dict[int, str]:
+    """ecg_id -> patient_id from PTB-XL metadata tables (``ptbxl_database*.csv``) in ``folder``."""
+    patients: dict[int, str] = {}
+    for table in sorted(folder.glob(PTBXL_METADATA_GLOB)):
+        with open(table, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                try:
+                    patients[int(row["ecg_id"])] = str(int(float(row["patient_id"])))
+                except (KeyError, ValueError):
+                    continue
+    return patients
+
+
+def subject_of(header: str | Path, database: str) -> str:
+    """``"<database>/<subject>"`` for a record: PTB-XL's patient_id where its metadata table
+    (beside the records, in the database folder) knows the ecg_id, the subjects the data
+    README names, else the record itself (one record, one subject)."""
+    header = Path(header)
+    stem = header.stem
+    if (database, stem) in KNOWN_SUBJECTS:
+        return f"{database}/{KNOWN_SUBJECTS[(database, stem)]}"
+    if database == "ptbxl":
+        ecg_id = ptbxl_ecg_id(stem)
+        root = next((p for p in Path(os.path.abspath(header)).parents if p.name == database), None)
+        if ecg_id is not None and root is not None:
+            patient = _ptbxl_patients(root).get(ecg_id)
+            if patient is not None:
+                return f"ptbxl/patient{patient}"
+        if ecg_id is not None:
+            return f"ptbxl/ecg{ecg_id}"
+    return f"{database}/{stem}"
 
 
 def read_wfdb_record(header: str | Path, database: str | None = None) -> Record:
@@ -73,9 +147,9 @@ def read_wfdb_record(header: str | Path, database: str | None = None) -> Record:
     if missing:
         raise ValueError(f"{header}: leads {', '.join(missing)} are missing")
     out = np.nan_to_num(out, nan=0.0)
-    database = database or header.parent.name
+    database = database or database_of(header)
     return Record(name=f"{database}/{header.stem}", database=database, fs=float(rec.fs), leads=out,
-                  amplitude_reliable=not amplitude_normalised(out))
+                  amplitude_reliable=not amplitude_normalised(out), patient=subject_of(header, database))
 
 
 def find_headers(folders: Iterable[str | Path]) -> list[Path]:
@@ -88,11 +162,12 @@ def find_headers(folders: Iterable[str | Path]) -> list[Path]:
 
 
 def load_wfdb_records(folders: Iterable[str | Path], exclude_db: Sequence[str] = ()) -> list[Record]:
-    """Every readable 12-lead WFDB record under ``folders``, minus the databases in
-    ``exclude_db`` (folder names); unreadable records are logged and skipped."""
+    """Every readable 12-lead WFDB record under ``folders`` (subfolders too), minus the
+    databases in ``exclude_db`` (names as :func:`database_of` gives them); unreadable
+    records are logged and skipped."""
     records = []
     for header in find_headers(folders):
-        if header.parent.name in exclude_db:
+        if database_of(header) in exclude_db:
             continue
         try:
             records.append(read_wfdb_record(header))
@@ -111,7 +186,7 @@ def load_npy_records(folder: str | Path, fs: float) -> list[Record]:
             log.warning("skipping %s: shape %s is not a (12, N) numeric array", path, arr.shape)
             continue
         records.append(Record(f"{folder.name}/{path.stem}", folder.name, float(fs),
-                              arr.astype(np.float64)))
+                              arr.astype(np.float64), patient=f"{folder.name}/{path.stem}"))
     return records
 
 
@@ -153,7 +228,7 @@ def load_synthetic(n: int, cache_dir: str | Path, seed: int = 0) -> list[Record]
         # (whole µV, exact), so a pool of 16000 records holds 3.8 GB and not three times that
         eight = packed_eight.astype(np.float32)
         leads = assemble_12_leads(eight[0], eight[1], eight[2:2 + len(CHEST_LEADS)])
-        records.append(Record(f"synthetic/{i}", "synthetic", SYNTHETIC_FS, leads))
+        records.append(Record(f"synthetic/{i}", "synthetic", SYNTHETIC_FS, leads, patient=f"synthetic/{i}"))
     return records
 
 
