@@ -22,7 +22,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ecg_dicom.convert import convert_folder  # noqa: E402
-from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing, load_checkpoint, shipped_checkpoint_path  # noqa: E402
+from ecg_dicom.core.checkpoint import (  # noqa: E402
+    Checkpoint,
+    Preprocessing,
+    load_checkpoint,
+    shipped_checkpoint_path,
+)
 from ecg_dicom.core.inference import Reconstructor, window_starts  # noqa: E402
 from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig  # noqa: E402
 from ecg_dicom.leads import learned_leads  # noqa: E402

@@ -30,11 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from ecg_dicom.core.checkpoint import Preprocessing, save_checkpoint, shipped_checkpoint_path  # noqa: E402
+from peers import PACS_AET, Orthanc, Service, StoreSCP, storescu, wait_for, write_config  # noqa: E402
+
+from ecg_dicom.core.checkpoint import (  # noqa: E402
+    Preprocessing,
+    save_checkpoint,
+    shipped_checkpoint_path,
+)
 from ecg_dicom.core.inference import Reconstructor  # noqa: E402
 from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig  # noqa: E402
 from ecg_dicom.inputs import load_lead  # noqa: E402
-from peers import PACS_AET, Orthanc, Service, StoreSCP, storescu, wait_for, write_config  # noqa: E402
 
 ECG = REPO.parent / "shared" / "data" / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm"
 

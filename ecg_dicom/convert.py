@@ -20,9 +20,9 @@ from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel
 from ecg_dicom.errors import EcgDicomError, InputError
+from ecg_dicom.files import safe_stem, write_reason
 from ecg_dicom.inputs import LeadInput, load_lead, looks_like_input
 from ecg_dicom.leads import learned_leads
-from ecg_dicom.outputs.files import safe_stem, write_reason
 from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
 
 log = logging.getLogger(__name__)

@@ -94,7 +94,7 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     """Read ``input_lead`` from ``path`` and check it.
 
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
-    recognised by content and read with :func:`ecg_dicom.core.waveform.read_dicom_lead`
+    recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
     (its own sampling rate and units). Raises :class:`InputError` with a one-line reason.
     """
     path = Path(path)
@@ -107,7 +107,7 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
         signal = check_single_lead(read_npy_array(path), fs, units)
         return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy")
     if dicom:
-        from ecg_dicom.core.waveform import read_dicom_lead
+        from ecg_dicom.dicom.reader import read_dicom_lead
 
         lead = read_dicom_lead(path, input_lead)
         signal = check_single_lead(lead.signal_uv, lead.fs, "uV")

@@ -15,17 +15,6 @@ CHEST_LEADS: tuple[str, ...] = ("V1", "V2", "V3", "V4", "V5", "V6")
 DERIVED_LIMB_LEADS: tuple[str, ...] = ("III", "aVR", "aVL", "aVF")
 SUPPORTED_INPUT_LEADS: tuple[str, ...] = ("I", "II")
 
-# SCP-ECG (coding scheme "SCPECG", version "1.3") and MDC codes of the 12 leads (CID 3001).
-SCPECG_CODES: dict[str, str] = {
-    "I": "5.6.3-9-1", "II": "5.6.3-9-2", "III": "5.6.3-9-61", "aVR": "5.6.3-9-62",
-    "aVL": "5.6.3-9-63", "aVF": "5.6.3-9-64", "V1": "5.6.3-9-3", "V2": "5.6.3-9-4",
-    "V3": "5.6.3-9-5", "V4": "5.6.3-9-6", "V5": "5.6.3-9-7", "V6": "5.6.3-9-8",
-}
-MDC_CODES: dict[str, str] = {
-    "I": "2:1", "II": "2:2", "III": "2:61", "aVR": "2:62", "aVL": "2:63", "aVF": "2:64",
-    "V1": "2:3", "V2": "2:4", "V3": "2:5", "V4": "2:6", "V5": "2:7", "V6": "2:8",
-}
-
 
 def canonical_lead_name(name: str) -> str:
     """Map a lead label in any case and common spelling ("ii", "Lead II", "AVR") to ours.

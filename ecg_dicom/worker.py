@@ -21,10 +21,10 @@ from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.errors import InputError
+from ecg_dicom.files import write_reason
 from ecg_dicom.ingest import Spool
 from ecg_dicom.inputs import LeadInput, load_lead
 from ecg_dicom.leads import canonical_lead_name
-from ecg_dicom.outputs.files import write_reason
 from ecg_dicom.outputs.results import write_outputs
 from ecg_dicom.queue import Job, JobQueue
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from conftest import synthetic_lead
 
 from ecg_dicom.cli import main
 from ecg_dicom.convert import process_and_save_npy_files
 from ecg_dicom.core.checkpoint import load_checkpoint
-
-from conftest import synthetic_lead
 
 ALIVECOR = ("A00001", "A00004", "A00205")
 
@@ -110,7 +109,7 @@ def test_seed_api_converts_a_folder(tiny_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("name", ["../evil", "..", "a/b", "ü ber"])
 def test_output_names_never_leave_the_output_folder(name):
-    from ecg_dicom.outputs.files import safe_stem
+    from ecg_dicom.files import safe_stem
 
     stem = safe_stem(name)
     assert "/" not in stem and not stem.startswith(".") and stem

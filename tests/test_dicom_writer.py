@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from conftest import synthetic_lead
 
 from ecg_dicom.core.preprocess import resample_fs
-from ecg_dicom.core.waveform import read_dicom_lead
-from ecg_dicom.leads import CHEST_LEADS, LEADS_12, SCPECG_CODES, assemble_12_leads
-from ecg_dicom.outputs.dicom_writer import (
+from ecg_dicom.dicom.codes import SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
+from ecg_dicom.dicom.reader import read_dicom_lead
+from ecg_dicom.dicom.writer import (
     MAX_SAMPLES,
-    TWELVE_LEAD_ECG_STORAGE,
     build_ecg_datasets,
     channel_sensitivity,
     write_ecg_dicom,
 )
-
-from conftest import synthetic_lead
+from ecg_dicom.leads import CHEST_LEADS, LEADS_12, assemble_12_leads
 
 MORTARA = "dicom/12lead/mortara_eli250_waveform_ecg.dcm"
 TOOLKIT = "dicom/12lead/ecgtoolkit_example_eli250.dcm"
@@ -146,7 +145,7 @@ def test_structure_and_provenance(shared_data: Path, tmp_path: Path) -> None:
 def test_invalid_source_study_uid_is_replaced_and_logged(shared_data: Path, caplog) -> None:
     leads, fs, source = real_12_leads(shared_data / TOOLKIT)
     assert not pydicom.uid.UID(source.StudyInstanceUID).is_valid
-    with caplog.at_level(logging.WARNING, logger="ecg_dicom.outputs.dicom_writer"):
+    with caplog.at_level(logging.WARNING, logger="ecg_dicom.dicom.writer"):
         first = build_ecg_datasets(leads, fs, VERSION, "I", source, HASH)[0]
     assert "Study Instance UID" in caplog.text and "replacement study" in caplog.text
     again = build_ecg_datasets(leads, fs, "another-model", "II", source, HASH)[0]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG, synthetic_lead
 
 from ecg_dicom.cli import main
 from ecg_dicom.core.checkpoint import Preprocessing, load_checkpoint, save_checkpoint
@@ -10,8 +11,6 @@ from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel, EnsembleModel, ModelConfig
 from ecg_dicom.errors import CheckpointError
 from ecg_dicom.leads import LEADS_12
-
-from conftest import TINY_CONFIG, synthetic_lead
 
 
 def _member(seed: int, config: ModelConfig = TINY_CONFIG) -> BiLSTMAttentionModel:

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import PTBXL_SAMPLE
+
 from ecg_dicom.cli import main
-from ecg_dicom.training.baselines import LinearBaseline, fit_linear_baselines, lag_matrix
+from ecg_dicom.training.baselines import (
+    LinearBaseline,
+    fit_linear_baselines,
+    lag_matrix,
+)
 from ecg_dicom.training.data import read_wfdb_record
 from ecg_dicom.training.evaluate import lead_metrics
 

@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_lead
 
 from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
 from ecg_dicom.core.inference import Reconstructor, overlap_weights, window_starts
 from ecg_dicom.core.model import ModelConfig
 from ecg_dicom.leads import LEADS_12, learned_leads
-
-from conftest import synthetic_lead
 
 I, II, III, AVR, AVL, AVF = range(6)
 

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG, make_tiny_checkpoint
 
 from ecg_dicom.core.checkpoint import Preprocessing, load_checkpoint, save_checkpoint
 from ecg_dicom.core.model import Attention, BiLSTMAttentionModel, ModelConfig
 from ecg_dicom.errors import CheckpointError
-
-from conftest import TINY_CONFIG, make_tiny_checkpoint
 
 
 def test_forward_shapes_mean_and_log_variance():

@@ -2,14 +2,18 @@
 
 import numpy as np
 import pytest
+from conftest import synthetic_lead
 
 from ecg_dicom.core.preprocess import (
-    check_single_lead, highpass, inverse_min_max_scale, min_max_scale, model_features,
-    resample_fs, resample_signal,
+    check_single_lead,
+    highpass,
+    inverse_min_max_scale,
+    min_max_scale,
+    model_features,
+    resample_fs,
+    resample_signal,
 )
 from ecg_dicom.errors import InputError
-
-from conftest import synthetic_lead
 
 
 class TestResample:

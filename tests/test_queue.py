@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from peers import free_port
 from pydicom import dcmread
 from pynetdicom import AE
 
@@ -18,7 +19,6 @@ from ecg_dicom.config import load_config
 from ecg_dicom.ingest import Spool, output_name
 from ecg_dicom.ingest.scp import OUT_OF_RESOURCES, start_scp
 from ecg_dicom.queue import STATES, JobQueue, new_key
-from peers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

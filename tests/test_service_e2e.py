@@ -12,13 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_lead
+from peers import (
+    CART_AET,
+    PACS_AET,
+    Orthanc,
+    Service,
+    dciodvfy_errors,
+    echoscu,
+    status_counts,
+    stored_ok,
+    storescu,
+    wait_for,
+    write_config,
+)
 from pydicom import dcmread
 
-from conftest import synthetic_lead
-from ecg_dicom.core.waveform import read_dicom_lead
+from ecg_dicom.dicom.reader import read_dicom_lead
 from ecg_dicom.queue import STATES
-from peers import (CART_AET, PACS_AET, Orthanc, Service, dciodvfy_errors, echoscu, status_counts, stored_ok,
-                   storescu, wait_for, write_config)
 
 pytestmark = pytest.mark.slow
 TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"

@@ -9,14 +9,15 @@ import shutil
 import time
 
 import pytest
+from peers import PACS_AET, StoreSCP, free_port
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from ecg_dicom.config import Folders, Pacs
-from ecg_dicom.outputs.pacs import OUTPUT_SOP_CLASSES, Delivery, Outcome, backoff_s, classify_status
+from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
+from ecg_dicom.outputs.pacs import Delivery, Outcome, backoff_s, classify_status
 from ecg_dicom.queue import Job, JobQueue, new_key
-from peers import PACS_AET, StoreSCP, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_lead
+from peers import (
+    PACS_AET,
+    Orthanc,
+    Service,
+    dcmtk,
+    status_counts,
+    stored_ok,
+    storescu,
+    wait_for,
+    write_config,
+)
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-
-from conftest import synthetic_lead
-from peers import PACS_AET, Orthanc, Service, dcmtk, status_counts, stored_ok, storescu, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
+from peers import wait_for
 
 from ecg_dicom.config import Watcher as WatcherSettings
 from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.watcher import FolderWatcher
 from ecg_dicom.queue import JobQueue
-from peers import wait_for
 
 
 @pytest.fixture

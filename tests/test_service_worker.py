@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_lead
+
 from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.ingest import Spool

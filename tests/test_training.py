@@ -8,13 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import PTBXL_SAMPLE
+
 from ecg_dicom.cli import main
 from ecg_dicom.core.checkpoint import load_checkpoint
 from ecg_dicom.leads import LEADS_12
-from ecg_dicom.training.data import (database_of, load_wfdb_records, ptbxl_ecg_id, read_wfdb_record,
-                                     split_records, subject_of)
+from ecg_dicom.training.data import (
+    database_of,
+    load_wfdb_records,
+    ptbxl_ecg_id,
+    read_wfdb_record,
+    split_records,
+    subject_of,
+)
 from ecg_dicom.training.train import reconstruction_loss
 
 

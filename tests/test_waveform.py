@@ -19,9 +19,10 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, JPEGBaseline8Bit
 
-from ecg_dicom.core.waveform import ECG_WAVEFORM_SOP_CLASSES, read_dicom_lead
+from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES, MDC_CODES, SCPECG_CODES
+from ecg_dicom.dicom.reader import read_dicom_lead
 from ecg_dicom.errors import InputError, WaveformError
-from ecg_dicom.leads import LEADS_12, MDC_CODES, SCPECG_CODES
+from ecg_dicom.leads import LEADS_12
 
 MORTARA = "dicom/12lead/mortara_eli250_waveform_ecg.dcm"
 TOOLKIT = "dicom/12lead/ecgtoolkit_example_eli250.dcm"

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ecg_dicom.outputs.files import fsync_dir, safe_stem, write_bytes_atomic
+from ecg_dicom.files import fsync_dir, safe_stem, write_bytes_atomic
 from ecg_dicom.queue import KEY_LENGTH, Job, JobQueue, new_key
 
 LOG = logging.getLogger("ecg_dicom.ingest")

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ecg_dicom.config import Settings
-from ecg_dicom.core.waveform import ECG_WAVEFORM_SOP_CLASSES
+from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES
 from ecg_dicom.ingest import Spool
 
 LOG = logging.getLogger("ecg_dicom.scp")

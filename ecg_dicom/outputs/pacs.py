@@ -37,12 +37,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from ecg_dicom.config import Folders, Pacs
-from ecg_dicom.outputs.files import write_reason
+from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
+from ecg_dicom.files import write_reason
 from ecg_dicom.queue import Job, JobQueue
 
 LOG = logging.getLogger("ecg_dicom.pacs")
-# SOP classes our results use: 12-Lead ECG, General ECG
-OUTPUT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.5.1.4.1.1.9.1.2")
 WARNING_STATUSES = (0xB000, 0xB006, 0xB007)
 REJECTED_PERMANENT = 1
 ERROR_PAUSE_S = 5.0

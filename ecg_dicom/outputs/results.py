@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
+from ecg_dicom.dicom.writer import write_ecg_dicom
+from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
 from ecg_dicom.leads import LEADS_12, learned_leads
-from ecg_dicom.outputs.dicom_writer import write_ecg_dicom
-from ecg_dicom.outputs.files import write_bytes_atomic, write_npy_atomic
 
 OUTPUT_FORMATS = ("npy", "dicom", "both")
 

@@ -17,7 +17,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ecg_dicom.leads import CHEST_LEADS, LEADS_12, assemble_12_leads, canonical_lead_name
+from ecg_dicom.leads import (
+    CHEST_LEADS,
+    LEADS_12,
+    assemble_12_leads,
+    canonical_lead_name,
+)
 
 log = logging.getLogger(__name__)
 

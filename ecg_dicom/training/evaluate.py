@@ -24,9 +24,19 @@ from scipy import stats
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.preprocess import highpass
 from ecg_dicom.errors import EcgDicomError
-from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, assemble_12_leads, learned_leads
-from ecg_dicom.training.baselines import (BASELINE_FS, BASELINE_KINDS, LinearBaseline,
-                                          fit_baselines_on_records, protocol_window)
+from ecg_dicom.leads import (
+    DERIVED_LIMB_LEADS,
+    LEADS_12,
+    assemble_12_leads,
+    learned_leads,
+)
+from ecg_dicom.training.baselines import (
+    BASELINE_FS,
+    BASELINE_KINDS,
+    LinearBaseline,
+    fit_baselines_on_records,
+    protocol_window,
+)
 from ecg_dicom.training.data import Record, load_data_folder, load_wfdb_records
 
 METHODS = ("model", *BASELINE_KINDS)

@@ -30,11 +30,21 @@ from tqdm import tqdm
 from ecg_dicom import __version__
 from ecg_dicom.core.checkpoint import Preprocessing, load_checkpoint, save_checkpoint
 from ecg_dicom.core.model import BiLSTMAttentionModel, EnsembleModel, ModelConfig
-from ecg_dicom.core.preprocess import highpass, model_features, resample_fs, resample_signal
+from ecg_dicom.core.preprocess import (
+    highpass,
+    model_features,
+    resample_fs,
+    resample_signal,
+)
 from ecg_dicom.errors import CheckpointError
 from ecg_dicom.leads import LEADS_12, learned_leads
 from ecg_dicom.training.baselines import fit_baselines_on_records
-from ecg_dicom.training.data import Record, load_synthetic, load_wfdb_records, split_records
+from ecg_dicom.training.data import (
+    Record,
+    load_synthetic,
+    load_wfdb_records,
+    split_records,
+)
 
 log = logging.getLogger(__name__)
 

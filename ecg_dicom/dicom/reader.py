@@ -22,21 +22,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    UID,
 )
 
+from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES, MDC_CODES, SCPECG_CODES
 from ecg_dicom.errors import WaveformError
-from ecg_dicom.leads import MDC_CODES, SCPECG_CODES, canonical_lead_name
-
-ECG_WAVEFORM_SOP_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG Waveform Storage",
-    "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG Waveform Storage",
-    "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG Waveform Storage",
-    "1.2.840.10008.5.1.4.1.1.9.2.1": "Hemodynamic Waveform Storage",
-}
+from ecg_dicom.leads import canonical_lead_name
 
 # Uncompressed little-endian encodings: pydicom hands Waveform Data (OW) over as raw
 # bytes and decodes them little-endian, so Explicit VR Big Endian would be misread.

@@ -52,12 +52,12 @@ from pydicom.valuerep import DT, DSfloat, validate_value
 
 from ecg_dicom import __version__
 from ecg_dicom.core.preprocess import resample_fs
-from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, SCPECG_CODES, SUPPORTED_INPUT_LEADS
-from ecg_dicom.outputs.files import safe_stem, write_bytes_atomic
+from ecg_dicom.dicom.codes import SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
+from ecg_dicom.files import safe_stem, write_bytes_atomic
+from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, SUPPORTED_INPUT_LEADS
 
 logger = logging.getLogger(__name__)
 
-TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 MIN_FS_HZ = 200.0
 MAX_FS_HZ = 1000.0
 MAX_SAMPLES = 16384
