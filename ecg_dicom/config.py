@@ -1,10 +1,14 @@
 """Site configuration: one YAML file validated at start into one typed :class:`Settings`.
 
-Every section is a frozen dataclass; the YAML keys are the field names. An unknown key, a
-wrong type, a port out of range, a bad AE title or a folder that cannot be created raises
-:class:`ConfigError` whose message starts with the dotted key (``listen.port: ...``), so
-``ecg-dicom serve`` can print it and exit with status 2. Relative paths are relative to
-the folder holding the config file.
+Every section is a frozen dataclass validated by pydantic; the YAML keys are the field
+names. An unknown key, a wrong type, a port out of range, a bad AE title or a folder that
+cannot be created raises :class:`ConfigError` whose message starts with the dotted key
+(``listen.port: ...``), so ``ecg-dicom serve`` can print it and exit with status 2.
+Relative paths are relative to the folder holding the config file.
+
+Adding a setting: add a typed field (with its default and a docstring line) to the section's
+dataclass; constraints go in ``Field(...)``/``Annotated`` or a ``field_validator``. Types are
+strict (``"11112"`` is not a port, ``true`` is not a number).
 
     ae_title: ECGDICOM
     listen: {host: 127.0.0.1, port: 11112}
@@ -19,38 +23,98 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
 from ecg_dicom.errors import ConfigError
 from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 AE_TITLE_MAX = 16
+_STRICT = ConfigDict(extra="forbid", frozen=True)  # field types are Strict*: no "11112" for 11112
 
 
-@dataclass(frozen=True)
+def _ae_title(value: str) -> str:
+    if not value.strip() or len(value) > AE_TITLE_MAX or "\\" in value or not value.isascii() \
+            or not value.isprintable():
+        raise ValueError(f"{value!r} is not an AE title (1-{AE_TITLE_MAX} printable ASCII characters, "
+                         "no backslash)")
+    return value
+
+
+def _host(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty host")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+def _config_path(value: Any, info: ValidationInfo) -> Path:
+    """A path from the YAML: ``~`` expanded, relative to the config file's folder."""
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ValueError(f"expected a path (string), got {_kind(value)}")
+    path = Path(os.path.expanduser(str(value)))
+    base = (info.context or {}).get("base")
+    return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
+
+
+AeTitle = Annotated[StrictStr, AfterValidator(_ae_title)]
+Host = Annotated[StrictStr, AfterValidator(_host)]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Seconds = Annotated[StrictFloat, Field(gt=0)]
+Count = Annotated[StrictInt, Field(ge=1)]
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_config_path)]
+
+
+@dataclass(config=_STRICT)
 class Listen:
     """Where the C-STORE SCP listens; ``timeout_s`` is its ACSE/DIMSE/network timeout."""
 
-    host: str = "127.0.0.1"
-    port: int = 11112
-    timeout_s: float = 30.0
+    host: Host = "127.0.0.1"
+    port: Port = 11112
+    timeout_s: Seconds = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Folders:
     """``watch``: dropped inputs; ``output``: results (+ ``rejected/``, ``dead-letter/``);
-    ``work``: the durable queue and the spool."""
+    ``work``: the durable queue and the spool. Three different folders."""
 
-    watch: Path
-    output: Path
-    work: Path
+    watch: ConfigPath
+    output: ConfigPath
+    work: ConfigPath
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "Folders":
+        roles = {"watch": self.watch, "output": self.output, "work": self.work}
+        if len(set(roles.values())) < len(roles):
+            raise ValueError(f"watch, output and work must be three different folders ({roles})")
+        return self
 
     @property
     def rejected(self) -> Path:
@@ -69,7 +133,7 @@ class Folders:
         return self.work / "queue.sqlite3"
 
 
-@dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Pacs:
     """The PACS results are C-STOREd to, and how hard to try.
 
@@ -78,53 +142,73 @@ class Pacs:
     ``give_up_after_s`` seconds after its results were written goes to the dead-letter folder.
     """
 
-    ae_title: str
-    host: str
-    port: int
-    timeout_s: float = 30.0
-    retry_initial_s: float = 5.0
-    retry_max_s: float = 600.0
-    give_up_after_s: float = 7 * 24 * 3600.0
+    ae_title: AeTitle
+    host: Host
+    port: Port
+    timeout_s: Seconds = 30.0
+    retry_initial_s: Seconds = 5.0
+    retry_max_s: Seconds = 600.0
+    give_up_after_s: Seconds = 7 * 24 * 3600.0
 
 
-@dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Worker:
     """Batching: up to ``batch_size`` jobs per model call, waiting at most ``max_wait_s``
     for a batch to fill once the first job is there."""
 
-    batch_size: int = 8
-    max_wait_s: float = 0.02
+    batch_size: Count = 8
+    max_wait_s: Annotated[StrictFloat, Field(ge=0)] = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Watcher:
     """A dropped file is taken once closed, or once its size has not changed for
     ``stable_s`` seconds; the folder is also rescanned every ``rescan_s`` seconds."""
 
-    stable_s: float = 1.0
-    rescan_s: float = 5.0
+    stable_s: Seconds = 1.0
+    rescan_s: Seconds = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Settings:
     """The whole validated configuration of one service instance."""
 
-    ae_title: str
+    ae_title: AeTitle
     folders: Folders
     listen: Listen = field(default_factory=Listen)
-    allowed_callers: tuple[str, ...] | None = None
-    input_lead: str = "I"
+    # calling AE titles let in; None (key absent) = any caller, warned at start
+    allowed_callers: Annotated[tuple[AeTitle, ...], Field(min_length=1)] | None = None
+    input_lead: Literal[SUPPORTED_INPUT_LEADS] = "I"  # type: ignore[valid-type]
     pacs: Pacs | None = None
-    checkpoint: Path | None = None
-    device: str = "cpu"
+    checkpoint: ConfigPath | None = None
+    device: StrictStr = "cpu"
     # intra-op threads of torch; 1 keeps latency steady on a shared machine (more threads than
     # idle cores makes each forward pass many times slower), raise it on a dedicated server
-    torch_threads: int = 1
+    torch_threads: Count = 1
     worker: Worker = field(default_factory=Worker)
     watcher: Watcher = field(default_factory=Watcher)
-    max_associations: int = 10
-    log_level: str = "INFO"
-    source: Path | None = field(default=None, metadata={"internal": True})  # the file read
+    max_associations: Count = 10
+    log_level: Annotated[StrictStr, AfterValidator(_log_level)] = "INFO"
+    source: Path | None = Field(default=None, exclude=True)  # the file read (set by load_config, not YAML)
+
+    @field_validator("allowed_callers", mode="before")
+    @classmethod
+    def _callers_list(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("empty list would refuse every caller; leave the key out to allow any caller")
+        if value is not None and not isinstance(value, list):
+            raise ValueError(f"expected a list of AE titles, got {_kind(value)}")
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file {value}")
+        return value
+
+
+_SETTINGS = TypeAdapter(Settings)
 
 
 def load_config(path: str | Path) -> Settings:
@@ -136,9 +220,16 @@ def load_config(path: str | Path) -> Settings:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    settings = replace(_build(Settings, {} if raw is None else raw, "", path.resolve().parent),
-                       source=path.resolve())
-    _validate(settings)
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of keys, got {_kind(raw)}")
+    if "source" in raw:
+        raise ConfigError("unknown key 'source'")
+    try:
+        settings = _SETTINGS.validate_python({**raw, "source": path.resolve()},
+                                             context={"base": path.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
     _create_folders(settings.folders)
     return settings
 
@@ -165,95 +256,33 @@ def log_effective(settings: Settings, logger: logging.Logger) -> None:
                        settings.ae_title)
 
 
-def _build(cls: type, raw: Any, prefix: str, base: Path) -> Any:
-    """Build dataclass ``cls`` from mapping ``raw``; keys are checked against its fields."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_kind(raw)}")
-    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"unknown key {_join(prefix, str(key))!r} (known keys here: {', '.join(known)})")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in known.items():
-        key = _join(prefix, name)
-        if name not in raw:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{key}: required key is missing")
+def _first_error(exc: ValidationError) -> str:
+    """``<dotted key>: <what is wrong>`` for the first problem pydantic found."""
+    err = exc.errors(include_url=False)[0]
+    key = _dotted(err["loc"])
+    kind = err["type"]
+    if kind == "unexpected_keyword_argument":
+        return f"unknown key {key!r}"
+    if kind == "missing" or kind == "missing_argument":
+        return f"{key}: required key is missing"
+    message = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("dataclass_type", "dataclass_exact_type", "dict_type", "model_type"):
+        message = "expected a mapping"
+    return f"{key or 'config'}: {message}, got {_kind(err.get('input'))}" if kind.endswith("_type") \
+        else f"{key or 'config'}: {message}"
+
+
+def _dotted(loc: tuple) -> str:
+    """('allowed_callers', 1) -> 'allowed_callers[1]'; ('listen', 'port') -> 'listen.port'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "tuple[")):  # pydantic's names of validator steps
             continue
-        values[name] = _coerce(hints[name], raw[name], key, base)
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str, base: Path) -> Any:
-    """Check ``value`` against type ``tp`` (str, int, float, bool, Path, tuple[str, ...],
-    a dataclass, or ``X | None``) and convert it."""
-    if isinstance(tp, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(inner[0], value, key, base)
-    if is_dataclass(tp):
-        return _build(tp, value, key, base)
-    if typing.get_origin(tp) is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {_kind(value)}")
-        return tuple(value)
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a path (string), got {_kind(value)}")
-        p = Path(os.path.expanduser(value))
-        return p if p.is_absolute() else (base / p).resolve()
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {_kind(value)}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_kind(value)}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_kind(value)}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
-
-
-def _validate(s: Settings) -> None:
-    """Range and format checks that types alone cannot express."""
-    _check_ae_title("ae_title", s.ae_title)
-    _check_port("listen.port", s.listen.port)
-    _check_host("listen.host", s.listen.host)
-    _check_positive("listen.timeout_s", s.listen.timeout_s)
-    if s.allowed_callers is not None:
-        if not s.allowed_callers:
-            raise ConfigError("allowed_callers: empty list would refuse every caller; "
-                              "leave the key out to allow any caller")
-        for i, aet in enumerate(s.allowed_callers):
-            _check_ae_title(f"allowed_callers[{i}]", aet)
-    if s.input_lead not in SUPPORTED_INPUT_LEADS:
-        raise ConfigError(f"input_lead: {s.input_lead!r} is not one of {', '.join(SUPPORTED_INPUT_LEADS)}")
-    if s.pacs is not None:
-        _check_ae_title("pacs.ae_title", s.pacs.ae_title)
-        _check_host("pacs.host", s.pacs.host)
-        _check_port("pacs.port", s.pacs.port)
-        for name in ("timeout_s", "retry_initial_s", "retry_max_s", "give_up_after_s"):
-            _check_positive(f"pacs.{name}", getattr(s.pacs, name))
-    if s.checkpoint is not None and not s.checkpoint.is_file():
-        raise ConfigError(f"checkpoint: no such file {s.checkpoint}")
-    if s.worker.batch_size < 1:
-        raise ConfigError(f"worker.batch_size: must be at least 1, got {s.worker.batch_size}")
-    if s.worker.max_wait_s < 0:
-        raise ConfigError(f"worker.max_wait_s: must not be negative, got {s.worker.max_wait_s}")
-    _check_positive("watcher.stable_s", s.watcher.stable_s)
-    _check_positive("watcher.rescan_s", s.watcher.rescan_s)
-    if s.torch_threads < 1:
-        raise ConfigError(f"torch_threads: must be at least 1, got {s.torch_threads}")
-    if s.max_associations < 1:
-        raise ConfigError(f"max_associations: must be at least 1, got {s.max_associations}")
-    if s.log_level.upper() not in LOG_LEVELS:
-        raise ConfigError(f"log_level: {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    roles = {"folders.watch": s.folders.watch, "folders.output": s.folders.output, "folders.work": s.folders.work}
-    if len(set(roles.values())) < len(roles):
-        raise ConfigError(f"folders: watch, output and work must be three different folders ({roles})")
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
 
 def _create_folders(folders: Folders) -> None:
@@ -270,32 +299,6 @@ def _create_folders(folders: Folders) -> None:
             sub.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"folders: cannot create {sub}: {exc.strerror or exc}") from exc
-
-
-def _check_ae_title(key: str, aet: str) -> None:
-    stripped = aet.strip()
-    if not stripped or len(aet) > AE_TITLE_MAX or "\\" in aet or not aet.isascii() or not aet.isprintable():
-        raise ConfigError(f"{key}: {aet!r} is not an AE title (1-{AE_TITLE_MAX} printable ASCII "
-                          "characters, no backslash)")
-
-
-def _check_port(key: str, port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{key}: {port} is out of range 1-65535")
-
-
-def _check_host(key: str, host: str) -> None:
-    if not host.strip():
-        raise ConfigError(f"{key}: empty host")
-
-
-def _check_positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}: must be greater than 0, got {value:g}")
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
 
 
 def _kind(value: Any) -> str:
