@@ -116,9 +116,10 @@ def main() -> None:
         files = sorted(inp.iterdir())
         seed_style_loop(reconstructor, files[:2], out_seed)  # warm-up
         t_seed = seed_style_loop(reconstructor, files, out_seed)
-        convert_folder(inp, out_batch, reconstructor, batch_size=args.batch_size)  # warm-up
+        # warm-up; the timed run writes elsewhere (convert skips inputs whose results are done)
+        convert_folder(inp, out_batch / "warm-up", reconstructor, batch_size=args.batch_size)
         t0 = time.perf_counter()
-        convert_folder(inp, out_batch, reconstructor, batch_size=args.batch_size)
+        convert_folder(inp, out_batch / "timed", reconstructor, batch_size=args.batch_size)
         t_batch = time.perf_counter() - t0
 
     n_windows = len(window_starts(int(10 * pre.fs), pre.window, pre.hop))

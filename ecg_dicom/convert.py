@@ -1,8 +1,11 @@
-"""``ecg-dicom convert``: a folder of one-lead inputs -> 12-lead ``.npy`` and/or DICOM files.
+"""``ecg-dicom convert``: a tree of one-lead inputs -> 12-lead ``.npy`` and/or DICOM files.
 
-Inputs are read and checked one by one (a bad file gets a reason file and the others go
-on), converted in shared batches, and written atomically. Nothing in the input folder is
-ever modified.
+Inputs are found recursively (:func:`ecg_dicom.archive.find_inputs`), and their results
+written under the output folder with the same relative layout. Inputs are read and checked
+one by one (a bad file gets a reason file and the others go on), converted in shared
+batches (:func:`convert_batch`, also what each Ray worker runs with ``--engine ray``), and
+written atomically, with a completion marker last, so a re-run skips what is done and
+redoes what an interruption left unfinished. Nothing in the input tree is ever modified.
 """
 
 from __future__ import annotations
@@ -10,73 +13,201 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import torch
 from tqdm import tqdm
 
+from ecg_dicom import __version__
+from ecg_dicom.archive import ArchiveItem, clear_done, find_inputs, is_done, mark_done
 from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel
 from ecg_dicom.errors import EcgDicomError, InputError
-from ecg_dicom.files import safe_stem, write_reason
-from ecg_dicom.inputs import LeadInput, load_lead, looks_like_input
+from ecg_dicom.files import write_reason
+from ecg_dicom.inputs import LeadInput, load_lead
 from ecg_dicom.leads import learned_leads
 from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
 
 log = logging.getLogger(__name__)
 
+FILES_PER_BATCH = 32  # inputs handed to convert_batch at a time (a Ray map_batches batch)
+WINDOWS_PER_CALL = 512  # model windows per reconstruct call: bounds memory whatever the records' lengths
+
+CONVERTED, REJECTED, DONE = "converted", "rejected", "done"
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """How inputs are read and what is written for each; recorded in each completion marker.
+
+    fs (Hz) and units apply to ``.npy`` inputs (DICOM brings its own); output_format is one
+    of :data:`OUTPUT_FORMATS`; confidence adds ``<stem>.confidence.json``.
+    """
+
+    fs: float = 500.0
+    units: str = "uV"
+    output_format: str = "npy"
+    confidence: bool = False
+
+    def marker_settings(self, reconstructor: Reconstructor) -> dict:
+        """What a completed result must have been made with to count as done."""
+        return {**asdict(self), "input_lead": reconstructor.input_lead,
+                "model_version": reconstructor.model_version, "ecg_dicom": __version__}
+
+
+@dataclass
+class ItemResult:
+    """What became of one input: ``status`` is "converted", "rejected" or "done" (skipped,
+    complete from an earlier run); ``reason`` says why it was rejected."""
+
+    name: str
+    status: str
+    reason: str = ""
+    written: list[Path] = field(default_factory=list)
+
 
 @dataclass
 class ConvertReport:
-    """What a folder conversion did: written files per input stem, and reasons for failures."""
+    """What a conversion did, per input name (``"a/b/x"``, its results' path below the output
+    root without extension): written files, reasons for failures, and inputs already done."""
 
     written: dict[str, list[Path]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)
+
+    def add(self, result: ItemResult) -> None:
+        if result.status == CONVERTED:
+            self.written[result.name] = result.written
+        elif result.status == REJECTED:
+            self.failed[result.name] = result.reason
+            print(f"ecg-dicom: skipped {result.name}: {result.reason}", file=sys.stderr)
+        else:
+            self.done.append(result.name)
+
+    def summary(self, seconds: float) -> str:
+        """``converted N, rejected M, skipped as done K in T s (R ECG/s)``."""
+        rate = len(self.written) / seconds if seconds > 0 else 0.0
+        return (f"converted {len(self.written)}, rejected {len(self.failed)}, skipped as done {len(self.done)}"
+                f" in {seconds:.1f} s ({rate:.1f} ECG/s)")
 
 
-def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,
-                   fs: float = 500.0, units: str = "uV", output_format: str = "npy",
-                   confidence: bool = False, batch_size: int = 32) -> ConvertReport:
-    """Convert every input in ``input_dir`` (not recursive) into ``output_dir``.
+def _reject(item: ArchiveItem, reason: str) -> ItemResult:
+    """Record a refused input: no completion marker, a reason file beside where its results would be."""
+    try:
+        clear_done(item)
+        write_reason(item.out_dir, item.stem, reason)
+    except OSError as exc:
+        log.error("%s: cannot write its reason file (%s)", item.name, exc.strerror)
+    return ItemResult(item.name, REJECTED, reason)
 
-    .npy inputs are one lead in ``units`` at ``fs`` Hz; DICOM inputs bring their own. Each
-    output is ``<stem>.npy`` (12, N) float32 µV and/or ``<stem>.dcm``. A refused input
-    gets ``<stem>.reason.txt`` and a line on stderr.
+
+def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSettings) -> LeadInput:
+    """Read and check one input (raises InputError with the reason)."""
+    return load_lead(item.source, reconstructor.input_lead, settings.fs, settings.units)
+
+
+def _window_groups(loaded: list[tuple[int, ArchiveItem, LeadInput]], reconstructor: Reconstructor,
+                   max_windows: int) -> Iterable[list[tuple[int, ArchiveItem, LeadInput]]]:
+    """Consecutive groups of loaded inputs holding at most ``max_windows`` model windows each
+    (an input longer than that forms a group of its own)."""
+    group: list[tuple[int, ArchiveItem, LeadInput]] = []
+    windows = 0
+    for entry in loaded:
+        n = reconstructor.count_windows(entry[2].signal_uv.size, entry[2].fs)
+        if group and windows + n > max_windows:
+            yield group
+            group, windows = [], 0
+        group.append(entry)
+        windows += n
+    if group:
+        yield group
+
+
+def _write(item: ArchiveItem, lead: LeadInput, recon, reconstructor: Reconstructor,
+           settings: ConvertSettings, marker: dict) -> ItemResult:
+    """Write one input's results, then its completion marker; a refusal becomes a reason file."""
+    try:
+        clear_done(item)
+        item.out_dir.mkdir(parents=True, exist_ok=True)
+        written = write_outputs(item.out_dir, item.stem, lead, recon, reconstructor,
+                                settings.output_format, settings.confidence)
+        mark_done(item, marker, written, lead.content_hash)
+    except (EcgDicomError, ValueError) as exc:
+        return _reject(item, str(exc))
+    except OSError as exc:
+        return _reject(item, f"cannot write its results: {exc.strerror or exc}")
+    (item.out_dir / f"{item.stem}.reason.txt").unlink(missing_ok=True)  # from an earlier, refused try
+    return ItemResult(item.name, CONVERTED, written=written)
+
+
+def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, settings: ConvertSettings,
+                  max_windows: int = WINDOWS_PER_CALL) -> list[ItemResult]:
+    """Convert a batch of inputs and write their results; one result per item, in order.
+
+    An input whose results are complete from an earlier run (:func:`is_done`) is skipped;
+    one that cannot be read, checked, reconstructed or written gets a reason file and does
+    not stop the others. The rest are reconstructed together, in calls of at most
+    ``max_windows`` model windows.
     """
+    marker = settings.marker_settings(reconstructor)
+    results: dict[int, ItemResult] = {}
+    loaded: list[tuple[int, ArchiveItem, LeadInput]] = []
+    for index, item in enumerate(items):
+        if is_done(item, marker):
+            results[index] = ItemResult(item.name, DONE)
+            continue
+        try:
+            loaded.append((index, item, _load(item, reconstructor, settings)))
+        except InputError as exc:
+            results[index] = _reject(item, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unexpected reader failure is still the input's problem
+            log.exception("%s: unexpected error while reading", item.name)
+            results[index] = _reject(item, f"unreadable input ({type(exc).__name__}: {exc})")
+    for group in _window_groups(loaded, reconstructor, max_windows):
+        recons = reconstructor.reconstruct_isolated([lead.signal_uv for _, _, lead in group],
+                                                    [lead.fs for _, _, lead in group])
+        for (index, item, lead), recon in zip(group, recons):
+            if isinstance(recon, Exception):
+                results[index] = _reject(item, f"reconstruction failed ({type(recon).__name__}: {recon})")
+            else:
+                results[index] = _write(item, lead, recon, reconstructor, settings, marker)
+    return [results[index] for index in range(len(items))]
+
+
+def check_folders(input_dir: str | Path, output_dir: str | Path, output_format: str) -> tuple[Path, Path]:
+    """The input and output folders, checked (raises InputError / ValueError)."""
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise InputError(f"input folder {input_dir} does not exist")
     output_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in input_dir.iterdir() if looks_like_input(p))
+    return input_dir, output_dir
+
+
+def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,
+                   fs: float = 500.0, units: str = "uV", output_format: str = "npy",
+                   confidence: bool = False, batch_size: int = FILES_PER_BATCH) -> ConvertReport:
+    """Convert every input below ``input_dir`` into ``output_dir``, in this process.
+
+    .npy inputs are one lead in ``units`` at ``fs`` Hz; DICOM inputs bring their own.
+    ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV and/or ``OUT/a/x.dcm``; a refused
+    input gets ``OUT/a/x.reason.txt`` and a line on stderr; an input already converted with
+    the same settings is skipped. ``batch_size`` inputs are read and converted at a time.
+    """
+    input_dir, output_dir = check_folders(input_dir, output_dir, output_format)
+    settings = ConvertSettings(fs, units, output_format, confidence)
+    items = find_inputs(input_dir, output_dir)
     report = ConvertReport()
-
-    def fail(stem: str, reason: str) -> None:
-        report.failed[stem] = reason
-        write_reason(output_dir, stem, reason)
-        print(f"ecg-dicom: skipped {stem}: {reason}", file=sys.stderr)
-
-    bar = tqdm(total=len(files), unit="ecg", disable=not sys.stderr.isatty())
-    for start in range(0, len(files), batch_size):
-        batch: list[tuple[str, LeadInput]] = []
-        for path in files[start:start + batch_size]:
-            stem = safe_stem(path.stem)
-            try:
-                batch.append((stem, load_lead(path, reconstructor.input_lead, fs, units)))
-            except InputError as exc:
-                fail(stem, str(exc))
-        if batch:
-            recons = reconstructor.reconstruct_batch([b.signal_uv for _, b in batch], [b.fs for _, b in batch])
-            for (stem, item), recon in zip(batch, recons):
-                try:
-                    report.written[stem] = write_outputs(output_dir, stem, item, recon, reconstructor,
-                                                         output_format, confidence)
-                except EcgDicomError as exc:
-                    fail(stem, str(exc))
-        bar.update(len(files[start:start + batch_size]))
+    bar = tqdm(total=len(items), unit="ecg", disable=not sys.stderr.isatty())
+    for start in range(0, len(items), batch_size):
+        for result in convert_batch(items[start:start + batch_size], reconstructor, settings):
+            report.add(result)
+        bar.update(len(items[start:start + batch_size]))
     bar.close()
     return report
 
@@ -102,7 +233,13 @@ def process_and_save_npy_files(input_folder: str | Path, output_folder: str | Pa
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ecg-dicom convert``: exit 0 when every input converted, 1 when any failed, 2 on setup errors."""
+    """``ecg-dicom convert``: exit 0 when every input converted (or was done), 1 when any
+    failed, 2 on setup errors."""
+    started = time.perf_counter()
+    if getattr(args, "engine", "single") == "ray":
+        from ecg_dicom.convert_ray import run_ray
+
+        return run_ray(args)
     try:
         if args.device != "cpu" and not torch.cuda.is_available() and args.device.startswith("cuda"):
             raise EcgDicomError(f"device {args.device} is not available on this machine")
@@ -113,6 +250,5 @@ def run(args: argparse.Namespace) -> int:
     except EcgDicomError as exc:
         print(f"ecg-dicom convert: {exc}", file=sys.stderr)
         return 2
-    n_ok, n_bad = len(report.written), len(report.failed)
-    print(f"converted {n_ok}, failed {n_bad} -> {args.output_dir}", file=sys.stderr)
-    return 1 if n_bad else 0
+    print(f"{report.summary(time.perf_counter() - started)} -> {args.output_dir}", file=sys.stderr)
+    return 1 if report.failed else 0

@@ -147,18 +147,7 @@ class Worker:
 
     def _reconstruct(self, inputs: list[LeadInput]) -> list[Reconstruction | Exception]:
         """One batched call; if it fails, each record alone, so that a bad record fails alone."""
-        try:
-            return list(self.reconstructor.reconstruct_batch([i.signal_uv for i in inputs],
-                                                             [i.fs for i in inputs]))
-        except Exception:
-            LOG.exception("batch reconstruction failed; trying each record alone")
-        results: list[Reconstruction | Exception] = []
-        for inp in inputs:
-            try:
-                results.append(self.reconstructor.reconstruct_batch([inp.signal_uv], [inp.fs])[0])
-            except Exception as exc:
-                results.append(exc)
-        return results
+        return self.reconstructor.reconstruct_isolated([i.signal_uv for i in inputs], [i.fs for i in inputs])
 
     def write(self, job: Job, inp: LeadInput, result: Reconstruction) -> None:
         """Write ``<name>.npy`` (12, N) µV and the DICOM object(s); then advance the job."""

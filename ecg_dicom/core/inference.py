@@ -82,6 +82,11 @@ class Reconstructor:
     def model_version(self) -> str:
         return self.checkpoint.model_version
 
+    def count_windows(self, n_samples: int, fs: float) -> int:
+        """How many model windows :meth:`reconstruct_batch` cuts a record of ``n_samples`` at ``fs`` Hz into."""
+        pre = self.checkpoint.preprocessing
+        return len(window_starts(int(round(n_samples * pre.fs / fs)), pre.window, pre.hop))
+
     def reconstruct(self, lead_uv: np.ndarray, fs: float) -> np.ndarray:
         """(N,) µV at ``fs`` Hz -> (12, N) float32 µV."""
         return self.reconstruct_batch([lead_uv], [fs])[0].leads
@@ -123,6 +128,26 @@ class Reconstructor:
                 sigma=None if log_vars is None
                 else np.sqrt((var_acc / norm)[:, :x.size].mean(axis=1)) * 1000.0,
             ))
+        return results
+
+    def reconstruct_isolated(self, leads_uv: Sequence[np.ndarray],
+                             fs: Sequence[float]) -> list[Reconstruction | Exception]:
+        """:meth:`reconstruct_batch`, but a record that makes it fail fails alone.
+
+        Tries the whole batch in one call; if that raises, each record on its own, and
+        returns the exception in the place of the record it came from.
+        """
+        try:
+            return list(self.reconstruct_batch(leads_uv, fs))
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller, per record
+            if len(leads_uv) == 1:
+                return [exc]
+        results: list[Reconstruction | Exception] = []
+        for lead, f in zip(leads_uv, fs):
+            try:
+                results.append(self.reconstruct_batch([lead], [f])[0])
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller, per record
+                results.append(exc)
         return results
 
     def _predict(self, windows_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
