@@ -1,6 +1,6 @@
 """Command line: argparse only. Each subcommand hands its Namespace to the module that owns it.
 
-    ecg-dicom convert  INPUT_DIR OUTPUT_DIR   one-lead .npy / DICOM -> 12-lead .npy / DICOM
+    ecg-dicom convert  INPUT_DIR OUTPUT_DIR   one-lead .npy / DICOM (a tree) -> 12-lead .npy / DICOM
     ecg-dicom train    --out CKPT             reproduce the shipped weights
     ecg-dicom ensemble --out CKPT MEMBER...   combine trained checkpoints into one
     ecg-dicom evaluate DATA                   per-lead r, RMSE (µV), std ratio vs linear baselines
@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", action="store_true",
                    help="also write <stem>.confidence.json with a per-lead reliability estimate")
     _add_model_args(p)
+    p.add_argument("--engine", choices=("single", "ray"), default="single",
+                   help="single: this process (default); ray: Ray Data workers (pip install 'ecg-dicom[scale]')")
+    ray = p.add_argument_group("Ray engine (--engine ray)")
+    ray.add_argument("--address", default=None,
+                     help="join a running Ray cluster (auto, or HOST:PORT); default: start a local instance")
+    ray.add_argument("--num-workers", type=int, default=None,
+                     help="model workers, one CPU each (default: one per CPU of the cluster)")
+    ray.add_argument("--ray-temp-dir", default=None,
+                     help="where a local Ray instance keeps logs, sockets and spilled objects"
+                          " (default: a fresh folder in $TMPDIR, removed after a clean run)")
 
     p = sub.add_parser("train", help="train a checkpoint from real WFDB records and/or synthetic ECGs")
     p.add_argument("--out", required=True, help="checkpoint file to write")
