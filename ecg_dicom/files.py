@@ -11,6 +11,8 @@ import numpy as np
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM = 100
+# ``<name>-2``, ``<name>-3``...: how a name already taken is made distinct
+COUNTER_SEPARATOR = "-"
 
 
 def safe_stem(name: str) -> str:
@@ -28,6 +30,25 @@ def safe_stem(name: str) -> str:
     if len(stem) > MAX_STEM:
         return f"{stem[:MAX_STEM - 13]}-{digest}"
     return stem
+
+
+def counted_stems(base: str):
+    """``base``, ``base-2``, ``base-3``, ... (endless)."""
+    yield base
+    n = 2
+    while True:
+        yield f"{base}{COUNTER_SEPARATOR}{n}"
+        n += 1
+
+
+def free_stem(folder: str | Path, base: str, suffixes: tuple[str, ...]) -> str:
+    """The first of :func:`counted_stems` for which no ``<stem><suffix>`` exists in ``folder``,
+    so a new file set never overwrites an older one."""
+    folder = Path(folder)
+    for stem in counted_stems(base):
+        if not any((folder / f"{stem}{suffix}").exists() for suffix in suffixes):
+            return stem
+    raise AssertionError("unreachable")
 
 
 def fsync_dir(folder: Path) -> None:

@@ -12,12 +12,20 @@ and power loss. Jobs found ``processing`` at start were interrupted and go back 
 ``waiting``; outputs are deterministic, so doing them again is harmless.
 
 The input files themselves live in the spool (see :mod:`ecg_dicom.ingest`); a job row
-names its spool file.
+names its spool file, the name the input arrived under, and the files it produced.
+
+Result names: two inputs can clean up to the same name (``x y.npy`` and ``x_y.npy``, a
+C-STORE of UID ``U`` and a dropped ``U.npy``, the same name dropped twice). Before a job
+writes anything it reserves its file names in ``output_names`` (one row per file, unique,
+case-folded), taking ``<name>``, else ``<name>-2``, ``<name>-3``..., so no job ever
+overwrites another job's results (nor a file already in the folder). A job done again
+after a crash gets its own reservation back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -25,6 +33,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from ecg_dicom.files import counted_stems
 
 STATES = ("waiting", "processing", "delivering", "done", "rejected", "dead")
 KEY_LENGTH = 16
@@ -46,12 +57,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, next_attempt);
+CREATE TABLE IF NOT EXISTS output_names (
+    key    TEXT PRIMARY KEY,          -- the file name, case-folded
+    job_id INTEGER NOT NULL
+);
 """
+# columns added after the first release: (name, declaration); added to an older store at open
+_ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"))
+
 
 
 @dataclass(frozen=True)
 class Job:
-    """One row of the store. ``outputs`` are file names inside the output folder."""
+    """One row of the store.
+
+    ``name``: the output name its input cleans up to; ``stem``: the result name reserved
+    for it (``name`` or ``name-2``...; None until reserved); ``source_name``: the file name
+    the input arrived under (wire or folder text, unescaped); ``outputs``: the files it
+    produced, relative to the output folder (``rejected/...`` for a rejected input);
+    ``created`` / ``updated``: Unix times.
+    """
 
     id: int
     key: str
@@ -64,6 +89,15 @@ class Job:
     deliver_since: float | None
     reason: str | None
     outputs: tuple[str, ...]
+    stem: str | None = None
+    source_name: str | None = None
+    created: float = 0.0
+    updated: float = 0.0
+
+    @property
+    def result_stem(self) -> str:
+        """The name its result files carry: the reserved stem, else the plain name."""
+        return self.stem or self.name
 
     @property
     def tag(self) -> str:
@@ -94,6 +128,7 @@ class JobQueue:
         self._new_job = threading.Event()
         self._to_deliver = threading.Event()
         self._db.executescript(_SCHEMA)
+        self._migrate()
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -108,6 +143,22 @@ class JobQueue:
                 self._connections.append(con)
         return con
 
+    def _migrate(self) -> None:
+        """Bring a store written by an older version up to this schema (adds columns, and
+        reserves the names of results it already holds)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, declaration in _ADDED_COLUMNS:
+            if column not in have:
+                try:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+        if "stem" not in have:
+            self._db.execute(
+                "INSERT OR IGNORE INTO output_names (key, job_id) SELECT lower(value), jobs.id "
+                "FROM jobs, json_each(jobs.outputs)")
+
     def close(self) -> None:
         """Close every connection this queue opened."""
         with self._lock:
@@ -117,12 +168,15 @@ class JobQueue:
         self._local = threading.local()
 
     # -- ingest ------------------------------------------------------------------------
-    def add(self, key: str, name: str, origin: str, spool: str) -> int:
-        """Record an accepted input (already durable in the spool) as ``waiting``; returns its id."""
+    def add(self, key: str, name: str, origin: str, spool: str, source_name: str | None = None) -> int:
+        """Record an accepted input (already durable in the spool) as ``waiting``; returns its id.
+
+        ``source_name``: the file name it arrived under, kept for ``ecg-dicom status``."""
         now = time.time()
         cur = self._db.execute(
-            "INSERT INTO jobs (key, name, origin, spool, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
-            (key, name, origin, spool, now, now))
+            "INSERT INTO jobs (key, name, origin, spool, source_name, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, name, origin, spool, source_name, now, now))
         self._new_job.set()
         return int(cur.lastrowid)
 
@@ -157,6 +211,44 @@ class JobQueue:
             db.execute("ROLLBACK")
             raise
         return [_job(r) for r in rows]
+
+    def reserve_names(self, job_id: int, names_for: Callable[[str], list[str]],
+                      exists: Callable[[str], bool]) -> tuple[str, list[str]]:
+        """Reserve the result files of a job; returns (stem, file names).
+
+        ``names_for(stem)`` gives the files a stem would produce (``x.npy``, ``x.dcm`` or
+        ``x_001.dcm``...); ``exists(file name)`` says whether such a file is already in the
+        output folder. The first of the job's own earlier stem, ``name``, ``name-2``,
+        ``name-3``... whose every file is either this job's already or reserved by nobody
+        and absent from the folder is taken.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT name, stem FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            base, earlier = row["name"], row["stem"]
+            candidates = itertools.chain([earlier] if earlier else [], counted_stems(base))
+            for stem in candidates:
+                names = names_for(stem)
+                owners = {}
+                for name in names:
+                    hit = db.execute("SELECT job_id FROM output_names WHERE key = ?", (name.lower(),)).fetchone()
+                    owners[name] = None if hit is None else hit[0]
+                if all(owner == job_id or (owner is None and not exists(name)) for name, owner in owners.items()):
+                    db.executemany("INSERT OR IGNORE INTO output_names (key, job_id) VALUES (?, ?)",
+                                   [(name.lower(), job_id) for name in names])
+                    db.execute("UPDATE jobs SET stem = ?, updated = ? WHERE id = ?", (stem, time.time(), job_id))
+                    db.execute("COMMIT")
+                    return stem, names
+            raise AssertionError("unreachable: the counter always finds a free name")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def set_outputs(self, job_id: int, outputs: list[str]) -> None:
+        """Record the files a job produced (or is about to), relative to the output folder."""
+        self._db.execute("UPDATE jobs SET outputs = ?, updated = ? WHERE id = ?",
+                         (json.dumps(outputs), time.time(), job_id))
 
     def release(self, job_id: int) -> None:
         """Give a ``processing`` job back to ``waiting`` (outputs could not be written)."""
@@ -215,7 +307,16 @@ class JobQueue:
         return counts
 
     def get(self, job_id: int) -> Job:
-        return _job(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        """The job ``job_id`` (which must exist)."""
+        job = self.find(job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        return job
+
+    def find(self, job_id: int) -> Job | None:
+        """The job ``job_id``, or None."""
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
 
     def jobs(self, state: str | None = None) -> list[Job]:
         """All jobs, or those in ``state``, oldest first."""
@@ -223,6 +324,19 @@ class JobQueue:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
         else:
             rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id", (state,)).fetchall()
+        return [_job(r) for r in rows]
+
+    def recent(self, state: str | None = None, limit: int = 10, since: float | None = None) -> list[Job]:
+        """The last ``limit`` jobs (in ``state``, changed at or after ``since``), newest first."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if since is not None:
+            where.append("updated >= ?")
+            args.append(since)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db.execute(sql + " ORDER BY updated DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
         return [_job(r) for r in rows]
 
     def _set(self, job_id: int, state: str, reason: str | None = None) -> None:
@@ -234,4 +348,5 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(id=row["id"], key=row["key"], name=row["name"], origin=row["origin"], spool=row["spool"],
                state=row["state"], attempts=row["attempts"], next_attempt=row["next_attempt"],
                deliver_since=row["deliver_since"], reason=row["reason"],
-               outputs=tuple(json.loads(row["outputs"])))
+               outputs=tuple(json.loads(row["outputs"])), stem=row["stem"], source_name=row["source_name"],
+               created=row["created"], updated=row["updated"])

@@ -21,16 +21,18 @@ from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.errors import InputError
-from ecg_dicom.files import write_reason
-from ecg_dicom.ingest import Spool
+from ecg_dicom.files import free_stem, write_reason
+from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
 from ecg_dicom.inputs import LeadInput, load_lead
 from ecg_dicom.leads import canonical_lead_name
-from ecg_dicom.outputs.results import write_outputs
+from ecg_dicom.outputs.results import result_file_names, write_outputs
 from ecg_dicom.queue import Job, JobQueue
 
 LOG = logging.getLogger("ecg_dicom.worker")
 NPY_DEFAULT_FS = 500.0
 SIDECAR_KEYS = {"fs": (int, float), "lead": str, "units": str}
+REJECTED_PREFIX = "rejected/"   # a rejected job's files, as recorded in its outputs
+REASON_SUFFIX = ".reason.txt"
 # How long to wait before trying again when outputs could not be written (disk full, ...)
 OUTPUT_RETRY_S = 5.0
 
@@ -150,10 +152,20 @@ class Worker:
         return self.reconstructor.reconstruct_isolated([i.signal_uv for i in inputs], [i.fs for i in inputs])
 
     def write(self, job: Job, inp: LeadInput, result: Reconstruction) -> None:
-        """Write ``<name>.npy`` (12, N) µV and the DICOM object(s); then advance the job."""
+        """Write ``<stem>.npy`` (12, N) µV and the DICOM object(s); then advance the job.
+
+        The result's file names are reserved in the job store first (``<name>``, or
+        ``<name>-2``... when another job holds that name), so no result is ever overwritten.
+        """
         out = self.folders.output
         try:
-            written = write_outputs(out, job.name, inp, result, self.reconstructor, "both", confidence=False)
+            stem, names = self.queue.reserve_names(
+                job.id, lambda s: result_file_names(s, result.leads.shape[-1], inp.fs, "both", False),
+                lambda name: (out / name).exists())
+            if stem != job.name:
+                LOG.info("%s: its output name is taken by another input; results get a distinct name "
+                         "(ecg-dicom status %d shows them)", job.tag, job.id)
+            written = write_outputs(out, stem, inp, result, self.reconstructor, "both", confidence=False)
         except InputError as exc:
             self.reject(job, str(exc))
             return
@@ -167,25 +179,38 @@ class Worker:
             self.reject(job, f"cannot write outputs ({type(exc).__name__}: {exc})")
             return
         outputs = [p.name for p in written]
+        assert outputs == names, f"wrote {outputs}, reserved {names}"
         self.queue.processed(job.id, outputs, self.deliver)
         self.spool.remove(job)
         LOG.info("%s: %d outputs written, %s", job.tag, len(outputs),
                  "awaiting delivery" if self.deliver else "done")
 
     def reject(self, job: Job, reason: str) -> None:
-        """Move the input to ``rejected/`` and then write ``<name>.reason.txt`` beside it, last,
+        """Move the input to ``rejected/`` and then write ``<stem>.reason.txt`` beside it, last,
         so that whoever polls for the reason file finds the input already there; the job is
-        ``rejected``. (Killed between the two, the job is still pending: on restart its spool
-        file is gone and it is rejected again, with a reason, from the copy in ``rejected/``.)"""
+        ``rejected``. ``<stem>`` is the job's name, or ``<name>-2``... when an earlier
+        rejection holds it: a rejected input is never overwritten. The names are recorded in
+        the job before anything moves. (Killed in between, the job is still pending: on
+        restart it is rejected again, under the same names.)"""
         rejected = self.folders.rejected
         rejected.mkdir(parents=True, exist_ok=True)
         original = job.spool.split("-", 1)[1]
+        suffix = original[len(job.name):] if original.startswith(job.name) else ""
+        planned = [name for name in job.outputs if name.startswith(REJECTED_PREFIX)]
         try:
+            if planned:
+                stem = planned[-1][len(REJECTED_PREFIX):-len(REASON_SUFFIX)]
+            else:
+                stem = free_stem(rejected, job.name, (suffix, REASON_SUFFIX, SIDECAR_SUFFIX))
+            names = [f"{stem}{suffix}", f"{stem}{SIDECAR_SUFFIX}", f"{stem}{REASON_SUFFIX}"]
+            if not self.spool.sidecar(job).exists() and not (rejected / names[1]).exists():
+                names.remove(names[1])
+            self.queue.set_outputs(job.id, [REJECTED_PREFIX + name for name in names])
             if self.spool.path(job).exists():
-                shutil.move(self.spool.path(job), rejected / original)
+                shutil.move(self.spool.path(job), rejected / names[0])
             if self.spool.sidecar(job).exists():
-                shutil.move(self.spool.sidecar(job), rejected / f"{job.name}.json")
-            write_reason(rejected, job.name, reason)
+                shutil.move(self.spool.sidecar(job), rejected / f"{stem}{SIDECAR_SUFFIX}")
+            write_reason(rejected, stem, reason)
         except OSError as exc:
             LOG.error("%s: cannot move the rejected input (%s)", job.tag, exc)
         self.queue.reject(job.id, reason)

@@ -309,6 +309,23 @@ class Service:
         finally:
             con.close()
 
+    def jobs(self) -> list[dict]:
+        """Every job row of the job store (read-only), oldest first; ``outputs`` decoded."""
+        db = self.work / "queue.sqlite3"
+        if not db.exists():
+            return []
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        con.row_factory = sqlite3.Row
+        try:
+            rows = [dict(r) for r in con.execute("SELECT * FROM jobs ORDER BY id")]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            con.close()
+        for row in rows:
+            row["outputs"] = json.loads(row["outputs"])
+        return rows
+
     def settled(self, expected: int) -> bool:
         """True when ``expected`` jobs exist and none is waiting, processing or delivering."""
         c = self.counts()

@@ -192,3 +192,25 @@ def test_scp_answers_out_of_resources_when_disk_is_full(tmp_path, shared_data):
     finally:
         server.shutdown()
         queue.close()
+
+
+def test_a_store_from_the_previous_version_is_upgraded_and_its_results_keep_their_names(tmp_path):
+    import sqlite3
+    db = tmp_path / "queue.sqlite3"
+    con = sqlite3.connect(db)
+    con.executescript("""CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL, origin TEXT NOT NULL, spool TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'waiting',
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0, deliver_since REAL,
+        reason TEXT, outputs TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL, updated REAL NOT NULL);
+        INSERT INTO jobs (key, name, origin, spool, state, outputs, created, updated)
+        VALUES ('k1', 'rec', 'watch', 'k1-rec.npy', 'done', '["rec.npy", "rec.dcm"]', 1, 1);""")
+    con.commit()
+    con.close()
+    queue = JobQueue(db)
+    try:
+        assert queue.get(1).result_stem == "rec" and queue.get(1).source_name is None
+        job_id = queue.add(new_key(), "rec", "watch", "k2-rec.npy", source_name="rec.npy")
+        stem, names = queue.reserve_names(job_id, lambda s: [f"{s}.npy", f"{s}.dcm"], lambda name: False)
+        assert (stem, names) == ("rec-2", ["rec-2.npy", "rec-2.dcm"])   # results moved away still count
+    finally:
+        queue.close()

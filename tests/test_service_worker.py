@@ -101,3 +101,61 @@ def test_names_from_outside_never_leave_the_output_folder(site, tmp_path):
     written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
     assert all(str(p).startswith(("out/", "work/")) for p in written), written
     assert (folders.output / "escape.npy").is_file()
+
+
+def test_inputs_whose_names_clean_up_alike_each_keep_their_own_results(site):
+    """Issue 10: `x y.npy` / `x_y.npy` / `x_y.npy` again, and a split result's part names
+    (`long_001.dcm`) against an input called `long_001.npy`: every job its own files."""
+    folders, queue, spool, worker, _ = site
+    inputs = [(name, synthetic_lead(seconds=secs, seed=i)) for i, (name, secs) in enumerate(
+        [("x y.npy", 5.0), ("x_y.npy", 5.0), ("x_y.npy", 6.0), ("long.npy", 40.0), ("long_001.npy", 5.0)])]
+    ids = [spool.store_bytes(npy_bytes(lead), name, "test") for name, lead in inputs]
+    run_once(worker)
+    jobs = [queue.get(i) for i in ids]
+    assert [j.state for j in jobs] == ["done"] * 5
+    assert [j.result_stem for j in jobs] == ["x_y", "x_y-2", "x_y-3", "long", "long_001-2"]
+    assert jobs[3].outputs == ("long.npy", "long_001.dcm", "long_002.dcm")
+    every = [name for job in jobs for name in job.outputs]
+    assert len(every) == len(set(every)) == 3 * 2 + 3 + 2
+    for job, (_, lead) in zip(jobs, inputs):
+        npy = np.load(folders.output / f"{job.result_stem}.npy")
+        np.testing.assert_allclose(npy[0], lead, atol=1e-3)   # each result holds its own input
+    assert [j.source_name for j in jobs] == [name for name, _ in inputs]
+
+
+def test_a_result_already_in_the_output_folder_is_not_overwritten(site):
+    folders, queue, spool, worker, _ = site
+    (folders.output / "rec.npy").write_bytes(b"someone else's file")
+    job_id = spool.store_bytes(npy_bytes(synthetic_lead()), "rec.npy", "test")
+    run_once(worker)
+    assert (folders.output / "rec.npy").read_bytes() == b"someone else's file"
+    assert queue.get(job_id).outputs == ("rec-2.npy", "rec-2.dcm")
+
+
+def test_a_job_done_again_after_a_crash_keeps_its_names(site):
+    folders, queue, spool, worker, _ = site
+    first = spool.store_bytes(npy_bytes(synthetic_lead(seed=1)), "rec.npy", "test")
+    second = spool.store_bytes(npy_bytes(synthetic_lead(seed=2)), "rec.npy", "test")
+    run_once(worker)
+    # as if killed after writing, before the job was recorded done: it is done again
+    queue._db.execute("UPDATE jobs SET state = 'waiting' WHERE id = ?", (second,))
+    spool.path(queue.get(second)).write_bytes(npy_bytes(synthetic_lead(seed=2)))
+    run_once(worker)
+    assert queue.get(first).outputs == ("rec.npy", "rec.dcm")
+    assert queue.get(second).outputs == ("rec-2.npy", "rec-2.dcm")
+    assert sorted(p.name for p in folders.output.glob("rec*")) == ["rec-2.dcm", "rec-2.npy", "rec.dcm", "rec.npy"]
+
+
+def test_a_rejected_input_is_never_overwritten(site):
+    """Issue 11 item 2: the second rejection of the same name keeps the first input and reason."""
+    folders, queue, spool, worker, _ = site
+    first = spool.store_bytes(b"first garbage", "x.npy", "test")
+    run_once(worker)
+    second = spool.store_bytes(b"\x93NUMPY broken", "x.npy", "test")
+    run_once(worker)
+    assert (folders.rejected / "x.npy").read_bytes() == b"first garbage"
+    assert (folders.rejected / "x-2.npy").read_bytes() == b"\x93NUMPY broken"
+    assert "no NUMPY magic" in (folders.rejected / "x.reason.txt").read_text()
+    assert "not a readable .npy" in (folders.rejected / "x-2.reason.txt").read_text()
+    assert queue.get(first).outputs == ("rejected/x.npy", "rejected/x.reason.txt")
+    assert queue.get(second).outputs == ("rejected/x-2.npy", "rejected/x-2.reason.txt")

@@ -111,6 +111,20 @@ def split_bounds(n_samples: int, max_samples: int = MAX_SAMPLES) -> list[tuple[i
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def written_samples(n_samples: int, fs: float) -> int:
+    """Samples per channel after resampling ``n_samples`` at ``fs`` Hz to :func:`output_fs`."""
+    fs_out = output_fs(fs)
+    return n_samples if fs_out == fs else int(round(n_samples * fs_out / fs))
+
+
+def dicom_file_names(stem: str, n_samples: int, fs: float) -> list[str]:
+    """The files :func:`write_ecg_dicom` writes for a (12, ``n_samples``) record at ``fs`` Hz:
+    ``<stem>.dcm``, or ``<stem>_001.dcm``, ``<stem>_002.dcm``... when it is split."""
+    stem = safe_stem(stem)
+    parts = len(split_bounds(written_samples(n_samples, fs)))
+    return [f"{stem}.dcm"] if parts == 1 else [f"{stem}_{number:03d}.dcm" for number in range(1, parts + 1)]
+
+
 def _valid_uid(value: object) -> bool:
     return isinstance(value, str) and bool(value) and UID(value).is_valid
 
@@ -341,11 +355,11 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = safe_stem(stem)
+    names = dicom_file_names(stem, np.shape(leads_uv)[-1], fs)
     datasets = build_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash)
+    assert len(names) == len(datasets), "dicom_file_names and build_ecg_datasets disagree on the parts"
     paths = []
-    for number, ds in enumerate(datasets, start=1):
-        name = f"{stem}.dcm" if len(datasets) == 1 else f"{stem}_{number:03d}.dcm"
+    for name, ds in zip(names, datasets):
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         paths.append(write_bytes_atomic(out_dir / name, buffer.getvalue()))

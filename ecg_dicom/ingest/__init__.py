@@ -66,7 +66,7 @@ class Spool:
         target = self.folder / f"{key}-{safe_stem(filename)}"
         try:
             write_bytes_atomic(target, data)
-            return self.queue.add(key, output_name(filename), origin, target.name)
+            return self.queue.add(key, output_name(filename), origin, target.name, source_name=filename)
         except BaseException:
             _unlink_quietly(target.with_name(f".{target.name}{_PART}"))
             _unlink_quietly(target)
@@ -103,7 +103,7 @@ class Spool:
             os.replace(part, target)
             fsync_dir(self.folder)
             path.unlink()
-        job_id = self.queue.add(key, output_name(path.name), origin, target.name)
+        job_id = self.queue.add(key, output_name(path.name), origin, target.name, source_name=path.name)
         if sidecar is not None:
             _unlink_quietly(sidecar)
         return job_id

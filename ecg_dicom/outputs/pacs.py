@@ -183,6 +183,6 @@ class Delivery:
             src = self.folders.output / name
             if src.exists():
                 shutil.copy2(src, folder / name)
-        write_reason(folder, job.name, reason)
+        write_reason(folder, job.result_stem, reason)
         self.queue.dead(job.id, reason)
         LOG.error("%s dead-lettered: %s", job.tag, reason)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
-from ecg_dicom.dicom.writer import write_ecg_dicom
+from ecg_dicom.dicom.writer import dicom_file_names, write_ecg_dicom
 from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
 from ecg_dicom.leads import LEADS_12, learned_leads
@@ -34,6 +34,18 @@ def confidence_report(recon: Reconstruction, input_lead: str) -> dict:
         leads[name] = {"sigma_uv": round(float(sigma), 2),
                        "relative_uncertainty": round(float(sigma) / std, 4) if std > 0 else None}
     return {"available": True, "leads": leads}
+
+
+def result_file_names(stem: str, n_samples: int, fs: float, output_format: str, confidence: bool) -> list[str]:
+    """The files :func:`write_outputs` writes for a (12, ``n_samples``) result at ``fs`` Hz."""
+    names = []
+    if output_format in ("npy", "both"):
+        names.append(f"{stem}.npy")
+    if output_format in ("dicom", "both"):
+        names += dicom_file_names(stem, n_samples, fs)
+    if confidence:
+        names.append(f"{stem}.confidence.json")
+    return names
 
 
 def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,

@@ -1,0 +1,115 @@
+"""The integrator's day (issues 10 and 11) against real peers: a ``serve`` subprocess, DCMTK
+carts, Orthanc as PACS, dciodvfy. One service and one Orthanc for the module; each test
+drops or sends its own inputs and checks its own jobs."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synthetic_lead
+from peers import PACS_AET, Orthanc, Service, dciodvfy_errors, stored_ok, storescu, wait_for, write_config
+from pydicom import dcmread
+
+pytestmark = pytest.mark.slow
+MORTARA = Path("dicom") / "12lead" / "mortara_eli250_waveform_ecg.dcm"
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        yield orthanc
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_checkpoint, pacs):
+    folder = tmp_path_factory.mktemp("site")
+    cfg = write_config(folder, tiny_checkpoint,
+                       pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+    svc = Service(cfg).start()
+    yield svc
+    assert svc.stop() == 0
+
+
+def drop(service: Service, name: str, data: bytes, staging: Path) -> None:
+    """The safe way: write elsewhere on the same file system, then rename into the inbox."""
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / name).write_bytes(data)
+    os.replace(staging / name, service.watch / name)
+
+
+def npy_bytes(array: np.ndarray, path: Path) -> bytes:
+    np.save(path, array)
+    return path.read_bytes()
+
+
+def dicom_with_uid(shared_data: Path, uid: str, path: Path) -> Path:
+    ds = dcmread(shared_data / MORTARA)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def jobs_of(service: Service, source_names: list[str], since_id: int) -> list[dict]:
+    return [j for j in service.jobs() if j["id"] > since_id and j["source_name"] in source_names]
+
+
+def in_orthanc(pacs: Orthanc, dcm: Path) -> bool:
+    uid = dcmread(dcm, stop_before_pixels=True).SOPInstanceUID
+    return any(hit["Type"] == "Instance" for hit in pacs.lookup(uid))
+
+
+def test_twelve_inputs_in_six_clashing_groups_give_twelve_results(service, pacs, shared_data, tmp_path):
+    """Issue 10 item 1: 12 inputs whose names clean up alike, in 6 groups; 12 done, 12 results
+    in the outbox and 12 in Orthanc, and the job -> files mapping recorded."""
+    start_id = max((j["id"] for j in service.jobs()), default=0)
+    stage = tmp_path / "stage"
+    lead = iter(synthetic_lead(seconds=5.0 + i, seed=100 + i) for i in range(8))
+    uid_u = "1.2.826.0.1.3680043.10.543.77"
+    dropped = {
+        "x y.npy": npy_bytes(next(lead), tmp_path / "a.npy"),             # 1: space vs underscore
+        "x_y.npy": npy_bytes(next(lead), tmp_path / "b.npy"),
+        "Müller.npy": npy_bytes(next(lead), tmp_path / "c.npy"),          # 2: umlaut vs underscore
+        "M_ller.npy": npy_bytes(next(lead), tmp_path / "d.npy"),
+        "ecg.npy": npy_bytes(next(lead), tmp_path / "e.npy"),             # 3: .npy vs .dcm
+        "ecg.dcm": dicom_with_uid(shared_data, "1.2.826.0.1.3680043.10.543.78", tmp_path / "e.dcm").read_bytes(),
+        f"{uid_u}.npy": npy_bytes(next(lead), tmp_path / "f.npy"),        # 4: C-STORE of U vs U.npy
+    }
+    for name, data in dropped.items():
+        drop(service, name, data, stage)
+    same_name = "HR06000_leadI.npy"                                       # 5: the same name twice
+    drop(service, same_name, npy_bytes(next(lead), tmp_path / "g.npy"), stage)
+    wait_for(lambda: not (service.watch / same_name).exists(), 30, "the first HR06000_leadI.npy to be taken")
+    drop(service, same_name, npy_bytes(next(lead), tmp_path / "h.npy"), stage)
+    sent = [dicom_with_uid(shared_data, uid, tmp_path / f"wire{i}.dcm")   # 4 and 6: wire UIDs U, '..', '.'
+            for i, uid in enumerate((uid_u, "..", "."))]
+    result = storescu(service.port, sent)
+    assert len(stored_ok(result.stdout + result.stderr)) == 3, result.stdout + result.stderr
+
+    names = [*dropped, same_name, f"{uid_u}.dcm", "...dcm", "..dcm"]
+    wait_for(lambda: len(jobs_of(service, names, start_id)) == 12
+             and all(j["state"] == "done" for j in jobs_of(service, names, start_id)),
+             120, "12 jobs done (delivered)")
+    jobs = jobs_of(service, names, start_id)
+    stems = [j["stem"] for j in jobs]
+    assert len(set(stems)) == 12, stems
+    outputs = [name for j in jobs for name in j["outputs"]]
+    assert len(outputs) == len(set(outputs)) == 24
+    assert sorted(o for o in outputs if o.endswith(".npy")) == sorted(f"{s}.npy" for s in stems)
+    results = [service.output / name for name in outputs if name.endswith(".dcm")]
+    assert all(p.is_file() for p in results) and all((service.output / f"{s}.npy").is_file() for s in stems)
+    sop_uids = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in results}
+    assert len(sop_uids) == 12
+    assert all(in_orthanc(pacs, p) for p in results)
+    # each result holds its own input: a dropped lead comes back unchanged as lead I
+    for job in jobs:
+        if job["source_name"].endswith(".npy"):
+            sent_lead = np.load(io.BytesIO(dropped.get(job["source_name"], b"")), allow_pickle=False) \
+                if job["source_name"] != same_name else None
+            if sent_lead is not None:
+                leads = np.load(service.output / f"{job['stem']}.npy", allow_pickle=False)
+                np.testing.assert_allclose(leads[0], sent_lead, atol=1e-3)
+    assert all(dciodvfy_errors(p) == [] for p in results[:3])
