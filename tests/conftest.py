@@ -70,6 +70,27 @@ def tiny_reconstructor(tiny_checkpoint: Path) -> Reconstructor:
     return Reconstructor.from_checkpoint(tiny_checkpoint, input_lead="I")
 
 
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc as the PACS, one per test module (tests/peers.py)."""
+    from peers import Orthanc
+
+    with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        yield orthanc
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, pacs):
+    """``ecg-dicom serve`` (tiny model) delivering to :func:`pacs`, one per test module."""
+    from peers import PACS_AET, Service, write_config
+
+    cfg = write_config(tmp_path_factory.mktemp("site"), tiny_checkpoint,
+                       pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+    svc = Service(cfg).start()
+    yield svc
+    assert svc.stop() == 0
+
+
 def synthetic_lead(seconds: float = 10.0, fs: float = 500.0, seed: int = 0) -> np.ndarray:
     """(N,) float32 µV: a crude ECG-like lead (QRS spikes on a T-ish wave, ~1.2 mV p2p)."""
     rng = np.random.default_rng(seed)

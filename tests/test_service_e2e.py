@@ -15,7 +15,6 @@ import pytest
 from conftest import synthetic_lead
 from peers import (
     CART_AET,
-    PACS_AET,
     Orthanc,
     Service,
     dciodvfy_errors,
@@ -24,7 +23,6 @@ from peers import (
     stored_ok,
     storescu,
     wait_for,
-    write_config,
 )
 from pydicom import dcmread
 
@@ -33,22 +31,6 @@ from ecg_dicom.queue import STATES
 
 pytestmark = pytest.mark.slow
 TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
-        yield orthanc
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_checkpoint, pacs):
-    folder = tmp_path_factory.mktemp("site")
-    cfg = write_config(folder, tiny_checkpoint,
-                       pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
-    svc = Service(cfg).start()
-    yield svc
-    assert svc.stop() == 0
 
 
 def arrived(pacs: Orthanc, dcm: Path) -> str | None:

@@ -11,27 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import synthetic_lead
-from peers import PACS_AET, Orthanc, Service, dciodvfy_errors, stored_ok, storescu, wait_for, write_config
+from peers import Orthanc, Service, dciodvfy_errors, stored_ok, storescu, wait_for
 from pydicom import dcmread
 
 pytestmark = pytest.mark.slow
 MORTARA = Path("dicom") / "12lead" / "mortara_eli250_waveform_ecg.dcm"
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
-        yield orthanc
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_checkpoint, pacs):
-    folder = tmp_path_factory.mktemp("site")
-    cfg = write_config(folder, tiny_checkpoint,
-                       pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
-    svc = Service(cfg).start()
-    yield svc
-    assert svc.stop() == 0
 
 
 def drop(service: Service, name: str, data: bytes, staging: Path) -> None:
