@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 from ecg_dicom.files import safe_stem, write_bytes_atomic
 from ecg_dicom.inputs import file_sha256, looks_like_input
+from ecg_dicom.sidecar import sidecar_path
 
 DONE_SUFFIX = ".done.json"
-NPY_SIDECAR_SUFFIX = ".json"
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,6 @@ class ArchiveItem:
     def marker(self) -> Path:
         """The hidden completion marker of this input's results."""
         return self.out_dir / f".{self.stem}{DONE_SUFFIX}"
-
-
-def sidecar_path(source: Path) -> Path | None:
-    """The ``<stem>.json`` sidecar a ``.npy`` input may have (as in the watched folder)."""
-    return source.with_suffix(NPY_SIDECAR_SUFFIX) if source.suffix.lower() == ".npy" else None
 
 
 def output_stems(names: Iterable[str]) -> dict[str, str]:

@@ -28,9 +28,10 @@ from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel
 from ecg_dicom.errors import EcgDicomError, InputError
 from ecg_dicom.files import write_reason
-from ecg_dicom.inputs import LeadInput, load_lead
+from ecg_dicom.inputs import LeadInput, load_input
 from ecg_dicom.leads import learned_leads
 from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
+from ecg_dicom.sidecar import sidecar_path, stray_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _reject(item: ArchiveItem, reason: str) -> ItemResult:
 
 def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSettings) -> LeadInput:
     """Read and check one input (raises InputError with the reason)."""
-    return load_lead(item.source, reconstructor.input_lead, settings.fs, settings.units)
+    return load_input(item.source, reconstructor.input_lead, settings.fs, settings.units, sidecar_path(item.source))
 
 
 def _window_groups(loaded: list[tuple[int, ArchiveItem, LeadInput]], reconstructor: Reconstructor,
@@ -194,14 +195,18 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
                    confidence: bool = False, batch_size: int = FILES_PER_BATCH) -> ConvertReport:
     """Convert every input below ``input_dir`` into ``output_dir``, in this process.
 
-    .npy inputs are one lead in ``units`` at ``fs`` Hz; DICOM inputs bring their own.
-    ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV and/or ``OUT/a/x.dcm``; a refused
+    .npy inputs are one lead in ``units`` at ``fs`` Hz unless their ``<stem>.json`` sidecar
+    says otherwise (the service's sidecar, patient and study included: :mod:`ecg_dicom.sidecar`);
+    DICOM inputs bring their own. ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV and/or ``OUT/a/x.dcm``; a refused
     input gets ``OUT/a/x.reason.txt`` and a line on stderr; an input already converted with
     the same settings is skipped. ``batch_size`` inputs are read and converted at a time.
     """
     input_dir, output_dir = check_folders(input_dir, output_dir, output_format)
     settings = ConvertSettings(fs, units, output_format, confidence)
     items = find_inputs(input_dir, output_dir)
+    for stray in stray_sidecars(input_dir, [item.source for item in items], exclude=[output_dir]):
+        print(f"ecg-dicom: {stray.relative_to(input_dir)}: a sidecar with no {stray.stem}.npy beside it; not used",
+              file=sys.stderr)
     report = ConvertReport()
     bar = tqdm(total=len(items), unit="ecg", disable=not sys.stderr.isatty())
     for start in range(0, len(items), batch_size):

@@ -15,6 +15,7 @@ from pydicom import Dataset
 
 from ecg_dicom.core.preprocess import MAX_DURATION_S, MAX_FS_HZ, check_single_lead
 from ecg_dicom.errors import InputError
+from ecg_dicom.sidecar import Sidecar, read_sidecar
 
 NPY_MAGIC = b"\x93NUMPY"
 DICOM_MAGIC_OFFSET = 128
@@ -27,7 +28,8 @@ class LeadInput:
 
     signal_uv: (N,) float64 µV; fs: Hz; lead: "I" or "II"; dataset: the source DICOM
     object (None for .npy); content_hash: sha256 hex of the file's bytes (deterministic
-    output UIDs for .npy); kind: "npy" or "dicom".
+    output UIDs for .npy); kind: "npy" or "dicom"; sidecar: what the .npy's sidecar said
+    (None without one; see :mod:`ecg_dicom.sidecar`).
     """
 
     signal_uv: np.ndarray
@@ -36,6 +38,7 @@ class LeadInput:
     dataset: Dataset | None
     content_hash: str
     kind: str
+    sidecar: Sidecar | None = None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -113,3 +116,25 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
         signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
         return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom")
     raise InputError("neither a .npy array nor a DICOM file (no NUMPY magic, no DICM preamble)")
+
+
+def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",
+               sidecar: str | Path | None = None) -> LeadInput:
+    """Read one input the way both doors (``serve``, ``convert``) read it: ``path`` plus its
+    sidecar file ``sidecar`` (None or missing: no sidecar; see :func:`ecg_dicom.sidecar.sidecar_path`).
+
+    The sidecar's ``fs`` and ``units`` replace the defaults ``fs`` and ``units`` (which apply
+    to a ``.npy`` without one); its ``lead`` must be ``input_lead``, the lead the model
+    takes; its patient/study keys travel with the result. Raises :class:`InputError`.
+    """
+    params = read_sidecar(sidecar)
+    if params is None:
+        return load_lead(path, input_lead, fs, units)
+    if params.lead is not None and params.lead != input_lead:
+        raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units)
+    if item.kind != "npy":
+        raise InputError("a sidecar .json belongs to a .npy input; this is a DICOM file, which carries "
+                         "its own rate, lead and patient")
+    item.sidecar = params
+    return item

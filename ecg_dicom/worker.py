@@ -9,13 +9,10 @@ either nothing or complete files, and the job is simply done again at restart.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
@@ -23,44 +20,16 @@ from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import free_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
-from ecg_dicom.inputs import LeadInput, load_lead
-from ecg_dicom.leads import canonical_lead_name
+from ecg_dicom.inputs import LeadInput, load_input
 from ecg_dicom.outputs.results import result_file_names, write_outputs
 from ecg_dicom.queue import Job, JobQueue
 
 LOG = logging.getLogger("ecg_dicom.worker")
 NPY_DEFAULT_FS = 500.0
-SIDECAR_KEYS = {"fs": (int, float), "lead": str, "units": str}
 REJECTED_PREFIX = "rejected/"   # a rejected job's files, as recorded in its outputs
 REASON_SUFFIX = ".reason.txt"
 # How long to wait before trying again when outputs could not be written (disk full, ...)
 OUTPUT_RETRY_S = 5.0
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    """The ``{"fs": ..., "lead": ..., "units": ...}`` sidecar of a ``.npy``; {} when absent.
-
-    Raises InputError naming what is wrong with it.
-    """
-    if not path.exists():
-        return {}
-    try:
-        params = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"sidecar .json is not readable JSON: {exc}") from exc
-    if not isinstance(params, dict):
-        raise InputError("sidecar .json must be an object like {\"fs\": 500, \"lead\": \"I\"}")
-    for key, value in params.items():
-        if key not in SIDECAR_KEYS:
-            raise InputError(f"sidecar .json: unknown key {key!r} (known: {', '.join(SIDECAR_KEYS)})")
-        if isinstance(value, bool) or not isinstance(value, SIDECAR_KEYS[key]):
-            raise InputError(f"sidecar .json: {key!r} has the wrong type ({type(value).__name__})")
-    if "lead" in params:
-        try:
-            params["lead"] = canonical_lead_name(params["lead"])
-        except KeyError:
-            raise InputError(f"sidecar .json: {params['lead']!r} is not a lead name") from None
-    return params
 
 
 class Worker:
@@ -139,13 +108,8 @@ class Worker:
 
     def load(self, job: Job) -> LeadInput:
         """Read and check a job's input lead (sidecar honoured for .npy). Raises InputError."""
-        params = read_sidecar(self.spool.sidecar(job))
-        lead = params.get("lead", self.reconstructor.input_lead)
-        if lead != self.reconstructor.input_lead:
-            raise InputError(f"sidecar says lead {lead}; this service's model takes lead "
-                             f"{self.reconstructor.input_lead}")
-        return load_lead(self.spool.path(job), input_lead=lead, fs=float(params.get("fs", NPY_DEFAULT_FS)),
-                         units=params.get("units", "uV"))
+        return load_input(self.spool.path(job), self.reconstructor.input_lead, NPY_DEFAULT_FS, "uV",
+                          self.spool.sidecar(job))
 
     def _reconstruct(self, inputs: list[LeadInput]) -> list[Reconstruction | Exception]:
         """One batched call; if it fails, each record alone, so that a bad record fails alone."""

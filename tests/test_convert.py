@@ -141,3 +141,28 @@ def test_mixed_folder_of_npy_and_real_dicom(shared_data, tiny_checkpoint, tmp_pa
     assert "CT Image Storage" in (out / "ct.reason.txt").read_text()
     assert (out / "nometa.reason.txt").read_text().strip()
     assert not (out / "ct.npy").exists() and not (out / "nometa.npy").exists()
+
+
+def test_convert_honours_the_same_sidecar_as_the_service(shared_data, tiny_checkpoint, tmp_path, capsys):
+    """Issue 11 item 4: a 300 Hz AliveCor recording with its sidecar (rate, units, patient)
+    converts at 300 Hz under its patient; a bad sidecar refuses its input; a stray one is named."""
+    import pydicom
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    val = scipy.io.loadmat(shared_data / "single_lead/challenge2017_alivecor/A00001.mat")["val"][0]
+    np.save(inp / "alivecor.npy", val.astype(np.float32) / 1000)          # mV this time
+    (inp / "alivecor.json").write_text(json.dumps({"fs": 300, "units": "mV", "lead": "I", "PatientID": "MRN-7",
+                                                   "PatientName": "Doe^Jane", "StudyDate": "20240501"}))
+    np.save(inp / "badside.npy", synthetic_lead())
+    (inp / "badside.json").write_text(json.dumps({"fs": 500, "PatientName": "Doe^Jane"}))
+    (inp / "stray.json").write_text(json.dumps({"fs": 250}))
+    assert convert(inp, tmp_path / "out", tiny_checkpoint, "--format", "both") == 1
+    out = np.load(tmp_path / "out" / "alivecor.npy")
+    np.testing.assert_allclose(out[0], val, rtol=1e-5, atol=1e-3)        # read as mV, written in µV
+    ds = pydicom.dcmread(tmp_path / "out" / "alivecor.dcm")
+    assert float(ds.WaveformSequence[0].SamplingFrequency) == 300.0
+    assert int(ds.WaveformSequence[0].NumberOfWaveformSamples) == val.size
+    assert (ds.PatientID, str(ds.PatientName), ds.StudyDate) == ("MRN-7", "Doe^Jane", "20240501")
+    assert "no PatientID" in (tmp_path / "out" / "badside.reason.txt").read_text()
+    assert "stray.json: a sidecar with no stray.npy beside it" in capsys.readouterr().err

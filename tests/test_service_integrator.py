@@ -5,6 +5,7 @@ drops or sends its own inputs and checks its own jobs."""
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -97,3 +98,40 @@ def test_twelve_inputs_in_six_clashing_groups_give_twelve_results(service, pacs,
                 leads = np.load(service.output / f"{job['stem']}.npy", allow_pickle=False)
                 np.testing.assert_allclose(leads[0], sent_lead, atol=1e-3)
     assert all(dciodvfy_errors(p) == [] for p in results[:3])
+
+
+def orthanc_patient_and_study(pacs: Orthanc, dcm: Path) -> tuple[dict, dict]:
+    """(patient, study) main tags Orthanc filed the result ``dcm`` under."""
+    uid = dcmread(dcm, stop_before_pixels=True).SOPInstanceUID
+    [hit] = [h for h in pacs.lookup(uid) if h["Type"] == "Instance"]
+    study = pacs.get(f"/instances/{hit['ID']}/study")
+    patient = pacs.get(f"/studies/{study['ID']}/patient")
+    return patient["MainDicomTags"], study["MainDicomTags"]
+
+
+def test_a_dropped_recording_lands_in_its_patients_study_at_pacs(service, pacs, shared_data, tmp_path):
+    """Issue 11 item 1: the sidecar's patient and study put the result into the cart's study
+    at PACS (beside the cart's own ECG); without them the result is filed as an unknown
+    patient of its own, never under one blank patient."""
+    cart = dcmread(shared_data / MORTARA)
+    assert storescu(pacs.dicom_port, [shared_data / MORTARA], called=pacs.aet).returncode == 0
+    sidecar = {"fs": 500, "lead": "I", "PatientID": str(cart.PatientID), "PatientName": str(cart.PatientName),
+               "StudyInstanceUID": str(cart.StudyInstanceUID), "AccessionNumber": str(cart.AccessionNumber),
+               "AcquisitionDateTime": "20240501101502", "Manufacturer": "AliveCor"}
+    stage = tmp_path / "stage"
+    drop(service, "known.json", json.dumps(sidecar).encode(), stage)             # sidecar first
+    drop(service, "known.npy", npy_bytes(synthetic_lead(seed=21), tmp_path / "k.npy"), stage)
+    drop(service, "anon1.npy", npy_bytes(synthetic_lead(seed=22), tmp_path / "a1.npy"), stage)
+    drop(service, "anon2.npy", npy_bytes(synthetic_lead(seed=23), tmp_path / "a2.npy"), stage)
+    names = ["known.npy", "anon1.npy", "anon2.npy"]
+    wait_for(lambda: [j["state"] for j in jobs_of(service, names, 0)] == ["done"] * 3, 60, "3 jobs delivered")
+    stems = {j["source_name"]: j["stem"] for j in jobs_of(service, names, 0)}
+    patient, study = orthanc_patient_and_study(pacs, service.output / f"{stems['known.npy']}.dcm")
+    assert study["StudyInstanceUID"] == cart.StudyInstanceUID and patient["PatientID"] == cart.PatientID
+    result = dcmread(service.output / f"{stems['known.npy']}.dcm")
+    assert result.AccessionNumber == cart.AccessionNumber and result.AcquisitionDateTime.startswith("20240501")
+    assert len(pacs.get(f"/studies/{pacs.lookup(cart.StudyInstanceUID)[0]['ID']}/instances")) == 2
+    anon = [orthanc_patient_and_study(pacs, service.output / f"{stems[n]}.dcm") for n in names[1:]]
+    assert [p["PatientName"] for p, _ in anon] == ["UNKNOWN", "UNKNOWN"]
+    assert anon[0][0]["PatientID"] != anon[1][0]["PatientID"] and all(p["PatientID"] for p, _ in anon)
+    assert not list(service.watch.iterdir())

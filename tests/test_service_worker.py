@@ -78,8 +78,8 @@ def test_sidecar_sets_the_rate(site):
 
 
 @pytest.mark.parametrize("sidecar, reason", [
-    ({"fs": 500, "lead": "II"}, "model takes lead I"),
-    ({"fs": "fast"}, "'fs' has the wrong type"),
+    ({"fs": 500, "lead": "II"}, "model in use takes lead I"),
+    ({"fs": "fast"}, "'fs' must be a positive number"),
     ({"rate": 500}, "unknown key 'rate'"),
     ({"lead": "V9"}, "not a lead name"),
     ("not json", "not readable JSON"),
@@ -159,3 +159,49 @@ def test_a_rejected_input_is_never_overwritten(site):
     assert "not a readable .npy" in (folders.rejected / "x-2.reason.txt").read_text()
     assert queue.get(first).outputs == ("rejected/x.npy", "rejected/x.reason.txt")
     assert queue.get(second).outputs == ("rejected/x-2.npy", "rejected/x-2.reason.txt")
+
+
+def test_a_sidecar_files_the_result_under_its_patient_and_study(site):
+    """Issue 11 item 1: patient, study, acquisition time and device from the sidecar."""
+    from peers import dciodvfy_errors
+    from pydicom import dcmread
+
+    folders, queue, spool, worker, _ = site
+    patient = {"PatientID": "MRN-0042", "PatientName": "Müller^Hans", "PatientBirthDate": "19700101",
+               "PatientSex": "M", "StudyInstanceUID": "1.2.826.0.1.3680043.10.543.1", "AccessionNumber": "A1234",
+               "StudyDate": "20240501", "StudyTime": "101500", "AcquisitionDateTime": "20240501101502",
+               "InstitutionName": "General Hospital", "Manufacturer": "AliveCor",
+               "ManufacturerModelName": "KardiaMobile"}
+    job = queue.get(spool.store_bytes(npy_bytes(synthetic_lead(fs=300.0)), "rec.npy", "test"))
+    spool.sidecar(job).write_text(json.dumps({"fs": 300, **patient}), encoding="utf-8")
+    run_once(worker)
+    assert queue.get(job.id).state == "done"
+    ds = dcmread(folders.output / "rec.dcm")
+    for keyword, value in patient.items():
+        if keyword not in ("AcquisitionDateTime", "InstitutionName", "Manufacturer", "ManufacturerModelName"):
+            assert str(ds[keyword].value) == value, keyword
+    assert ds.AcquisitionDateTime.startswith("20240501101502")
+    assert float(ds.WaveformSequence[0].SamplingFrequency) == 300.0
+    acquisition, processing = ds.ContributingEquipmentSequence
+    assert (acquisition.Manufacturer, acquisition.ManufacturerModelName, acquisition.InstitutionName) == \
+        ("AliveCor", "KardiaMobile", "General Hospital")
+    assert acquisition.PurposeOfReferenceCodeSequence[0].CodeMeaning == "Acquisition Equipment"
+    assert processing.Manufacturer == "ecg-dicom" and "unknown" not in str(ds.PatientName).lower()
+    assert dciodvfy_errors(folders.output / "rec.dcm") == []
+
+
+def test_without_a_patient_the_result_says_the_patient_is_unknown(site):
+    from peers import dciodvfy_errors
+    from pydicom import dcmread
+
+    folders, queue, spool, worker, _ = site
+    spool.store_bytes(npy_bytes(synthetic_lead(seed=1)), "a.npy", "test")
+    spool.store_bytes(npy_bytes(synthetic_lead(seed=2)), "b.npy", "test")
+    run_once(worker)
+    a, b = dcmread(folders.output / "a.dcm"), dcmread(folders.output / "b.dcm")
+    assert str(a.PatientName) == "UNKNOWN" and a.PatientID.startswith("UNKNOWN-")
+    assert a.PatientID != b.PatientID          # two unknown recordings are not one patient
+    assert a.IssuerOfPatientID == "ecg-dicom (no patient identity given)"
+    assert "Patient unknown" in a.PatientComments
+    assert "Patient unknown" in a.WaveformAnnotationSequence[1].UnformattedTextValue
+    assert dciodvfy_errors(folders.output / "a.dcm") == []

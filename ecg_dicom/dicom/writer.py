@@ -26,9 +26,17 @@ UID is not a valid UID (e.g. the ECG Toolkit example's ``…091000.``) cannot be
 without making our object invalid: the result goes into a replacement study whose UID is
 derived from the invalid one (so every result from that source study lands together), and
 a warning is logged; an invalid source SOP Instance UID is likewise left unreferenced.
-A ``.npy`` input (no source) gets empty patient attributes and a new study derived from the
-file's content hash (Study ID: the hash's first 16 digits; Study Date/Time empty); as its
-acquisition time is unknown, Acquisition DateTime is the conversion time.
+A ``.npy`` input (no source) takes its Patient and Study attributes from its sidecar's DICOM
+keywords (:mod:`ecg_dicom.sidecar`, validated there): with a Study Instance UID the result
+joins that study; without one it gets a new study derived from the input (Study ID: the
+content hash's first 16 digits). Its Acquisition DateTime is the sidecar's, else the
+conversion time. Without a PatientID the result says the patient is unknown, in words PACS
+shows: Patient's Name ``UNKNOWN``, a Patient ID ``UNKNOWN-<16 hex digits of the input>`` made
+up for this recording alone (so PACS never files unrelated recordings under one blank
+patient), Issuer of Patient ID ``ecg-dicom (no patient identity given)``, a Patient Comment
+and the waveform annotation. The recording device (sidecar ``Manufacturer``...; a DICOM
+source's own General Equipment) is named as *Acquisition Equipment* in the Contributing
+Equipment Sequence, beside the ecg-dicom *Processing Equipment* item.
 
 UIDs are deterministic (``generate_uid(entropy_srcs=...)``) from the source SOP Instance UID
 (or the content hash), the model version and the input lead, so converting the same input
@@ -37,14 +45,17 @@ twice gives the same SOP Instance UIDs and a replay never duplicates an object a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -74,6 +85,12 @@ COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
 COPIED_TYPE3 = ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription")
 
 _SENSITIVITY_STEPS = (1.0, 2.0, 2.5, 5.0)
+# the recording device: copied from a DICOM source's General Equipment or a sidecar's keywords
+ACQUISITION_EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "InstitutionName")
+UNKNOWN_PATIENT_NAME = "UNKNOWN"
+UNKNOWN_PATIENT_ISSUER = "ecg-dicom (no patient identity given)"
+UNKNOWN_PATIENT_TEXT = ("Patient unknown: the input came without patient identification (no PatientID in its"
+                        " sidecar); the Patient ID is a placeholder for this recording alone.")
 
 
 def _code(value: str, scheme: str, meaning: str, version: str | None = None) -> Dataset:
@@ -148,10 +165,50 @@ def _copy_patient_study(out: Dataset, source: Dataset | None) -> None:
             setattr(out, keyword, "")
 
 
-def _study_uid(source: Dataset | None, content_hash: str | None) -> str:
-    """The source's Study Instance UID, or a deterministic replacement (logged)."""
+def _apply_attributes(out: Dataset, attributes: Mapping[str, str]) -> None:
+    """Set the Patient/Study attributes a sidecar gave (validated by ecg_dicom.sidecar)."""
+    for keyword in (*COPIED_TYPE2, *COPIED_TYPE3):
+        if attributes.get(keyword):
+            setattr(out, keyword, attributes[keyword])
+
+
+def _mark_unknown_patient(out: Dataset, anchor: str) -> None:
+    """Patient attributes that say the patient is unknown (see the module docstring)."""
+    out.PatientName = UNKNOWN_PATIENT_NAME
+    out.PatientID = f"UNKNOWN-{hashlib.sha256(anchor.encode()).hexdigest()[:16]}"
+    out.IssuerOfPatientID = UNKNOWN_PATIENT_ISSUER
+    out.PatientComments = UNKNOWN_PATIENT_TEXT
+
+
+def _acquisition_equipment(source: Dataset | None, attributes: Mapping[str, str], when: str) -> Dataset | None:
+    """A Contributing Equipment item naming the recording device, or None when nothing is known."""
+    known = {}
+    for keyword in ACQUISITION_EQUIPMENT:
+        value = attributes.get(keyword) or (str(source.get(keyword, "") or "").strip() if source is not None else "")
+        if value:
+            try:
+                validate_value(dictionary_VR(keyword), value, pydicom.config.RAISE)
+            except ValueError:
+                logger.warning("source %s is not a valid %s value: left out", keyword, dictionary_VR(keyword))
+                continue
+            known[keyword] = value
+    if not known:
+        return None
+    item = Dataset()
+    item.Manufacturer = known.get("Manufacturer", "unknown")   # type 1 in this sequence
+    for keyword in ACQUISITION_EQUIPMENT[1:]:
+        if keyword in known:
+            setattr(item, keyword, known[keyword])
+    item.ContributionDateTime = when
+    item.ContributionDescription = "Acquired the input lead"
+    item.PurposeOfReferenceCodeSequence = Sequence([_code("109101", "DCM", "Acquisition Equipment")])
+    return item
+
+
+def _study_uid(source: Dataset | None, content_hash: str | None, attributes: Mapping[str, str]) -> str:
+    """The source's (or sidecar's) Study Instance UID, or a deterministic replacement (logged)."""
     if source is None:
-        return generate_uid(entropy_srcs=["study", str(content_hash)])
+        return attributes.get("StudyInstanceUID") or generate_uid(entropy_srcs=["study", str(content_hash)])
     original = source.get("StudyInstanceUID")
     if _valid_uid(original):
         return str(original)
@@ -161,8 +218,11 @@ def _study_uid(source: Dataset | None, content_hash: str | None) -> str:
     return replacement
 
 
-def _acquisition_start(source: Dataset | None, now: datetime) -> datetime:
-    """When the source was acquired (Acquisition DateTime, else Date+Time), else ``now``."""
+def _acquisition_start(source: Dataset | None, now: datetime, attributes: Mapping[str, str]) -> datetime:
+    """When the source was acquired (Acquisition DateTime, else Date+Time; a sidecar's
+    Acquisition DateTime for a .npy), else ``now``."""
+    if attributes.get("AcquisitionDateTime"):
+        return DT(attributes["AcquisitionDateTime"])
     if source is not None:
         candidates = [source.get("AcquisitionDateTime"),
                       f"{source.get('AcquisitionDate', '')}{source.get('AcquisitionTime', '')}",
@@ -227,7 +287,7 @@ def _annotation(group_number: int, text: str) -> Dataset:
 
 def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input_lead: str,
                        source: Dataset | None, content_hash: str | None,
-                       now: datetime | None = None) -> list[Dataset]:
+                       now: datetime | None = None, attributes: Mapping[str, str] | None = None) -> list[Dataset]:
     """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction.
 
     Parameters
@@ -239,6 +299,8 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     source : the source DICOM object, or None for a .npy input.
     content_hash : sha256 of the input file; the UID anchor when there is no source.
     now : the conversion time (ContentDate/Time), default the current local time.
+    attributes : for a .npy input, the DICOM keywords its sidecar gave (patient, study,
+        acquisition time, device), already validated; ignored with a DICOM source.
 
     Returns
     -------
@@ -260,6 +322,8 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     if not anchor:
         raise ValueError("need the source's SOP Instance UID or the input's content hash for the UIDs")
     now = now or datetime.now()
+    attributes = {} if source is not None or attributes is None else dict(attributes)
+    unknown_patient = source is None and not attributes.get("PatientID")
 
     fs_out = output_fs(fs)
     resampled = fs_out != fs
@@ -275,6 +339,8 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     input_derivation = f"Resampled from {fs:g} Hz (linear interpolation)" if resampled else None
     notice = (f"AI-reconstructed 12-lead ECG: only lead {input_lead} was acquired; the other 11"
               f" leads were reconstructed by {model_text}. NOT FOR DIAGNOSIS.")
+    if unknown_patient:
+        notice += " Patient unknown (no patient identification came with the input)."
     if source is not None and not _valid_uid(source_uid):
         logger.warning("source SOP Instance UID %r is not a valid UID: not referenced", str(source_uid))
         notice += f" Source instance UID (invalid, not referenced): {str(source_uid)[:64]}."
@@ -282,9 +348,12 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     common = Dataset()
     common.SpecificCharacterSet = "ISO_IR 192"
     _copy_patient_study(common, source)
-    common.StudyInstanceUID = _study_uid(source, content_hash)
-    if source is None:
-        # Deterministic like the study's UID; its date and time stay empty (unknown).
+    _apply_attributes(common, attributes)
+    if unknown_patient:
+        _mark_unknown_patient(common, str(anchor))
+    common.StudyInstanceUID = _study_uid(source, content_hash, attributes)
+    if source is None and not attributes.get("StudyID"):
+        # Deterministic like the study's UID; its date and time stay empty unless the sidecar gave them.
         common.StudyID = str(content_hash)[:16]
     common.Modality = "ECG"
     common.SeriesInstanceUID = generate_uid(entropy_srcs=["series", anchor, model_version, input_lead])
@@ -312,9 +381,10 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     equipment.ContributionDateTime = _format_dt(now)
     equipment.ContributionDescription = notice
     equipment.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "DCM", "Processing Equipment")])
-    common.ContributingEquipmentSequence = Sequence([equipment])
+    acquisition = _acquisition_equipment(source, attributes, _format_dt(now))
+    common.ContributingEquipmentSequence = Sequence([equipment] if acquisition is None else [acquisition, equipment])
 
-    acquired = _acquisition_start(source, now)
+    acquired = _acquisition_start(source, now, attributes)
     datasets = []
     for number, (start, stop) in enumerate(parts, start=1):
         ds = Dataset()
@@ -346,7 +416,7 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
 
 def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: float,
                     model_version: str, input_lead: str, source: Dataset | None,
-                    content_hash: str | None) -> list[Path]:
+                    content_hash: str | None, attributes: Mapping[str, str] | None = None) -> list[Path]:
     """Build (see :func:`build_ecg_datasets`) and write the object(s) atomically.
 
     leads_uv: (12, N) µV. Writes ``<out_dir>/<stem>.dcm``, or ``<stem>_001.dcm``,
@@ -356,7 +426,8 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = dicom_file_names(stem, np.shape(leads_uv)[-1], fs)
-    datasets = build_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash)
+    datasets = build_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash,
+                                  attributes=attributes)
     assert len(names) == len(datasets), "dicom_file_names and build_ecg_datasets disagree on the parts"
     paths = []
     for name, ds in zip(names, datasets):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ecg_dicom.files import fsync_dir, safe_stem, write_bytes_atomic
 from ecg_dicom.queue import KEY_LENGTH, Job, JobQueue, new_key
+from ecg_dicom.sidecar import SIDECAR_SUFFIX
 
 LOG = logging.getLogger("ecg_dicom.ingest")
-SIDECAR_SUFFIX = ".json"
 _PART = ".part"
 _INPUT_SUFFIXES = (".dcm", ".npy", ".dicom")
 

@@ -4,6 +4,7 @@ write the same files the same way."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,8 +56,12 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
     if output_format in ("npy", "both"):
         written.append(write_npy_atomic(output_dir / f"{stem}.npy", recon.leads))
     if output_format in ("dicom", "both"):
+        anchor = item.content_hash
+        if item.sidecar is not None:  # the same samples under another patient or rate: other UIDs
+            anchor = hashlib.sha256(f"{item.content_hash}\n{item.sidecar.canonical()}".encode()).hexdigest()
         written += write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
-                                   reconstructor.input_lead, item.dataset, item.content_hash)
+                                   reconstructor.input_lead, item.dataset, anchor,
+                                   item.sidecar.attributes if item.sidecar is not None else None)
     if confidence:
         report = json.dumps(confidence_report(recon, reconstructor.input_lead), indent=2)
         written.append(write_bytes_atomic(output_dir / f"{stem}.confidence.json", report.encode()))
