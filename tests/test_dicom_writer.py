@@ -158,12 +158,12 @@ def test_invalid_source_study_uid_is_replaced_and_logged(shared_data: Path, capl
     assert first.PatientID == source.PatientID
 
 
-def test_npy_input_gets_empty_patient_and_new_study(tmp_path: Path) -> None:
+def test_npy_input_without_a_sidecar_gets_an_unknown_patient_and_a_new_study(tmp_path: Path) -> None:
     leads = synthetic_12_leads(5000, 500.0)
     path = write_ecg_dicom(tmp_path, "from_npy", leads, 500.0, VERSION, "I", None, HASH)[0]
     assert_valid(path)
     ds = pydicom.dcmread(path)
-    assert ds.PatientName == "" and ds.PatientID == "" and ds.PatientBirthDate == ""
+    assert ds.PatientName == "UNKNOWN" and ds.PatientID.startswith("UNKNOWN-") and ds.PatientBirthDate == ""
     assert "ReferencedInstanceSequence" not in ds
     other = build_ecg_datasets(leads, 500.0, "v2", "I", None, HASH, now=datetime(2001, 2, 3, 4, 5, 6))[0]
     different = build_ecg_datasets(leads, 500.0, VERSION, "I", None, "cd" * 32)[0]

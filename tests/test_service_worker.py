@@ -182,7 +182,7 @@ def test_a_sidecar_files_the_result_under_its_patient_and_study(site):
             assert str(ds[keyword].value) == value, keyword
     assert ds.AcquisitionDateTime.startswith("20240501101502")
     assert float(ds.WaveformSequence[0].SamplingFrequency) == 300.0
-    acquisition, processing = ds.ContributingEquipmentSequence
+    processing, acquisition = ds.ContributingEquipmentSequence
     assert (acquisition.Manufacturer, acquisition.ManufacturerModelName, acquisition.InstitutionName) == \
         ("AliveCor", "KardiaMobile", "General Hospital")
     assert acquisition.PurposeOfReferenceCodeSequence[0].CodeMeaning == "Acquisition Equipment"

@@ -382,7 +382,7 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     equipment.ContributionDescription = notice
     equipment.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "DCM", "Processing Equipment")])
     acquisition = _acquisition_equipment(source, attributes, _format_dt(now))
-    common.ContributingEquipmentSequence = Sequence([equipment] if acquisition is None else [acquisition, equipment])
+    common.ContributingEquipmentSequence = Sequence([equipment] if acquisition is None else [equipment, acquisition])
 
     acquired = _acquisition_start(source, now, attributes)
     datasets = []
