@@ -130,7 +130,9 @@ def test_a_dropped_recording_lands_in_its_patients_study_at_pacs(service, pacs, 
     assert study["StudyInstanceUID"] == cart.StudyInstanceUID and patient["PatientID"] == cart.PatientID
     result = dcmread(service.output / f"{stems['known.npy']}.dcm")
     assert result.AccessionNumber == cart.AccessionNumber and result.AcquisitionDateTime.startswith("20240501")
-    assert len(pacs.get(f"/studies/{pacs.lookup(cart.StudyInstanceUID)[0]['ID']}/instances")) == 2
+    in_study = {i["MainDicomTags"]["SOPInstanceUID"]
+                for i in pacs.get(f"/studies/{pacs.lookup(cart.StudyInstanceUID)[0]['ID']}/instances")}
+    assert {cart.SOPInstanceUID, result.SOPInstanceUID} <= in_study          # beside the cart's own ECG
     anon = [orthanc_patient_and_study(pacs, service.output / f"{stems[n]}.dcm") for n in names[1:]]
     assert [p["PatientName"] for p, _ in anon] == ["UNKNOWN", "UNKNOWN"]
     assert anon[0][0]["PatientID"] != anon[1][0]["PatientID"] and all(p["PatientID"] for p, _ in anon)
