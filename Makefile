@@ -41,6 +41,7 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/service.py
+	$(PY) bench/convert_ray.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -96,7 +96,7 @@ class ConvertReport:
                 f" in {seconds:.1f} s ({rate:.1f} ECG/s)")
 
 
-def _reject(item: ArchiveItem, reason: str) -> ItemResult:
+def reject(item: ArchiveItem, reason: str) -> ItemResult:
     """Record a refused input: no completion marker, a reason file beside where its results would be."""
     try:
         clear_done(item)
@@ -138,9 +138,9 @@ def _write(item: ArchiveItem, lead: LeadInput, recon, reconstructor: Reconstruct
                                 settings.output_format, settings.confidence)
         mark_done(item, marker, written, lead.content_hash)
     except (EcgDicomError, ValueError) as exc:
-        return _reject(item, str(exc))
+        return reject(item, str(exc))
     except OSError as exc:
-        return _reject(item, f"cannot write its results: {exc.strerror or exc}")
+        return reject(item, f"cannot write its results: {exc.strerror or exc}")
     (item.out_dir / f"{item.stem}.reason.txt").unlink(missing_ok=True)  # from an earlier, refused try
     return ItemResult(item.name, CONVERTED, written=written)
 
@@ -164,16 +164,16 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
         try:
             loaded.append((index, item, _load(item, reconstructor, settings)))
         except InputError as exc:
-            results[index] = _reject(item, str(exc))
+            results[index] = reject(item, str(exc))
         except Exception as exc:  # noqa: BLE001 - an unexpected reader failure is still the input's problem
             log.exception("%s: unexpected error while reading", item.name)
-            results[index] = _reject(item, f"unreadable input ({type(exc).__name__}: {exc})")
+            results[index] = reject(item, f"unreadable input ({type(exc).__name__}: {exc})")
     for group in _window_groups(loaded, reconstructor, max_windows):
         recons = reconstructor.reconstruct_isolated([lead.signal_uv for _, _, lead in group],
                                                     [lead.fs for _, _, lead in group])
         for (index, item, lead), recon in zip(group, recons):
             if isinstance(recon, Exception):
-                results[index] = _reject(item, f"reconstruction failed ({type(recon).__name__}: {recon})")
+                results[index] = reject(item, f"reconstruction failed ({type(recon).__name__}: {recon})")
             else:
                 results[index] = _write(item, lead, recon, reconstructor, settings, marker)
     return [results[index] for index in range(len(items))]

@@ -37,7 +37,15 @@ import numpy as np
 import torch
 
 from ecg_dicom.archive import ArchiveItem, find_inputs
-from ecg_dicom.convert import FILES_PER_BATCH, ConvertReport, ConvertSettings, ItemResult, check_folders, convert_batch
+from ecg_dicom.convert import (
+    FILES_PER_BATCH,
+    ConvertReport,
+    ConvertSettings,
+    ItemResult,
+    check_folders,
+    convert_batch,
+    reject,
+)
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import EcgDicomError
 
@@ -49,6 +57,10 @@ TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 # and a Unix socket path may not exceed 107 bytes.
 MAX_TEMP_DIR_CHARS = 40
 THREADS_PER_WORKER = 1  # one core per actor: processes scale better than torch's intra-op threads
+# A batch whose worker process dies (killed, out of memory, a crash in native code) is tried
+# again on a fresh worker this many times; then its inputs are reported as not converted
+# and the job goes on (Ray Data's default would retry it forever).
+BATCH_RETRIES = 2
 
 
 def import_ray() -> Any:
@@ -152,14 +164,17 @@ def ray_session(address: str | None = None, temp_dir: str | Path | None = None,
 def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: ConvertSettings,
                     checkpoint: str | Path | None = None, input_lead: str = "I", device: str = "cpu",
                     batch_size: int = 32, num_workers: int | None = None,
-                    files_per_batch: int = FILES_PER_BATCH, exclude: tuple[Path, ...] = ()) -> ConvertReport:
+                    files_per_batch: int = FILES_PER_BATCH, exclude: tuple[Path, ...] = (),
+                    converter: type = BatchConverter) -> ConvertReport:
     """Convert every input below ``input_dir`` on the connected Ray cluster (see :func:`ray_session`).
 
     Same inputs, results, reasons and skip-what-is-done rule as
     :func:`ecg_dicom.convert.convert_folder`. ``num_workers`` actors (default: one per CPU
     of the cluster), each with one CPU and one torch thread, take ``files_per_batch``
     inputs at a time (fewer when the archive is small), ``batch_size`` windows per forward
-    pass. Rejected inputs are named on stderr as their rows arrive.
+    pass. Rejected inputs are named on stderr as their rows arrive. An input whose batch's
+    worker died :data:`BATCH_RETRIES` + 1 times is rejected with that reason by the driver.
+    ``converter`` is the ``map_batches`` class (:class:`BatchConverter`).
     """
     ray = import_ray()
     input_dir, output_dir = check_folders(input_dir, output_dir, settings.output_format)
@@ -177,7 +192,7 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
     rows = [item.to_row() for item in items]
     dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_batch))
     converted = dataset.map_batches(
-        BatchConverter,
+        converter,
         fn_constructor_kwargs={"checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
                                "input_lead": input_lead, "device": device, "batch_size": batch_size,
                                "settings": asdict(settings)},
@@ -185,13 +200,22 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=THREADS_PER_WORKER,
+        max_task_retries=BATCH_RETRIES,  # a Ray remote argument (deprecated for Ray 2.64; pinned 2.60)
     )
+    converted.context.max_errored_blocks = -1  # a batch lost after its retries is reported below
+    reported: set[str] = set()
     try:
         for batch in converted.iter_batches(batch_size=None, batch_format="numpy"):
             for name, status, reason in zip(batch["name"], batch["status"], batch["reason"]):
                 report.add(ItemResult(str(name), str(status), str(reason)))
+                reported.add(str(name))
     except ray.exceptions.RayError as exc:  # e.g. a worker that cannot load the model
         raise EcgDicomError(f"the Ray job failed: {exc}") from None
+    if len(reported) < len(items):
+        for item in items:
+            if item.name not in reported:
+                report.add(reject(item, f"not converted: the Ray worker converting its batch died"
+                                        f" {BATCH_RETRIES + 1} times (see Ray's logs)"))
     return report
 
 

@@ -135,7 +135,8 @@ def test_a_record_that_breaks_the_model_fails_alone(tiny_reconstructor, tmp_path
     monkeypatch.setattr(tiny_reconstructor, "reconstruct_batch", breaks_on_r2)
     report = convert_folder(inp, tmp_path / "out", tiny_reconstructor)
     assert set(report.written) == {"r0", "r1", "r2"} and set(report.failed) == {"r3"}
-    assert "reconstruction failed (RuntimeError: model blew up)" in (tmp_path / "out" / "r3.reason.txt").read_text()
+    reason = (tmp_path / "out" / "r3.reason.txt").read_text()
+    assert "reconstruction failed (RuntimeError: model blew up)" in reason
 
 
 def test_reconstruct_calls_are_grouped_by_window_count(tiny_reconstructor, tmp_path, monkeypatch):

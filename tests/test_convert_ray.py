@@ -24,7 +24,7 @@ from conftest import synthetic_lead
 from ecg_dicom.archive import find_inputs, is_done
 from ecg_dicom.cli import main
 from ecg_dicom.convert import ConvertSettings, convert_folder
-from ecg_dicom.convert_ray import convert_archive, ray_session
+from ecg_dicom.convert_ray import BatchConverter, convert_archive, ray_session
 from ecg_dicom.core.inference import Reconstructor
 
 pytestmark = pytest.mark.ray
@@ -88,7 +88,7 @@ def test_ray_results_equal_the_single_process_engine(ray_instance, shared_data, 
             assert a.read_text() == b.read_text()
 
 
-def test_cli_engine_ray_exit_status_reasons_and_rerun(ray_instance, shared_data, tiny_checkpoint, tmp_path,
+def test_cli_engine_ray_exit_status_and_reasons(ray_instance, shared_data, tiny_checkpoint, tmp_path,
                                                      capsys):
     inp = small_tree(tmp_path, shared_data)
     out = tmp_path / "out"
@@ -102,12 +102,35 @@ def test_cli_engine_ray_exit_status_reasons_and_rerun(ray_instance, shared_data,
     assert (out / "ward2" / "garbage.reason.txt").read_text().strip()
     assert np.load(out / "ward2" / "holter" / "long.npy").shape == (12, 60_000)
 
-    assert main(args) == 1  # nothing left to do but the bad files, which are judged again
-    assert "converted 0, rejected 4, skipped as done 6" in capsys.readouterr().err
-
     good = ["convert", str(inp / "ward1"), str(tmp_path / "good"), "--checkpoint", str(tiny_checkpoint),
             "--engine", "ray"]
     assert main(good) == 0
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in session ``sid`` (/proc/PID/stat fields 3 and 6)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_session(sid: int, timeout: float = 30.0) -> None:
+    """SIGKILL every process of the session this test started, until none is left."""
+    deadline = time.monotonic() + timeout
+    while (pids := session_members(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    assert not session_members(sid), "Ray processes outlived the kill"
 
 
 def test_resume_after_the_driver_is_killed_converts_only_what_is_missing(ray_instance, tmp_path):
@@ -134,10 +157,7 @@ def test_resume_after_the_driver_is_killed_converts_only_what_is_missing(ray_ins
             pytest.fail(f"convert ended before it could be killed:\n{proc.communicate()[1].decode()[-3000:]}")
         os.kill(proc.pid, signal.SIGKILL)  # the driver, half-way
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # and the Ray processes it started
-        except ProcessLookupError:
-            pass
+        kill_session(proc.pid)  # and every Ray process it started (workers have process groups of their own)
         stderr = proc.communicate(timeout=60)[1].decode(errors="replace")
         shutil.rmtree(ray_temp, ignore_errors=True)
     assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
@@ -154,6 +174,32 @@ def test_resume_after_the_driver_is_killed_converts_only_what_is_missing(ray_ins
     assert not list(out.rglob("*.part"))
     for item in items:
         assert np.load(item.out_dir / f"{item.stem}.npy").shape == (12, 5000)
+
+
+class DiesOnCrashInputs(BatchConverter):
+    """A worker whose process dies (as on a crash in native code) on a batch holding a "crash" input."""
+
+    def __call__(self, batch):
+        if any("crash" in str(name) for name in batch["name"]):
+            os._exit(3)
+        return super().__call__(batch)
+
+
+def test_a_batch_whose_worker_keeps_dying_is_reported_and_the_job_goes_on(ray_instance, tiny_checkpoint,
+                                                                          tmp_path):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in ("a", "b", "crash", "d", "e", "f"):
+        np.save(inp / f"{name}.npy", synthetic_lead())
+    out = tmp_path / "out"
+    report = convert_archive(inp, out, ConvertSettings(), tiny_checkpoint, num_workers=2, files_per_batch=1,
+                             converter=DiesOnCrashInputs)
+    assert set(report.written) == {"a", "b", "d", "e", "f"}
+    assert set(report.failed) == {"crash"} and "worker converting its batch died 3 times" in report.failed["crash"]
+    assert "died 3 times" in (out / "crash.reason.txt").read_text()
 
 
 def test_without_ray_the_engine_says_how_to_install_it(tiny_checkpoint, tmp_path, monkeypatch, capsys):
