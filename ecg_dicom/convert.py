@@ -179,15 +179,23 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
     return [results[index] for index in range(len(items))]
 
 
-def check_folders(input_dir: str | Path, output_dir: str | Path, output_format: str) -> tuple[Path, Path]:
-    """The input and output folders, checked (raises InputError / ValueError)."""
+def find_archive(input_dir: str | Path, output_dir: str | Path, output_format: str,
+                 exclude: Sequence[Path] = ()) -> list[ArchiveItem]:
+    """Check the folders (raises InputError / ValueError), create the output folder, find the
+    inputs (:func:`find_inputs`) and name on stderr each sidecar that belongs to no input.
+    What both engines do before converting."""
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise InputError(f"input folder {input_dir} does not exist")
     output_dir.mkdir(parents=True, exist_ok=True)
-    return input_dir, output_dir
+    items = find_inputs(input_dir, output_dir, exclude)
+    root = input_dir.resolve()  # the items' sources are resolved paths
+    for stray in stray_sidecars(root, [item.source for item in items], exclude=[output_dir, *exclude]):
+        print(f"ecg-dicom: {stray.relative_to(root)}: a sidecar with no {stray.stem}.npy beside it; not used",
+              file=sys.stderr)
+    return items
 
 
 def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,
@@ -197,16 +205,13 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
 
     .npy inputs are one lead in ``units`` at ``fs`` Hz unless their ``<stem>.json`` sidecar
     says otherwise (the service's sidecar, patient and study included: :mod:`ecg_dicom.sidecar`);
-    DICOM inputs bring their own. ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV and/or ``OUT/a/x.dcm``; a refused
-    input gets ``OUT/a/x.reason.txt`` and a line on stderr; an input already converted with
-    the same settings is skipped. ``batch_size`` inputs are read and converted at a time.
+    DICOM inputs bring their own. ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV
+    and/or ``OUT/a/x.dcm``; a refused input gets ``OUT/a/x.reason.txt`` and a line on stderr;
+    an input already converted with the same settings is skipped. ``batch_size`` inputs are
+    read and converted at a time.
     """
-    input_dir, output_dir = check_folders(input_dir, output_dir, output_format)
+    items = find_archive(input_dir, output_dir, output_format)
     settings = ConvertSettings(fs, units, output_format, confidence)
-    items = find_inputs(input_dir, output_dir)
-    for stray in stray_sidecars(input_dir, [item.source for item in items], exclude=[output_dir]):
-        print(f"ecg-dicom: {stray.relative_to(input_dir)}: a sidecar with no {stray.stem}.npy beside it; not used",
-              file=sys.stderr)
     report = ConvertReport()
     bar = tqdm(total=len(items), unit="ecg", disable=not sys.stderr.isatty())
     for start in range(0, len(items), batch_size):

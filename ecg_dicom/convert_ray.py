@@ -36,14 +36,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ecg_dicom.archive import ArchiveItem, find_inputs
+from ecg_dicom.archive import ArchiveItem
 from ecg_dicom.convert import (
     FILES_PER_BATCH,
     ConvertReport,
     ConvertSettings,
     ItemResult,
-    check_folders,
     convert_batch,
+    find_archive,
     reject,
 )
 from ecg_dicom.core.inference import Reconstructor
@@ -177,8 +177,7 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
     ``converter`` is the ``map_batches`` class (:class:`BatchConverter`).
     """
     ray = import_ray()
-    input_dir, output_dir = check_folders(input_dir, output_dir, settings.output_format)
-    items = find_inputs(input_dir, output_dir, exclude=exclude)
+    items = find_archive(input_dir, output_dir, settings.output_format, exclude)
     report = ConvertReport()
     if not items:
         return report

@@ -186,3 +186,14 @@ def test_is_done_refuses_a_damaged_result(tiny_reconstructor, tmp_path, damage):
     else:
         settings = {**settings, "units": "mV"}
     assert not is_done(item, settings)
+
+
+def test_sidecars_are_matched_whatever_the_input_path_and_strays_are_named(shared_data, tiny_checkpoint,
+                                                                           tmp_path, monkeypatch, capsys):
+    make_tree(tmp_path, shared_data)  # site_a/2024/p2.npy has its sidecar p2.json
+    (tmp_path / "in" / "site_b" / "orphan.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)  # a relative INPUT_DIR, as typed
+    assert main(["convert", "in", "out", "--checkpoint", str(tiny_checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert "site_b/orphan.json: a sidecar with no orphan.npy beside it" in err
+    assert "p2.json" not in err

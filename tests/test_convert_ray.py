@@ -56,6 +56,8 @@ def small_tree(root: Path, shared_data: Path) -> Path:
     (inp / "ward2" / "garbage.npy").write_bytes(b"this is not numpy")
     for i, source in enumerate(DICOM_SOURCES):
         shutil.copy(shared_data / source, inp / "carts" / f"cart{i}.dcm")
+    (inp / "ward1" / "ecg1.json").write_text('{"fs": 500}')
+    (inp / "ward1" / "stray.json").write_text("{}")
     return inp
 
 
@@ -97,6 +99,7 @@ def test_cli_engine_ray_exit_status_and_reasons(ray_instance, shared_data, tiny_
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "skipped ward2/nan: 1 of 5000 samples are NaN" in err
+    assert "ward1/stray.json: a sidecar with no stray.npy" in err and "ecg1.json" not in err
     assert "converted 6, rejected 4, skipped as done 0" in err
     assert "CT Image Storage" in (out / "carts" / "cart2.reason.txt").read_text()
     assert (out / "ward2" / "garbage.reason.txt").read_text().strip()
