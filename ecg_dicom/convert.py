@@ -29,6 +29,7 @@ from ecg_dicom.core.model import BiLSTMAttentionModel
 from ecg_dicom.errors import EcgDicomError, InputError
 from ecg_dicom.files import write_reason
 from ecg_dicom.inputs import LeadInput, load_input
+from ecg_dicom.logsafe import strip_wire
 from ecg_dicom.leads import learned_leads
 from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
 from ecg_dicom.sidecar import sidecar_path, stray_sidecars
@@ -98,6 +99,7 @@ class ConvertReport:
 
 def reject(item: ArchiveItem, reason: str) -> ItemResult:
     """Record a refused input: no completion marker, a reason file beside where its results would be."""
+    reason = strip_wire(reason)  # values from the input kept, escaped, without their marks
     try:
         clear_done(item)
         write_reason(item.out_dir, item.stem, reason)

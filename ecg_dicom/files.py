@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecg_dicom.logsafe import strip_wire
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM = 100
 # ``<name>-2``, ``<name>-3``...: how a name already taken is made distinct
@@ -90,4 +92,5 @@ def write_reason(folder: str | Path, stem: str, reason: str) -> Path:
     """Write ``<folder>/<stem>.reason.txt`` holding the one-line reason an input was refused."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return write_bytes_atomic(folder / f"{safe_stem(stem)}.reason.txt", (reason.strip() + "\n").encode())
+    text = strip_wire(reason.strip())  # one line: values from the input escaped
+    return write_bytes_atomic(folder / f"{safe_stem(stem)}.reason.txt", (text + "\n").encode())

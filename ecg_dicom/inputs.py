@@ -7,19 +7,26 @@ judged the same way whichever door it came in by.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
 
-from ecg_dicom.core.preprocess import MAX_DURATION_S, MAX_FS_HZ, check_single_lead
+from ecg_dicom.core.preprocess import check_single_lead
 from ecg_dicom.errors import InputError
+from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
+from ecg_dicom.logsafe import wire
 from ecg_dicom.sidecar import Sidecar, read_sidecar
 
 NPY_MAGIC = b"\x93NUMPY"
 DICOM_MAGIC_OFFSET = 128
-MAX_NPY_SAMPLES = int(MAX_DURATION_S * MAX_FS_HZ)
+# What numpy's header parser raises on a corrupt header (it evaluates a Python literal)
+_NPY_HEADER_ERRORS = (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, RecursionError,
+                      MemoryError, TypeError, OverflowError, UnicodeError)
 
 
 @dataclass
@@ -50,6 +57,19 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def refuse_links(path: str | Path) -> None:
+    """Refuse anything but a regular file at ``path`` itself (a symbolic link is not
+    followed, its target never read). Raises InputError."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}") from None
+    if stat.S_ISLNK(mode):
+        raise InputError("a symbolic link, refused: only regular files are taken (its target was not read)")
+    if not stat.S_ISREG(mode):
+        raise InputError("not a regular file, refused")
+
+
 def is_npy_file(path: str | Path) -> bool:
     """True when the file starts with the .npy magic string."""
     with open(path, "rb") as fh:
@@ -72,7 +92,7 @@ def looks_like_input(path: Path) -> bool:
     return is_dicom_file(path)
 
 
-def read_npy_array(path: str | Path) -> np.ndarray:
+def read_npy_array(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Load a .npy without pickle, refusing a huge one from its header before reading it."""
     try:
         with open(path, "rb") as fh:
@@ -80,46 +100,52 @@ def read_npy_array(path: str | Path) -> np.ndarray:
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(fh)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"not a readable .npy file: {exc}") from exc
+    except _NPY_HEADER_ERRORS as exc:
+        raise InputError(f"not a readable .npy file: corrupt header ({type(exc).__name__}: {wire(exc)})") from None
     if dtype.hasobject:
         raise InputError("holds Python objects, not numbers (pickled data is refused)")
-    n = int(np.prod(shape)) if shape else 1
-    if n > MAX_NPY_SAMPLES:
-        raise InputError(f"too large: {n} samples (shape {shape}), at most {MAX_NPY_SAMPLES} for one lead")
+    if dtype.kind not in "iuf":
+        raise InputError(f"not a numeric array (dtype kind {dtype.kind!r}): one lead of numbers expected")
+    n = int(np.prod(shape, dtype=object)) if shape else 1
+    if n > limits.max_samples_per_channel:
+        raise InputError(f"too large: {n} samples (shape {shape}), at most {limits.max_samples_per_channel} "
+                         "for one lead (limits.max_samples_per_channel)")
     try:
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"not a readable .npy file: {exc}") from exc
+    except _NPY_HEADER_ERRORS as exc:
+        raise InputError(f"not a readable .npy file: {type(exc).__name__}: {wire(exc)}") from None
 
 
-def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV") -> LeadInput:
+def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",
+              limits: Limits = DEFAULT_LIMITS) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
 
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
-    (its own sampling rate and units). Raises :class:`InputError` with a one-line reason.
+    (its own sampling rate and units). Inputs beyond ``limits`` are refused before they are
+    decoded. Raises :class:`InputError` with a one-line reason.
     """
     path = Path(path)
     try:
+        check_input_bytes(os.stat(path).st_size, limits)
         npy = is_npy_file(path)
         dicom = not npy and (is_dicom_file(path) or path.suffix.lower() in (".dcm", ".dicom"))
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
     if npy:
-        signal = check_single_lead(read_npy_array(path), fs, units)
+        signal = check_single_lead(read_npy_array(path, limits), fs, units)
         return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy")
     if dicom:
         from ecg_dicom.dicom.reader import read_dicom_lead
 
-        lead = read_dicom_lead(path, input_lead)
+        lead = read_dicom_lead(path, input_lead, limits)
         signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
         return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom")
     raise InputError("neither a .npy array nor a DICOM file (no NUMPY magic, no DICM preamble)")
 
 
 def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",
-               sidecar: str | Path | None = None) -> LeadInput:
+               sidecar: str | Path | None = None, limits: Limits = DEFAULT_LIMITS) -> LeadInput:
     """Read one input the way both doors (``serve``, ``convert``) read it: ``path`` plus its
     sidecar file ``sidecar`` (None or missing: no sidecar; see :func:`ecg_dicom.sidecar.sidecar_path`).
 
@@ -129,10 +155,10 @@ def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str 
     """
     params = read_sidecar(sidecar)
     if params is None:
-        return load_lead(path, input_lead, fs, units)
+        return load_lead(path, input_lead, fs, units, limits)
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
-    item = load_lead(path, input_lead, params.fs or fs, params.units or units)
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits)
     if item.kind != "npy":
         raise InputError("a sidecar .json belongs to a .npy input; this is a DICOM file, which carries "
                          "its own rate, lead and patient")

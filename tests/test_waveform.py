@@ -189,7 +189,7 @@ def test_missing_lead_lists_leads_present(mortara: pydicom.Dataset) -> None:
     source.CodeValue, source.CodeMeaning = "99999", "Esophageal lead"
     # Lead I still sits in the median-beat group, which is never read as a rhythm.
     with pytest.raises(WaveformError, match=r"no lead I in the rhythm waveform; leads present: "
-                                            r"Esophageal lead, II, III, aVR, aVL, aVF, V1"):
+                                            r"«Esophageal lead», II, III, aVR, aVL, aVF, V1"):
         read_dicom_lead(ds, "I")
 
 
@@ -205,11 +205,12 @@ def test_longest_group_is_the_rhythm_even_unlabelled(mortara: pydicom.Dataset) -
 def test_correction_factor_and_baseline_are_honoured(mortara: pydicom.Dataset) -> None:
     ds = copy.deepcopy(mortara)
     channel = ds.WaveformSequence[0].ChannelDefinitionSequence[1]
+    channel.ChannelSensitivity = "0.00125"
     channel.ChannelSensitivityCorrectionFactor = 2
-    channel.ChannelBaseline = 10
+    channel.ChannelBaseline = "0.01"
     channel.ChannelSensitivityUnitsSequence[0].CodeValue = "mV"
     raw = pydicom.waveforms.multiplex_array(ds, 0, as_raw=True)[:, 1]
-    expected = (raw * 1.25 * 2 + 10) * 1000
+    expected = (raw * 0.00125 * 2 + 0.01) * 1000
     np.testing.assert_allclose(read_dicom_lead(ds, "II").signal_uv, expected)
 
 
@@ -217,7 +218,7 @@ def test_correction_factor_and_baseline_are_honoured(mortara: pydicom.Dataset) -
     (lambda ds: delattr(ds, "WaveformSequence"), r"has no Waveform Sequence \(5400,0100\)"),
     (lambda ds: delattr(ds, "SOPClassUID"), r"no SOP Class UID"),
     (lambda ds: setattr(ds.WaveformSequence[0], "WaveformSampleInterpretation", "MB"),
-     r"group 1: unsupported samples: 16 bits allocated, interpretation 'MB'"),
+     r"group 1: unsupported samples: 16 bits allocated, interpretation «MB»"),
     (lambda ds: setattr(ds.WaveformSequence[0], "WaveformData", ds.WaveformSequence[0].WaveformData[:-24]),
      r"waveform data truncated: multiplex group 1 holds 239976 bytes, expected 240000"),
     (lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", ExplicitVRBigEndian),
@@ -230,7 +231,7 @@ def test_correction_factor_and_baseline_are_honoured(mortara: pydicom.Dataset) -
      r"lead I has no Channel Sensitivity"),
     (lambda ds: setattr(ds.WaveformSequence[0].ChannelDefinitionSequence[0]
                         .ChannelSensitivityUnitsSequence[0], "CodeValue", "mm[Hg]"),
-     r"lead I is in units 'mm\[Hg\]', not a voltage"),
+     r"lead I is in units «mm\[Hg\]», not a voltage"),
     (lambda ds: setattr(ds.WaveformSequence[0], "NumberOfWaveformChannels", 13),
      r"group 1: 12 channel definitions for 13 channels"),
 ])

@@ -14,6 +14,8 @@ Sequence* code (UCUM ``uV``, ``mV``, ...).
 from __future__ import annotations
 
 import struct
+import tokenize
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.waveforms.numpy_handler import multiplex_array
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -29,8 +32,10 @@ from pydicom.uid import (
 )
 
 from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES, MDC_CODES, SCPECG_CODES
-from ecg_dicom.errors import WaveformError
+from ecg_dicom.errors import InputError, WaveformError
 from ecg_dicom.leads import canonical_lead_name
+from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_inflated_size, check_waveform_size
+from ecg_dicom.logsafe import wire
 
 # Uncompressed little-endian encodings: pydicom hands Waveform Data (OW) over as raw
 # bytes and decodes them little-endian, so Explicit VR Big Endian would be misread.
@@ -47,9 +52,18 @@ LINEAR_SAMPLE_FORMATS: dict[tuple[int, str], int] = {
 # UCUM codes of (003A,0211) Channel Sensitivity Units -> factor to µV.
 UNIT_TO_UV: dict[str, float] = {"nV": 1e-3, "uV": 1.0, "mV": 1e3, "V": 1e6}
 
-# What pydicom raises on corrupt bytes (unknown VR, bad lengths, undecodable values).
+# What pydicom raises on corrupt bytes (unknown VR, bad lengths, undecodable values,
+# a corrupt deflate stream, sequences nested hundreds deep, values with thousands of digits).
 _PARSE_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-                 IndexError, NotImplementedError, struct.error)
+                 IndexError, NotImplementedError, struct.error, zlib.error, RecursionError,
+                 OverflowError, MemoryError, UnicodeError, SyntaxError, tokenize.TokenError)
+
+# Microvolts per stored unit (sensitivity x correction factor x units) outside this range are
+# not an ECG amplifier: real carts use 0.5-5 µV; 8-bit ambulatory recorders up to ~20 µV.
+MIN_UV_PER_UNIT = 1e-3
+MAX_UV_PER_UNIT = 1e3
+# Channel Baseline (in the channel's units, as µV) beyond this is not a physical offset
+MAX_BASELINE_UV = 1e6
 
 _CODE_TO_LEAD: dict[tuple[str, str], str] = {
     **{("SCPECG", code): lead for lead, code in SCPECG_CODES.items()},
@@ -74,7 +88,28 @@ class DicomLead:
 def sop_class_text(uid: str) -> str:
     """``"<name> (<uid>)"`` for a SOP Class UID, e.g. ``CT Image Storage (1.2.840....2)``."""
     name = ECG_WAVEFORM_SOP_CLASSES.get(uid) or UID(uid).name
-    return f"{name} ({uid})" if name != uid else f"unknown SOP class ({uid})"
+    return f"{name} ({uid})" if name != uid else f"unknown SOP class ({wire(uid)})"
+
+
+def check_deflated_file(path: Path, limits: Limits) -> None:
+    """For a Deflated Explicit VR Little Endian file: refuse it when its data set inflates
+    beyond ``limits.max_inflated_bytes`` (or is corrupt), before pydicom inflates it whole."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except _PARSE_ERRORS + (InvalidDicomError,):
+        return  # _read_file says what is wrong with it
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    with open(path, "rb") as fh:
+        data = fh.read()
+    # the data set starts after the preamble, 'DICM' and the group 0002 elements
+    start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)
+    if "FileMetaInformationGroupLength" not in meta or start > len(data):
+        raise WaveformError("deflated file without a usable File Meta Information Group Length (0002,0000)")
+    try:
+        check_inflated_size(memoryview(data)[start:], limits)
+    except InputError as exc:
+        raise WaveformError(str(exc)) from None
 
 
 def _read_file(path: Path) -> Dataset:
@@ -87,7 +122,7 @@ def _read_file(path: Path) -> Dataset:
             " Information"
         ) from exc
     except _PARSE_ERRORS as exc:
-        raise WaveformError(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
+        raise WaveformError(f"unreadable DICOM file: {_parse_error_text(exc)}") from exc
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         raise WaveformError("File Meta Information has no Transfer Syntax UID (0002,0010)")
     return ds
@@ -109,6 +144,15 @@ def _check_encoding(ds: Dataset) -> None:
             f"unsupported transfer syntax {UID(tsyntax).name} ({tsyntax}) for waveform data;"
             f" expected one of: {names}"
         )
+
+
+def _parse_error_text(exc: BaseException) -> str:
+    """One line for an exception a parser raised (its message may quote input bytes)."""
+    if isinstance(exc, RecursionError):
+        return "sequences nested too deeply"
+    if isinstance(exc, MemoryError):
+        return "a value too large to hold in memory"
+    return f"{type(exc).__name__}: {wire(exc, 120)}"
 
 
 def _lead_of_channel(channel: Dataset) -> str | None:
@@ -134,8 +178,9 @@ def _channel_name(channel: Dataset) -> str:
     for source in channel.get("ChannelSourceSequence", []):
         meaning = source.get("CodeMeaning") or source.get("CodeValue")
         if meaning:
-            return str(meaning)
-    return str(channel.get("ChannelLabel") or "unnamed channel")
+            return wire(meaning, 32)
+    label = channel.get("ChannelLabel")
+    return wire(label, 32) if label else "unnamed channel"
 
 
 def _is_median_group(group: Dataset) -> bool:
@@ -150,13 +195,13 @@ def _group_fs(group: Dataset, index: int) -> float:
     if not np.isfinite(fs) or fs <= 0:
         raise WaveformError(
             f"multiplex group {index + 1} has no valid Sampling Frequency (003A,001A):"
-            f" {group.get('SamplingFrequency')!r}"
+            f" {wire(group.get('SamplingFrequency'), 32)}"
         )
     return fs
 
 
-def _check_group(group: Dataset, index: int) -> tuple[int, int]:
-    """Check one multiplex group's layout; return (channels, samples)."""
+def _check_group(group: Dataset, index: int, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """Check one multiplex group's layout against its data; return (channels, samples)."""
     required = ("NumberOfWaveformChannels", "NumberOfWaveformSamples", "WaveformBitsAllocated",
                 "WaveformSampleInterpretation", "WaveformData", "ChannelDefinitionSequence")
     missing = [keyword for keyword in required if group.get(keyword) in (None, "")]
@@ -167,13 +212,17 @@ def _check_group(group: Dataset, index: int) -> tuple[int, int]:
     if (bits, interpretation) not in LINEAR_SAMPLE_FORMATS:
         raise WaveformError(
             f"multiplex group {index + 1}: unsupported samples: {bits} bits allocated,"
-            f" interpretation {interpretation!r} (supported: "
+            f" interpretation {wire(interpretation, 16)} (supported: "
             + ", ".join(f"{b}-bit {i}" for b, i in LINEAR_SAMPLE_FORMATS) + ")"
         )
     channels = int(group.NumberOfWaveformChannels)
     samples = int(group.NumberOfWaveformSamples)
     if channels <= 0 or samples <= 0:
         raise WaveformError(f"multiplex group {index + 1} has {channels} channels x {samples} samples")
+    try:
+        check_waveform_size(channels, samples, limits, index + 1)
+    except InputError as exc:
+        raise WaveformError(str(exc)) from None
     if len(group.ChannelDefinitionSequence) != channels:
         raise WaveformError(
             f"multiplex group {index + 1}: {len(group.ChannelDefinitionSequence)} channel definitions"
@@ -186,13 +235,63 @@ def _check_group(group: Dataset, index: int) -> tuple[int, int]:
             f"waveform data truncated: multiplex group {index + 1} holds {present} bytes, expected"
             f" {expected} ({channels} channels x {samples} samples x {bits} bits)"
         )
+    # One pad byte makes an odd length even; anything more means the declared layout (bits
+    # allocated, channels, samples) is not the data's: decoding it would scramble the leads.
+    if present > expected + (expected % 2):
+        raise WaveformError(
+            f"waveform data longer than declared: multiplex group {index + 1} holds {present} bytes,"
+            f" {channels} channels x {samples} samples x {bits} bits is {expected}"
+        )
+    for ch_index, channel in enumerate(group.ChannelDefinitionSequence):
+        stored = channel.get("WaveformBitsStored")
+        if stored not in (None, "") and not 1 <= int(stored) <= bits:
+            raise WaveformError(
+                f"multiplex group {index + 1}, channel {ch_index + 1}: {int(stored)} bits stored"
+                f" in {bits}-bit samples"
+            )
     return channels, samples
+
+
+def _channel_scale(channel: Dataset, lead: str) -> tuple[float, float]:
+    """(µV per stored unit, baseline µV) of one channel: sensitivity x correction factor in
+    its units, converted to µV. Refuses a non-physical or sign-inverting calibration."""
+    if channel.get("ChannelSensitivity") in (None, ""):
+        raise WaveformError(f"lead {lead} has no Channel Sensitivity (003A,0210): amplitude unknown")
+    factor = _units_factor(channel, lead)
+    sensitivity = _finite(channel.get("ChannelSensitivity"), lead, "Channel Sensitivity (003A,0210)")
+    correction = channel.get("ChannelSensitivityCorrectionFactor")
+    correction = 1.0 if correction in (None, "") else _finite(
+        correction, lead, "Channel Sensitivity Correction Factor (003A,0212)")
+    baseline = channel.get("ChannelBaseline")
+    baseline = 0.0 if baseline in (None, "") else _finite(baseline, lead, "Channel Baseline (003A,0213)")
+    if sensitivity <= 0 or correction <= 0:
+        raise WaveformError(
+            f"lead {lead}: non-physical calibration (sensitivity {sensitivity:g}, correction factor"
+            f" {correction:g}): a value <= 0 would invert or erase the lead"
+        )
+    uv_per_unit = sensitivity * correction * factor
+    if not MIN_UV_PER_UNIT <= uv_per_unit <= MAX_UV_PER_UNIT:
+        raise WaveformError(
+            f"lead {lead}: non-physical calibration: {uv_per_unit:g} µV per stored unit (sensitivity x"
+            f" correction factor), expected {MIN_UV_PER_UNIT:g}-{MAX_UV_PER_UNIT:g}"
+        )
+    if abs(baseline * factor) > MAX_BASELINE_UV:
+        raise WaveformError(f"lead {lead}: non-physical Channel Baseline {baseline * factor:g} µV")
+    return uv_per_unit, baseline * factor
+
+
+def _finite(value: object, lead: str, what: str) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise WaveformError(f"lead {lead}: {what} is not a number: {wire(value, 32)}") from None
+    if not np.isfinite(number):
+        raise WaveformError(f"lead {lead}: {what} is not finite ({number})")
+    return number
 
 
 def _units_factor(channel: Dataset, lead: str) -> float:
     """Factor from the channel's sensitivity units to µV."""
-    if channel.get("ChannelSensitivity") in (None, ""):
-        raise WaveformError(f"lead {lead} has no Channel Sensitivity (003A,0210): amplitude unknown")
     units = channel.get("ChannelSensitivityUnitsSequence")
     if not units:
         raise WaveformError(f"lead {lead} has no Channel Sensitivity Units Sequence (003A,0211)")
@@ -201,12 +300,12 @@ def _units_factor(channel: Dataset, lead: str) -> float:
         code = "uV"
     if code not in UNIT_TO_UV:
         raise WaveformError(
-            f"lead {lead} is in units {code!r}, not a voltage (expected one of {sorted(UNIT_TO_UV)})"
+            f"lead {lead} is in units {wire(code, 16)}, not a voltage (expected one of {sorted(UNIT_TO_UV)})"
         )
     return UNIT_TO_UV[code]
 
 
-def read_dicom_lead(source: str | Path | Dataset, lead: str) -> DicomLead:
+def read_dicom_lead(source: str | Path | Dataset, lead: str, limits: Limits = DEFAULT_LIMITS) -> DicomLead:
     """Read ``lead`` from a DICOM ECG waveform object (a path or an already-read Dataset).
 
     Parameters
@@ -215,6 +314,8 @@ def read_dicom_lead(source: str | Path | Dataset, lead: str) -> DicomLead:
         A DICOM Part 10 file, or a dataset already read (from a file or the network).
     lead : str
         The lead wanted, in any common spelling (``"I"``, ``"ii"``, ``"Lead II"``).
+    limits : Limits
+        Channels and samples per multiplex group at most; for a file, its inflated size.
 
     Returns
     -------
@@ -226,21 +327,24 @@ def read_dicom_lead(source: str | Path | Dataset, lead: str) -> DicomLead:
     WaveformError
         With a one-line reason: not DICOM, no meta or transfer syntax, unsupported
         transfer syntax, wrong SOP class, no waveform, no such lead (the leads present
-        are listed), unsupported sample format, truncated data, unknown units.
+        are listed), unsupported sample format, data shorter or longer than declared,
+        beyond the limits, unknown units, non-physical calibration.
     """
     try:
         wanted = canonical_lead_name(lead)
     except KeyError:
         raise WaveformError(f"{lead!r} is not one of the 12 standard leads") from None
+    if not isinstance(source, Dataset):
+        check_deflated_file(Path(source), limits)
     ds = source if isinstance(source, Dataset) else _read_file(Path(source))
     try:
-        return _read_lead(ds, wanted)
+        return _read_lead(ds, wanted, limits)
     except _PARSE_ERRORS as exc:
         # pydicom parses values (and nested sequences) lazily: corrupt bytes surface here.
-        raise WaveformError(f"malformed DICOM object: {type(exc).__name__}: {exc}") from exc
+        raise WaveformError(f"malformed DICOM object: {_parse_error_text(exc)}") from exc
 
 
-def _read_lead(ds: Dataset, wanted: str) -> DicomLead:
+def _read_lead(ds: Dataset, wanted: str, limits: Limits) -> DicomLead:
     """The body of :func:`read_dicom_lead` for a dataset in hand and a canonical lead name."""
     _check_encoding(ds)
     sop_class = str(ds.get("SOPClassUID", "") or "")
@@ -259,7 +363,7 @@ def _read_lead(ds: Dataset, wanted: str) -> DicomLead:
     candidates: list[tuple[float, int, int]] = []
     present: list[str] = []
     for index, group in enumerate(groups):
-        _, samples = _check_group(group, index)
+        _, samples = _check_group(group, index, limits)
         if _is_median_group(group):
             continue
         for ch_index, channel in enumerate(group.ChannelDefinitionSequence):
@@ -273,7 +377,7 @@ def _read_lead(ds: Dataset, wanted: str) -> DicomLead:
     # The longest group wins; among equals, the first.
     _, g_index, c_index = max(candidates, key=lambda c: (c[0], -c[1]))
     group = groups[g_index]
-    factor = _units_factor(group.ChannelDefinitionSequence[c_index], wanted)
-    values = ds.waveform_array(g_index)[:, c_index]
-    signal_uv = np.asarray(values, dtype=np.float64) * factor
+    uv_per_unit, baseline_uv = _channel_scale(group.ChannelDefinitionSequence[c_index], wanted)
+    raw = multiplex_array(ds, g_index, as_raw=True)[:, c_index]
+    signal_uv = raw.astype(np.float64) * uv_per_unit + baseline_uv
     return DicomLead(signal_uv, _group_fs(group, g_index), wanted, ds)

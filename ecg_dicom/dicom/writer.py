@@ -66,6 +66,7 @@ from ecg_dicom.core.preprocess import resample_fs
 from ecg_dicom.dicom.codes import SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
 from ecg_dicom.files import safe_stem, write_bytes_atomic
 from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, SUPPORTED_INPUT_LEADS
+from ecg_dicom.logsafe import uid_hash
 
 logger = logging.getLogger(__name__)
 
@@ -213,8 +214,8 @@ def _study_uid(source: Dataset | None, content_hash: str | None, attributes: Map
     if _valid_uid(original):
         return str(original)
     replacement = generate_uid(entropy_srcs=["study", str(original)])
-    logger.warning("source Study Instance UID %r is not a valid UID: the result goes into the"
-                   " replacement study %s", str(original), replacement)
+    logger.warning("source Study Instance UID %s is not a valid UID: the result goes into the"
+                   " replacement study %s", uid_hash(original), uid_hash(replacement))
     return replacement
 
 
@@ -342,7 +343,7 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     if unknown_patient:
         notice += " Patient unknown (no patient identification came with the input)."
     if source is not None and not _valid_uid(source_uid):
-        logger.warning("source SOP Instance UID %r is not a valid UID: not referenced", str(source_uid))
+        logger.warning("source SOP Instance UID %s is not a valid UID: not referenced", uid_hash(source_uid))
         notice += f" Source instance UID (invalid, not referenced): {str(source_uid)[:64]}."
 
     common = Dataset()
