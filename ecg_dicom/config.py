@@ -34,6 +34,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictFloat,
+    StrictBool,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -46,6 +47,7 @@ from pydantic.dataclasses import dataclass
 
 from ecg_dicom.errors import ConfigError
 from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+from ecg_dicom.limits import Limits
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 AE_TITLE_MAX = 16
@@ -91,13 +93,72 @@ Count = Annotated[StrictInt, Field(ge=1)]
 ConfigPath = Annotated[Path, BeforeValidator(_config_path)]
 
 
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file {value}")
+    return value
+
+
+ConfigFile = Annotated[ConfigPath, AfterValidator(_existing_file)]
+
+
+@dataclass(config=_STRICT)
+class ServerTls:
+    """DICOM TLS on the listener: our ``cert`` and ``key`` (PEM); ``ca``: the CA(s) client
+    certificates are checked against; ``require_client_cert``: refuse clients without one."""
+
+    cert: ConfigFile
+    key: ConfigFile
+    ca: ConfigFile | None = None
+    require_client_cert: StrictBool = False
+
+    @model_validator(mode="after")
+    def _ca_for_client_certs(self) -> "ServerTls":
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs ca (the CA client certificates are checked against)")
+        return self
+
+
+@dataclass(config=_STRICT)
+class ClientTls:
+    """DICOM TLS to the PACS: ``ca`` verifies the PACS's certificate (and host name);
+    ``cert``/``key``: ours, for a PACS that requires client certificates."""
+
+    ca: ConfigFile
+    cert: ConfigFile | None = None
+    key: ConfigFile | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "ClientTls":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
 @dataclass(config=_STRICT)
 class Listen:
-    """Where the C-STORE SCP listens; ``timeout_s`` is its ACSE/DIMSE/network timeout."""
+    """Where the C-STORE SCP listens; ``timeout_s`` is its DIMSE/network timeout.
+
+    ``handshake_timeout_s``: how long a new connection may take to complete TLS and send its
+    A-ASSOCIATE request (real carts need milliseconds), so idle connections cannot hold the
+    listener; ``max_pending``: connections allowed to be in that phase at once (the oldest is
+    dropped for a new one). ``tls``: DICOM TLS; with it, plain connections are refused.
+    """
 
     host: Host = "127.0.0.1"
     port: Port = 11112
     timeout_s: Seconds = 30.0
+    handshake_timeout_s: Seconds = 5.0
+    max_pending: Count = 32
+    tls: ServerTls | None = None
+
+
+@dataclass(config=_STRICT)
+class Http:
+    """Health (``/health``) and Prometheus metrics (``/metrics``) over HTTP; absent = off."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 9110
 
 
 @dataclass(config=_STRICT)
@@ -149,6 +210,7 @@ class Pacs:
     retry_initial_s: Seconds = 5.0
     retry_max_s: Seconds = 600.0
     give_up_after_s: Seconds = 7 * 24 * 3600.0
+    tls: ClientTls | None = None
 
 
 @dataclass(config=_STRICT)
@@ -188,6 +250,8 @@ class Settings:
     worker: Worker = field(default_factory=Worker)
     watcher: Watcher = field(default_factory=Watcher)
     max_associations: Count = 10
+    limits: Limits = field(default_factory=Limits)  # input sizes and the queue's high-water mark
+    http: Http | None = None  # /health and /metrics; absent = off
     log_level: Annotated[StrictStr, AfterValidator(_log_level)] = "INFO"
     source: Path | None = Field(default=None, exclude=True)  # the file read (set by load_config, not YAML)
 

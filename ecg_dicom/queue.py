@@ -185,6 +185,11 @@ class JobQueue:
         row = self._db.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
+    def backlog(self) -> int:
+        """Jobs not yet processed (``waiting`` or ``processing``): the depth back-pressure watches."""
+        row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('waiting', 'processing')").fetchone()
+        return int(row[0])
+
     def wait_for_new(self, timeout: float) -> None:
         """Block until a job is added (or ``timeout`` seconds pass)."""
         self._new_job.wait(timeout)

@@ -20,18 +20,19 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ecg_dicom import logsafe, metrics
 from ecg_dicom.config import Settings, load_config_or_report, log_effective
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import CheckpointError, ConfigError
 from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.scp import start_scp
 from ecg_dicom.ingest.watcher import FolderWatcher
+from ecg_dicom.monitor import Monitor
 from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
 from ecg_dicom.worker import Worker
@@ -59,13 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def setup_logging(level: str) -> None:
-    """One line per event on stderr."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pynetdicom logs every PDU at INFO; keep its own warnings and errors only
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # pydicom logs each of its warnings as well as raising them: keep the log line only
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+    """One line per event on stderr, every line through the one safe formatter
+    (:mod:`ecg_dicom.logsafe`: wire values escaped, patient data never logged)."""
+    logsafe.install(level, sys.stderr)
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
@@ -98,10 +95,11 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
              reconstructor.input_lead, settings.device, torch.get_num_threads())
 
     # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
-    worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None)
+    worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None,
+                    limits=settings.limits)
     delivery = (Delivery(queue, settings.pacs, folders, settings.ae_title, settings.worker.batch_size)
                 if settings.pacs else None)
-    watcher = FolderWatcher(folders.watch, spool, settings.watcher)
+    watcher = FolderWatcher(folders.watch, spool, settings.watcher, high_water=settings.limits.queue_high_water)
     work_stop = threading.Event()
     threads = [threading.Thread(target=worker.run, args=(work_stop,), name="worker", daemon=True),
                threading.Thread(target=watcher.run, name="watcher", daemon=True)]
@@ -112,6 +110,7 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
                           f"{exc.strerror or exc}") from exc
+    monitor = _start_monitor(settings, queue, server, threads[0]) if settings.http else None
     for t in threads:
         t.start()
     LOG.info("service ready")
@@ -120,6 +119,8 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
             pass
     finally:
         LOG.info("stopping: no longer accepting")
+        if monitor is not None:
+            monitor.stop()
         server.shutdown()
         watcher.stop()
         deadline = time.monotonic() + DRAIN_S
@@ -135,6 +136,22 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
         LOG.info("stopped%s; %s", f" ({', '.join(unfinished)} still busy, resumed at next start)"
                  if unfinished else "", _counts_text(counts))
     return 0
+
+
+def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread) -> Monitor:
+    """``/health`` (listener, worker, job store) and ``/metrics`` on ``settings.http``."""
+    metrics.register_job_store(queue.counts, settings.limits.queue_high_water)
+    checks = {
+        "listener": lambda: server.thread.is_alive() and server.socket.fileno() != -1,
+        "worker": worker.is_alive,
+        "job_store": lambda: isinstance(queue.counts(), dict),
+    }
+    try:
+        return Monitor(settings.http.host, settings.http.port, checks).start()
+    except OSError as exc:
+        server.shutdown()
+        raise ConfigError(f"http: cannot listen on {settings.http.host}:{settings.http.port}: "
+                          f"{exc.strerror or exc}") from exc
 
 
 def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:

@@ -10,17 +10,21 @@ either nothing or complete files, and the job is simply done again at restart.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
 
+from ecg_dicom import metrics
 from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import free_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
-from ecg_dicom.inputs import LeadInput, load_input
+from ecg_dicom.inputs import LeadInput, load_input, refuse_links
+from ecg_dicom.limits import DEFAULT_LIMITS, Limits
+from ecg_dicom.logsafe import strip_wire, wire
 from ecg_dicom.outputs.results import result_file_names, write_outputs
 from ecg_dicom.queue import Job, JobQueue
 
@@ -42,16 +46,18 @@ class Worker:
     folders : output and rejected folders.
     settings : batch size and batch wait.
     deliver : True when a PACS is configured (processed jobs then go to ``delivering``).
+    limits : input size limits (see :mod:`ecg_dicom.limits`).
     """
 
     def __init__(self, queue: JobQueue, spool: Spool, reconstructor: Reconstructor, folders: Folders,
-                 settings: WorkerSettings, deliver: bool) -> None:
+                 settings: WorkerSettings, deliver: bool, limits: Limits = DEFAULT_LIMITS) -> None:
         self.queue = queue
         self.spool = spool
         self.reconstructor = reconstructor
         self.folders = folders
         self.settings = settings
         self.deliver = deliver
+        self.limits = limits
         self.output_blocked = False  # set when outputs could not be written: pause, then retry
 
     def run(self, stop: threading.Event) -> None:
@@ -94,7 +100,7 @@ class Worker:
                 self.reject(job, str(exc))
             except Exception as exc:  # an unexpected reader failure is still the input's problem
                 LOG.exception("%s: unexpected error while reading", job.tag)
-                self.reject(job, f"unreadable input ({type(exc).__name__}: {exc})")
+                self.reject(job, f"unreadable input ({type(exc).__name__}: {wire(exc)})")
         if not loaded:
             return
         t0 = time.perf_counter()
@@ -102,14 +108,22 @@ class Worker:
         LOG.info("batch of %d reconstructed in %.2f s", len(loaded), time.perf_counter() - t0)
         for (job, inp), result in zip(loaded, results):
             if isinstance(result, Exception):
-                self.reject(job, f"reconstruction failed ({type(result).__name__}: {result})")
+                self.reject(job, f"reconstruction failed ({type(result).__name__}: {wire(result)})")
             else:
                 self.write(job, inp, result)
 
     def load(self, job: Job) -> LeadInput:
-        """Read and check a job's input lead (sidecar honoured for .npy). Raises InputError."""
+        """Read and check a job's input lead (sidecar honoured for .npy). Raises InputError.
+        A symbolic link (dropped into the watched folder, as input or sidecar) is refused unread."""
+        refuse_links(self.spool.path(job))
+        sidecar = self.spool.sidecar(job)
+        if os.path.lexists(sidecar):
+            try:
+                refuse_links(sidecar)
+            except InputError as exc:
+                raise InputError(f"sidecar .json: {exc}") from None
         return load_input(self.spool.path(job), self.reconstructor.input_lead, NPY_DEFAULT_FS, "uV",
-                          self.spool.sidecar(job))
+                          sidecar, limits=self.limits)
 
     def _reconstruct(self, inputs: list[LeadInput]) -> list[Reconstruction | Exception]:
         """One batched call; if it fails, each record alone, so that a bad record fails alone."""
@@ -140,11 +154,12 @@ class Worker:
             return
         except Exception as exc:  # the writer refusing this record: its problem, not the service's
             LOG.exception("%s: unexpected error while writing outputs", job.tag)
-            self.reject(job, f"cannot write outputs ({type(exc).__name__}: {exc})")
+            self.reject(job, f"cannot write outputs ({type(exc).__name__}: {wire(exc)})")
             return
         outputs = [p.name for p in written]
         assert outputs == names, f"wrote {outputs}, reserved {names}"
         self.queue.processed(job.id, outputs, self.deliver)
+        metrics.job_processed(job.created, self.deliver)
         self.spool.remove(job)
         LOG.info("%s: %d outputs written, %s", job.tag, len(outputs),
                  "awaiting delivery" if self.deliver else "done")
@@ -159,6 +174,7 @@ class Worker:
         rejected = self.folders.rejected
         rejected.mkdir(parents=True, exist_ok=True)
         original = job.spool.split("-", 1)[1]
+        text = strip_wire(reason)  # values from the input kept, escaped; the log shows their hashes
         suffix = original[len(job.name):] if original.startswith(job.name) else ""
         planned = [name for name in job.outputs if name.startswith(REJECTED_PREFIX)]
         try:
@@ -167,15 +183,16 @@ class Worker:
             else:
                 stem = free_stem(rejected, job.name, (suffix, REASON_SUFFIX, SIDECAR_SUFFIX))
             names = [f"{stem}{suffix}", f"{stem}{SIDECAR_SUFFIX}", f"{stem}{REASON_SUFFIX}"]
-            if not self.spool.sidecar(job).exists() and not (rejected / names[1]).exists():
+            if not os.path.lexists(self.spool.sidecar(job)) and not (rejected / names[1]).exists():
                 names.remove(names[1])
             self.queue.set_outputs(job.id, [REJECTED_PREFIX + name for name in names])
-            if self.spool.path(job).exists():
+            if os.path.lexists(self.spool.path(job)):  # lexists: a symbolic link is moved, not followed
                 shutil.move(self.spool.path(job), rejected / names[0])
-            if self.spool.sidecar(job).exists():
+            if os.path.lexists(self.spool.sidecar(job)):
                 shutil.move(self.spool.sidecar(job), rejected / f"{stem}{SIDECAR_SUFFIX}")
-            write_reason(rejected, stem, reason)
+            write_reason(rejected, stem, text)
         except OSError as exc:
             LOG.error("%s: cannot move the rejected input (%s)", job.tag, exc)
-        self.queue.reject(job.id, reason)
+        self.queue.reject(job.id, text)
+        metrics.JOBS_FINISHED.labels("rejected").inc()
         LOG.warning("%s rejected: %s", job.tag, reason)

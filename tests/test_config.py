@@ -74,6 +74,8 @@ class TestLoad:
         s = load_config(cfg)
         assert s.folders.watch == tmp_path / "var" / "inbox"
         assert s.pacs is None and s.listen.port == 11112
+        # safe defaults (issue 10 item 8): loopback, a named list of callers, health on loopback
+        assert s.listen.host == "127.0.0.1" and s.allowed_callers and s.http.host == "127.0.0.1"
 
     def test_docker_site_yaml_is_valid(self, tmp_path):
         data = yaml.safe_load((REPO / "config" / "docker.yaml").read_text())
@@ -82,6 +84,10 @@ class TestLoad:
         data["folders"] = {k: str(tmp_path / k) for k in data["folders"]}  # not /data on this machine
         assert load_config(write(tmp_path, data)).ae_title == "ECGDICOM"
         assert "COPY config/docker.yaml /config/site.yaml" in (REPO / "Dockerfile").read_text()
+        # safe defaults: callers named, and the bind choice explained where it is made
+        assert data["allowed_callers"]
+        text = (REPO / "config" / "docker.yaml").read_text()
+        assert "Bind choice" in text and "-p 127.0.0.1:11112:11112" in (REPO / "Dockerfile").read_text()
 
 
 class TestRefusals:

@@ -5,6 +5,8 @@ atomic rename, fsync of the folder) and its job row is committed. A spool file i
 ``<key>-<safe original name>``; the job key and the output name can be read back from it,
 so a file whose row was never committed (a crash in between) is recovered at start.
 A ``.npy`` sidecar (``{"fs": ..., "lead": ...}``) sits beside it as ``<spool file>.json``.
+A symbolic link dropped into the watched folder is moved as a link, never followed; the
+worker refuses it with a reason.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from ecg_dicom.files import fsync_dir, safe_stem, write_bytes_atomic
 from ecg_dicom.queue import KEY_LENGTH, Job, JobQueue, new_key
-from ecg_dicom.sidecar import SIDECAR_SUFFIX
+from ecg_dicom.sidecar import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX
 
 LOG = logging.getLogger("ecg_dicom.ingest")
 _PART = ".part"
@@ -84,7 +86,11 @@ class Spool:
         target = self.folder / f"{key}-{safe_stem(path.name)}"
         if sidecar is not None:
             try:
-                write_bytes_atomic(Path(str(target) + SIDECAR_SUFFIX), sidecar.read_bytes())
+                if sidecar.is_symlink():  # moved as a link, never read: the worker refuses it
+                    os.replace(sidecar, Path(str(target) + SIDECAR_SUFFIX))
+                else:
+                    with open(sidecar, "rb") as fh:  # one byte past the limit is enough to refuse it
+                        write_bytes_atomic(Path(str(target) + SIDECAR_SUFFIX), fh.read(MAX_SIDECAR_BYTES + 1))
             except FileNotFoundError:
                 sidecar = None
         try:
@@ -97,9 +103,12 @@ class Spool:
             if exc.errno != errno.EXDEV:
                 raise
             part = target.with_name(f".{target.name}{_PART}")
-            shutil.copyfile(path, part)
-            with open(part, "rb+") as fh:
-                os.fsync(fh.fileno())
+            if path.is_symlink():  # the link itself, never its target
+                os.symlink(os.readlink(path), part)
+            else:
+                shutil.copyfile(path, part)
+                with open(part, "rb+") as fh:
+                    os.fsync(fh.fileno())
             os.replace(part, target)
             fsync_dir(self.folder)
             path.unlink()
@@ -124,7 +133,8 @@ class Spool:
                 removed += 1
                 continue
             key, sep, original = name.partition("-")
-            if not sep or len(key) != KEY_LENGTH or name.endswith(SIDECAR_SUFFIX) or not entry.is_file():
+            if not sep or len(key) != KEY_LENGTH or name.endswith(SIDECAR_SUFFIX) or \
+                    not (entry.is_symlink() or entry.is_file()):
                 continue
             state = self.queue.state_of(key)
             if state is None:
@@ -136,7 +146,7 @@ class Spool:
                 _unlink_quietly(Path(str(entry) + SIDECAR_SUFFIX))
                 removed += 1
         for entry in self.folder.glob(f"*{SIDECAR_SUFFIX}"):
-            if not Path(str(entry)[: -len(SIDECAR_SUFFIX)]).exists():
+            if not os.path.lexists(str(entry)[: -len(SIDECAR_SUFFIX)]):
                 _unlink_quietly(entry)
                 removed += 1
         return recovered, removed

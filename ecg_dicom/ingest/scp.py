@@ -1,9 +1,13 @@
 """C-STORE SCP: ECG carts and PACS send us waveform objects over DICOM.
 
 Only the ECG waveform SOP classes (plus Verification) get a presentation context, so an
-image is refused at association time. The store handler does no decoding and no model
-work: it writes the encoded dataset to the spool durably, records the job, and only then
-answers Success. Validation and inference happen later in the worker.
+image is refused at association time. Who may connect, and for how long before sending
+its request, is decided by :mod:`ecg_dicom.ingest.guard` (DICOM TLS too). The store handler
+does no decoding and no model work: it refuses a data set beyond ``limits`` (failure
+0xC001 with a reason in Error Comment) and answers Out of Resources (0xA700, the sender
+retries later) while the backlog is at ``limits.queue_high_water``; otherwise it writes
+the encoded data set to the spool durably, records the job, and only then answers
+Success. Validation and inference happen later in the worker.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from typing import Any
 
+from pydicom import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -24,9 +30,14 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ecg_dicom import metrics
 from ecg_dicom.config import Settings
 from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES
+from ecg_dicom.errors import InputError
 from ecg_dicom.ingest import Spool
+from ecg_dicom.ingest.guard import Admission, GuardedServer, caller_text
+from ecg_dicom.limits import Limits, check_inflated_size, check_input_bytes
+from ecg_dicom.tls import server_context
 
 LOG = logging.getLogger("ecg_dicom.scp")
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
@@ -35,6 +46,8 @@ TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExp
 # Status codes we answer (PS3.4 Annex B.2.3)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+TOO_LARGE = 0xC001  # Error: Cannot understand (the data set is beyond this service's limits)
+BACKPRESSURE_LOG_S = 10.0  # at most one back-pressure warning per this many seconds
 
 
 class StoreCounter:
@@ -62,25 +75,94 @@ def build_ae(settings: Settings) -> AE:
     if settings.allowed_callers is not None:
         ae.require_calling_aet = list(settings.allowed_callers)
     ae.require_called_aet = True
-    ae.maximum_associations = settings.max_associations
-    ae.acse_timeout = ae.dimse_timeout = settings.listen.timeout_s
-    ae.network_timeout = settings.listen.timeout_s
+    # associations are counted by the Admission (see guard.py); pynetdicom's own count, which
+    # includes idle connections, only backs it up
+    ae.maximum_associations = settings.max_associations + settings.listen.max_pending + 8
+    # before the A-ASSOCIATE-RQ (ARTIM): short; afterwards the DIMSE / network timeouts
+    ae.acse_timeout = settings.listen.handshake_timeout_s
+    ae.dimse_timeout = ae.network_timeout = settings.listen.timeout_s
     return ae
 
 
-def handle_store(event: evt.Event, spool: Spool, counter: StoreCounter) -> int:
-    """EVT_C_STORE: write the encoded dataset durably, record the job, then answer Success."""
+class StoreGate:
+    """What the store handler checks before spooling: size limits and back-pressure."""
+
+    def __init__(self, spool: Spool, limits: Limits, admission: Admission) -> None:
+        self.spool = spool
+        self.limits = limits
+        self.admission = admission
+        self._last_warning = 0.0
+        self._lock = threading.Lock()
+
+    def refusal(self, event: evt.Event, data: bytes | None) -> tuple[int, str, str] | None:
+        """(status, metric label, reason) to answer instead of storing, or None to store."""
+        received = self.admission.take_oversize(event.assoc)
+        if received is not None:
+            return TOO_LARGE, "too_large", (f"data set over {self.limits.max_input_bytes} bytes "
+                                            "(limits.max_input_bytes)")
+        backlog = self.spool.queue.backlog()
+        if backlog >= self.limits.queue_high_water:
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last_warning >= BACKPRESSURE_LOG_S:
+                    self._last_warning = now
+                    LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water %d): stores answered "
+                                "0xA700 Out of Resources until the backlog is below it", backlog,
+                                self.limits.queue_high_water)
+            return OUT_OF_RESOURCES, "queue_full", "queue full: retry later"
+        if data is not None:
+            try:
+                check_input_bytes(len(data), self.limits)
+                if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian:
+                    check_inflated_size(data, self.limits)
+            except InputError as exc:
+                return TOO_LARGE, "corrupt" if "corrupt" in str(exc) else "too_large", str(exc)
+        return None
+
+
+def handle_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None = None) -> Any:
+    """EVT_C_STORE: check size and backlog, write the encoded dataset durably, record the
+    job, then answer Success."""
+    started = time.perf_counter()
+    try:
+        return _store(event, spool, counter, gate)
+    finally:
+        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+
+
+def _store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None) -> Any:
     uid = str(event.request.AffectedSOPInstanceUID or "instance")
+    refusal = gate.refusal(event, None) if gate is not None else None
+    data = b""
+    if refusal is None:
+        data = event.encoded_dataset(include_meta=False)
+        refusal = gate.refusal(event, data) if gate is not None else None
+    if refusal is not None:
+        status, label, reason = refusal
+        metrics.STORES.labels(label).inc()
+        if status != OUT_OF_RESOURCES:
+            LOG.warning("store from %s refused (0x%04X): %s", caller_text(event.assoc), status, reason)
+        return _status(status, reason)
     try:
         data = event.encoded_dataset(include_meta=True)
         job_id = spool.store_bytes(data, f"{uid}.dcm", origin="scp")
     except (OSError, sqlite3.Error) as exc:
-        LOG.error("store from %s not accepted: cannot spool it (%s)", _caller(event.assoc), exc)
+        LOG.error("store from %s not accepted: cannot spool it (%s)", caller_text(event.assoc), exc)
+        metrics.STORES.labels("out_of_resources").inc()
         # Failed - Out of Resources (disk full, I/O error, queue unavailable): the sender retries
         return OUT_OF_RESOURCES
     counter.add(event.assoc)
-    LOG.info("job %d accepted from %s (%d bytes)", job_id, _caller(event.assoc), len(data))
+    metrics.STORES.labels("success").inc()
+    LOG.info("job %d accepted from %s (%d bytes)", job_id, caller_text(event.assoc), len(data))
     return SUCCESS
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A C-STORE response status with its (0000,0902) Error Comment (LO: 64 characters)."""
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -91,33 +173,41 @@ def handle_echo(event: evt.Event) -> int:
 def handle_end(event: evt.Event, counter: StoreCounter) -> None:
     """EVT_RELEASED / EVT_ABORTED: the audit line of the association."""
     how = "released" if event.event is evt.EVT_RELEASED else "aborted"
-    LOG.info("audit: association %s from %s, %d stored", how, _caller(event.assoc), counter.pop(event.assoc))
+    LOG.info("audit: association %s from %s, %d stored", how, caller_text(event.assoc), counter.pop(event.assoc))
 
 
 def handle_rejected(event: evt.Event) -> None:
-    """EVT_REJECTED: the audit line of a refused association."""
-    primitive = event.assoc.requestor.primitive
-    called = getattr(primitive, "called_ae_title", "?")
-    LOG.warning("audit: association refused from %s (called AE %r)", _caller(event.assoc), called)
+    """EVT_REJECTED: pynetdicom refused an association itself (the Admission checks first,
+    so this is a backstop)."""
+    LOG.warning("audit: association refused from %s by pynetdicom's checks", caller_text(event.assoc))
 
 
 def start_scp(settings: Settings, spool: Spool) -> tuple[AE, ThreadedAssociationServer]:
-    """Start listening on ``settings.listen`` (non-blocking); returns the AE and its server."""
+    """Start listening on ``settings.listen`` (non-blocking, TLS if configured); returns the
+    AE and its server (a :class:`GuardedServer`, its :class:`Admission` as ``.admission``)."""
     ae = build_ae(settings)
     counter = StoreCounter()
+    listen = settings.listen
+    admission = Admission(settings.ae_title, settings.allowed_callers, settings.max_associations,
+                          listen.max_pending, settings.limits.max_input_bytes, listen.handshake_timeout_s)
+    gate = StoreGate(spool, settings.limits, admission)
     handlers: list[Any] = [
-        (evt.EVT_C_STORE, handle_store, [spool, counter]),
+        (evt.EVT_C_STORE, handle_store, [spool, counter, gate]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_RELEASED, handle_end, [counter]),
         (evt.EVT_ABORTED, handle_end, [counter]),
         (evt.EVT_REJECTED, handle_rejected),
+        *admission.handlers(),
     ]
-    server = ae.start_server((settings.listen.host, settings.listen.port), block=False, evt_handlers=handlers)
-    LOG.info("listening as %s on %s:%d", settings.ae_title, settings.listen.host, settings.listen.port)
+    ssl_context = server_context(listen.tls) if listen.tls is not None else None
+    server = ae.make_server((listen.host, listen.port), ssl_context=ssl_context, evt_handlers=handlers,
+                            server_class=GuardedServer, admission=admission,
+                            handshake_timeout_s=listen.handshake_timeout_s)
+    thread = threading.Thread(target=server.serve_forever, name="listener", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so that ae.shutdown() stops it, as for ae.start_server()
+    server.thread = thread
+    LOG.info("listening as %s on %s:%d%s", settings.ae_title, listen.host, listen.port,
+             " (DICOM TLS" + (", client certificates required)" if listen.tls.require_client_cert else ")")
+             if listen.tls is not None else "")
     return ae, server
-
-
-def _caller(assoc: Association) -> str:
-    """'AE@address:port' of the peer (AE titles are equipment names, not patient data)."""
-    req = assoc.requestor
-    return f"{(req.ae_title or '?').strip()}@{req.address}:{req.port}"

@@ -11,11 +11,16 @@ garbage) is decided later by the worker.
 
 Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``), and
 sidecars ``<stem>.json`` (taken together with ``<stem>.npy``; write the sidecar first).
+A symbolic link is taken as a link (never followed) and refused by the worker with a reason.
+While the job store's backlog is at the high-water mark (``limits.queue_high_water``) no
+file is taken: dropped files wait in the folder, safe, until the worker catches up.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -70,10 +75,12 @@ class FolderWatcher:
         ``stable_s`` and ``rescan_s``.
     """
 
-    def __init__(self, folder: Path, spool: Spool, settings: WatcherSettings) -> None:
+    def __init__(self, folder: Path, spool: Spool, settings: WatcherSettings, high_water: int | None = None) -> None:
         self.folder = Path(folder)
         self.spool = spool
         self.settings = settings
+        self.high_water = high_water
+        self.paused = False
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
         # path -> (size, mtime_ns, monotonic time this signature was first seen,
@@ -129,6 +136,8 @@ class FolderWatcher:
 
     def take_ready(self) -> int:
         """Claim every file that is complete or has been stable long enough; returns how many."""
+        if self._backlog_full():
+            return 0
         now = time.monotonic()
         ready = []
         with self._lock:
@@ -139,11 +148,11 @@ class FolderWatcher:
                     del self._pending[path]
                     continue
                 try:
-                    st = path.stat()
+                    st = path.lstat()  # a link's own metadata: its target is never looked at
                 except FileNotFoundError:
                     del self._pending[path]
                     continue
-                if not path.is_file():
+                if not _takeable(st.st_mode):
                     del self._pending[path]
                 elif (st.st_size, st.st_mtime_ns) != (size, mtime):
                     self._pending[path] = (st.st_size, st.st_mtime_ns, now, wait)
@@ -158,11 +167,15 @@ class FolderWatcher:
     def _claim(self, path: Path) -> int:
         with self._lock:
             self._pending.pop(path, None)
-        if not path.is_file():
+        try:
+            if not _takeable(path.lstat().st_mode):
+                return 0
+        except FileNotFoundError:
             return 0
         sidecar = path.with_suffix(SIDECAR_SUFFIX)
         try:
-            job_id = self.spool.claim(path, origin="watch", sidecar=sidecar if sidecar.is_file() else None)
+            job_id = self.spool.claim(path, origin="watch",
+                                      sidecar=sidecar if os.path.lexists(sidecar) else None)
         except OSError as exc:
             LOG.error("cannot take a dropped file into the spool: %s", exc)
             return 0
@@ -170,3 +183,22 @@ class FolderWatcher:
             return 0
         LOG.info("job %d accepted from the watch folder", job_id)
         return 1
+
+    def _backlog_full(self) -> bool:
+        """True (files are left where they are) while the backlog is at the high-water mark."""
+        if self.high_water is None:
+            return False
+        full = self.spool.queue.backlog() >= self.high_water
+        if full != self.paused:
+            self.paused = full
+            if full:
+                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water): the watch folder waits",
+                            self.high_water)
+            else:
+                LOG.info("back-pressure over: the watch folder is taken again")
+        return full
+
+
+def _takeable(mode: int) -> bool:
+    """A regular file, or a symbolic link (taken as a link, refused unread by the worker)."""
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)

@@ -36,10 +36,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from ecg_dicom import metrics
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
 from ecg_dicom.files import write_reason
 from ecg_dicom.queue import Job, JobQueue
+from ecg_dicom.tls import client_context
 
 LOG = logging.getLogger("ecg_dicom.pacs")
 WARNING_STATUSES = (0xB000, 0xB006, 0xB007)
@@ -98,6 +100,8 @@ class Delivery:
             self.ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = pacs.timeout_s
         self.ae.connection_timeout = pacs.timeout_s
+        # DICOM TLS: the PACS's certificate checked against pacs.tls.ca and its host name
+        self.tls_args = (client_context(pacs.tls), pacs.host) if pacs.tls is not None else None
 
     def run(self, stop: threading.Event) -> None:
         """Deliver due jobs until ``stop`` is set; the association in hand is finished first."""
@@ -116,7 +120,8 @@ class Delivery:
 
     def deliver(self, jobs: list[Job]) -> None:
         """One association for ``jobs``; each job ends delivered, retried later, or dead."""
-        assoc = self.ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title)
+        assoc = self.ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title,
+                                  tls_args=self.tls_args)
         if not assoc.is_established:
             if assoc.is_rejected and getattr(assoc.acceptor.primitive, "result", None) == REJECTED_PERMANENT:
                 reason = "association rejected permanently by PACS (check AE titles / PACS config)"
@@ -132,6 +137,9 @@ class Delivery:
                 outcome, text = self._send_job(assoc, job)
                 if outcome is Outcome.DELIVERED:
                     self.queue.delivered(job.id)
+                    metrics.JOBS_FINISHED.labels("done").inc()
+                    if job.created:
+                        metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - job.created))
                     LOG.info("%s delivered to %s (%s)", job.tag, self.pacs.ae_title, text)
                 elif outcome is Outcome.PERMANENT:
                     self._dead(job, text)
@@ -166,6 +174,7 @@ class Delivery:
         return worst, ", ".join(texts) or "no DICOM output"
 
     def _retry(self, job: Job, reason: str) -> None:
+        metrics.PACS_FAILURES.labels("transient").inc()
         attempts = job.attempts + 1
         since = job.deliver_since or time.time()
         if time.time() - since > self.pacs.give_up_after_s:
@@ -185,4 +194,6 @@ class Delivery:
                 shutil.copy2(src, folder / name)
         write_reason(folder, job.result_stem, reason)
         self.queue.dead(job.id, reason)
+        metrics.PACS_FAILURES.labels("permanent").inc()
+        metrics.JOBS_FINISHED.labels("dead_lettered").inc()
         LOG.error("%s dead-lettered: %s", job.tag, reason)

@@ -1,0 +1,101 @@
+"""The service's metrics (Prometheus, via ``prometheus-client``), served on ``/metrics``.
+
+One registry per process; every name starts with ``ecg_dicom_``. Counters count since the
+service started; the job gauges are read from the job store at each scrape, so they hold
+across restarts.
+
+=============================================  =========  ====================================
+metric                                         type       labels / meaning
+=============================================  =========  ====================================
+ecg_dicom_jobs                                 gauge      ``state``: jobs in the store per state
+ecg_dicom_queue_backlog                        gauge      jobs waiting or processing
+ecg_dicom_queue_high_water                     gauge      the configured high-water mark
+ecg_dicom_jobs_finished_total                  counter    ``outcome``: done, rejected, dead_lettered
+ecg_dicom_store_seconds                        histogram  C-STORE request received -> answered
+ecg_dicom_processing_seconds                   histogram  job accepted -> outputs written
+ecg_dicom_delivery_seconds                     histogram  job accepted -> delivered to PACS
+ecg_dicom_stores_total                         counter    ``status``: success, out_of_resources,
+                                                          queue_full, too_large, ...
+ecg_dicom_pacs_failures_total                  counter    ``kind``: transient, permanent
+ecg_dicom_association_refusals_total           counter    ``reason``: calling_ae, called_ae,
+                                                          local_limit, tls_handshake,
+                                                          handshake_timeout, pending_evicted,
+                                                          oversize_pdu, oversize_store
+ecg_dicom_associations_active                  gauge      associations admitted and open
+=============================================  =========  ====================================
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+JOBS_FINISHED = Counter("ecg_dicom_jobs_finished", "Jobs that reached a final state, by outcome",
+                        ["outcome"], registry=REGISTRY)
+STORE_SECONDS = Histogram("ecg_dicom_store_seconds", "C-STORE request received to response sent",
+                          buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+PROCESSING_SECONDS = Histogram("ecg_dicom_processing_seconds", "Job accepted to outputs written",
+                               buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+DELIVERY_SECONDS = Histogram("ecg_dicom_delivery_seconds", "Job accepted to results delivered to PACS",
+                             buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+STORES = Counter("ecg_dicom_stores", "C-STORE requests answered, by outcome", ["status"], registry=REGISTRY)
+PACS_FAILURES = Counter("ecg_dicom_pacs_failures", "Failed delivery attempts to PACS, by kind", ["kind"],
+                        registry=REGISTRY)
+REFUSALS = Counter("ecg_dicom_association_refusals", "Connections or associations refused, by reason",
+                   ["reason"], registry=REGISTRY)
+ASSOCIATIONS_ACTIVE = Gauge("ecg_dicom_associations_active", "Associations admitted and open",
+                            registry=REGISTRY)
+
+for _outcome in ("done", "rejected", "dead_lettered"):
+    JOBS_FINISHED.labels(_outcome)
+for _kind in ("transient", "permanent"):
+    PACS_FAILURES.labels(_kind)
+
+
+class JobStoreCollector(Collector):
+    """Gauges read from the job store at scrape time: jobs per state, backlog, high water."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]], high_water: int) -> None:
+        self.counts = counts
+        self.high_water = high_water
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        counts = self.counts()
+        jobs = GaugeMetricFamily("ecg_dicom_jobs", "Jobs in the job store, by state", labels=["state"])
+        for state, n in counts.items():
+            jobs.add_metric([state], n)
+        yield jobs
+        yield GaugeMetricFamily("ecg_dicom_queue_backlog", "Jobs waiting or being processed",
+                                value=counts.get("waiting", 0) + counts.get("processing", 0))
+        yield GaugeMetricFamily("ecg_dicom_queue_high_water",
+                                "Backlog at which new stores are answered Out of Resources", value=self.high_water)
+
+
+def job_processed(created: float, delivering: bool) -> None:
+    """A job's outputs are written: its processing latency; ``done`` unless it goes to PACS."""
+    if created:
+        PROCESSING_SECONDS.observe(max(0.0, time.time() - created))
+    if not delivering:
+        JOBS_FINISHED.labels("done").inc()
+
+
+def register_job_store(counts: Callable[[], dict[str, int]], high_water: int) -> JobStoreCollector:
+    """Add (or replace) the job-store gauges of this process's registry."""
+    for collector in list(getattr(REGISTRY, "_collector_to_names", {})):
+        if isinstance(collector, JobStoreCollector):
+            REGISTRY.unregister(collector)
+    collector = JobStoreCollector(counts, high_water)
+    REGISTRY.register(collector)
+    return collector
+
+
+def exposition() -> bytes:
+    """The registry in Prometheus text format."""
+    return generate_latest(REGISTRY)

@@ -1,0 +1,79 @@
+"""Health and metrics over HTTP (``http: {host: 127.0.0.1, port: 9110}`` in the config).
+
+``GET /health``: ``200 {"status": "ready", "checks": {...}}`` when the listener, the
+worker and the job store all work, else ``503`` with ``"status": "unavailable"`` and the
+failing checks. ``GET /metrics``: the Prometheus text format (:mod:`ecg_dicom.metrics`).
+One thread serves requests one at a time (they are cheap), each with a 5 s socket timeout,
+so a slow client cannot pile up threads or job-store connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ecg_dicom import metrics
+
+LOG = logging.getLogger("ecg_dicom.monitor")
+Check = Callable[[], bool]
+
+
+class Monitor:
+    """The HTTP endpoint; ``checks`` name -> callable returning True when that part works."""
+
+    def __init__(self, host: str, port: int, checks: dict[str, Check]) -> None:
+        self.checks = checks
+        monitor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 5.0
+            server_version = "ecg-dicom"
+            sys_version = ""
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/health":
+                    ok, results = monitor.health()
+                    body = json.dumps({"status": "ready" if ok else "unavailable", "checks": results}).encode()
+                    self._send(200 if ok else 503, "application/json", body)
+                elif path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, metrics.exposition())
+                else:
+                    self._send(404, "text/plain; charset=utf-8", b"not found: try /health or /metrics\n")
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                LOG.debug("http: " + format, *args)
+
+        self.server = HTTPServer((host, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    def health(self) -> tuple[bool, dict[str, bool]]:
+        results = {}
+        for name, check in self.checks.items():
+            try:
+                results[name] = bool(check())
+            except Exception:  # a check that fails to run is a failing check
+                results[name] = False
+        return all(results.values()), results
+
+    def start(self) -> "Monitor":
+        self.thread.start()
+        host, port = self.server.server_address[:2]
+        LOG.info("health and metrics on http://%s:%d/health and /metrics", host, port)
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,300 @@
+"""Fault tests for issue 10, items 2, 5, 7 and 8 at the listener: idle connections, the
+association limit, back-pressure, size limits on the wire and DICOM TLS. The listener runs
+in-process (no worker, so the backlog stays where a test puts it); the peers are real:
+DCMTK echoscu/storescu (with +tls), pynetdicom SCUs, plain TCP sockets, openssl certificates."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from certs import make_certs
+from peers import CART_AET, SERVICE_AET, dcmtk, free_port, stored_ok, storescu, wait_for
+from pydicom import dcmread
+from pynetdicom import AE
+
+import crafted
+from ecg_dicom import metrics
+from ecg_dicom.config import load_config
+from ecg_dicom.ingest import Spool
+from ecg_dicom.ingest.scp import OUT_OF_RESOURCES, TOO_LARGE, start_scp
+from ecg_dicom.queue import JobQueue
+
+pytestmark = pytest.mark.slow
+TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"
+
+
+class Listener:
+    """start_scp() on a free port with a temporary config; the job store is inspectable."""
+
+    def __init__(self, folder: Path, **overrides) -> None:
+        listen = {"host": "127.0.0.1", "port": free_port(), "timeout_s": 10, **overrides.pop("listen", {})}
+        config = {"ae_title": SERVICE_AET, "listen": listen, "allowed_callers": [CART_AET],
+                  "folders": {"watch": "in", "output": "out", "work": "work"}, **overrides}
+        path = folder / "site.yaml"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config))
+        self.settings = load_config(path)
+        self.port = self.settings.listen.port
+        self.queue = JobQueue(self.settings.folders.queue_db)
+        self.ae, self.server = start_scp(self.settings, Spool(self.settings.folders.spool, self.queue))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.ae.shutdown()
+        self.queue.close()
+
+
+@pytest.fixture
+def listener(tmp_path):
+    made: list[Listener] = []
+
+    def make(**overrides) -> Listener:
+        made.append(Listener(tmp_path / f"site{len(made)}", **overrides))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+def refusals(reason: str) -> float:
+    return metrics.REGISTRY.get_sample_value("ecg_dicom_association_refusals_total", {"reason": reason}) or 0.0
+
+
+def stores(status: str) -> float:
+    return metrics.REGISTRY.get_sample_value("ecg_dicom_stores_total", {"status": status}) or 0.0
+
+
+def echo(port: int, *tls: str, calling: str = CART_AET) -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk("echoscu"), *tls, "-aet", calling, "-aec", SERVICE_AET, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def ecg_copies(shared_data: Path, folder: Path, n: int) -> list[Path]:
+    ds = crafted.read_real(shared_data)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"ecg{i}.dcm")
+        paths[-1].write_bytes(crafted.encode(crafted.with_marker(ds)))
+    return paths
+
+
+# -- item 2 -------------------------------------------------------------------------------------
+def test_idle_connections_do_not_lock_carts_out(listener, caplog):
+    """Ten silent TCP connections used to hold every slot for ~30 s (Local Limit Exceeded)."""
+    svc = listener(max_associations=2, listen={"handshake_timeout_s": 1.0, "max_pending": 8})
+    before = refusals("handshake_timeout") + refusals("pending_evicted")
+    idle = [socket.create_connection(("127.0.0.1", svc.port)) for _ in range(10)]
+    try:
+        t0 = time.monotonic()
+        for _ in range(3):
+            result = echo(svc.port)
+            assert result.returncode == 0, result.stdout + result.stderr
+        assert time.monotonic() - t0 < 5
+        for sock in idle:  # each is closed by the listener: handshake timeout or pushed out
+            sock.settimeout(10)
+            assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: refusals("handshake_timeout") + refusals("pending_evicted") - before >= 10, 5,
+             "ten refusals counted")
+    assert "no A-ASSOCIATE request within 1 s" in caplog.text
+
+
+def test_a_plain_tcp_health_check_does_not_fail_cart_echoes(listener):
+    svc = listener(max_associations=1, listen={"handshake_timeout_s": 2.0})
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", svc.port)):
+                pass
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        results = [echo(svc.port).returncode for _ in range(10)]
+    finally:
+        stop.set()
+        thread.join(5)
+    assert results == [0] * 10
+
+
+@pytest.mark.parametrize("limit, burst", [(10, 30)])
+def test_a_burst_admits_exactly_the_limit(listener, caplog, limit, burst):
+    """Bursts above max_associations used to admit fewer than the limit (10 -> 8-9)."""
+    svc = listener(max_associations=limit)
+    before = refusals("local_limit")
+    start, hold = threading.Barrier(burst), threading.Event()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        ae = AE(ae_title=CART_AET)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        start.wait()
+        assoc = ae.associate("127.0.0.1", svc.port, ae_title=SERVICE_AET)
+        if assoc.is_established:
+            outcome = "established"
+        elif assoc.is_rejected:
+            rj = assoc.acceptor.primitive
+            outcome = f"rejected {rj.result}/{rj.result_source}/{rj.diagnostic}"
+        else:
+            outcome = "other"
+        with lock:
+            outcomes.append(outcome)
+        hold.wait(30)
+        if assoc.is_established:
+            assoc.release()
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(burst)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(outcomes) == burst, 60, "every association to be answered")
+    hold.set()
+    for t in threads:
+        t.join(30)
+    assert outcomes.count("established") == limit, sorted(outcomes)
+    assert outcomes.count("rejected 2/3/2") == burst - limit, sorted(outcomes)  # transient, local limit
+    assert refusals("local_limit") - before == burst - limit
+    assert f"{limit} associations open (max_associations)" in caplog.text
+    wait_for(lambda: svc.server.admission.active() == 0, 10, "the slots to be given back")
+    assert echo(svc.port).returncode == 0
+
+
+# -- item 7 -------------------------------------------------------------------------------------
+def test_backpressure_answers_out_of_resources_at_the_high_water_mark(listener, shared_data, tmp_path, caplog):
+    """Stores used to be accepted whatever the backlog (it grew without bound)."""
+    svc = listener(limits={"queue_high_water": 3})
+    files = ecg_copies(shared_data, tmp_path / "ecgs", 5)
+    before = stores("queue_full")
+    result = storescu(svc.port, files)
+    out = result.stdout + result.stderr
+    assert len(stored_ok(out)) == 3 and svc.queue.backlog() == 3
+    assert "Refused: OutOfResources" in out, out  # DCMTK's name for 0xA700; it then stops sending
+    assert stores("queue_full") - before >= 1
+    assert "back-pressure: 3 jobs waiting" in caplog.text
+    # the worker catches up: stores are accepted again
+    for job in svc.queue.claim(3):
+        svc.queue.processed(job.id, [], deliver=False)
+    result = storescu(svc.port, files[3:])
+    assert len(stored_ok(result.stdout + result.stderr)) == 2
+
+
+# -- item 5 -------------------------------------------------------------------------------------
+def c_store(port: int, ds, transfer_syntax) -> object:
+    ae = AE(ae_title=CART_AET)
+    ae.add_requested_context(ds.SOPClassUID, transfer_syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title=SERVICE_AET)
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+
+
+def test_a_store_over_the_byte_limit_gets_a_failure_status(listener, shared_data, caplog):
+    svc = listener(limits={"max_input_bytes": 100_000})
+    ds = crafted.with_marker(crafted.read_real(shared_data))
+    status = c_store(svc.port, ds, ds.file_meta.TransferSyntaxUID)
+    assert status.Status == TOO_LARGE and "limits.max_input_bytes" in status.ErrorComment
+    assert svc.queue.counts()["waiting"] == 0 and not list(svc.settings.folders.spool.iterdir())
+    assert "refused (0xC001)" in caplog.text
+
+
+def test_a_deflate_bomb_is_refused_on_the_wire(listener, shared_data):
+    """A 328 KB deflated C-STORE inflating to 200 MiB was accepted and processed (+401 MiB RSS)."""
+    svc = listener(limits={"max_inflated_bytes": 8 << 20})
+    bomb = crafted.deflate_bomb(crafted.read_real(shared_data), 64)
+    status = c_store(svc.port, bomb, bomb.file_meta.TransferSyntaxUID)
+    assert status.Status == TOO_LARGE and "inflates to more than" in status.ErrorComment
+    assert svc.queue.counts()["waiting"] == 0
+    ok = crafted.with_marker(crafted.read_real(shared_data))
+    assert c_store(svc.port, ok, ok.file_meta.TransferSyntaxUID).Status == 0
+
+
+def test_a_pdu_longer_than_announced_is_not_read(listener):
+    """A PDU header claiming 1 GiB, before any association: the connection is closed at once."""
+    svc = listener()
+    before = refusals("oversize_pdu")
+    with socket.create_connection(("127.0.0.1", svc.port)) as sock:
+        sock.sendall(bytes([0x01, 0]) + (1 << 30).to_bytes(4, "big") + b"\0" * 1000)
+        sock.settimeout(10)
+        assert sock.recv(1) == b""
+    assert refusals("oversize_pdu") - before == 1
+
+
+# -- item 8: DICOM TLS --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def tls_args(certs, who: str = "client") -> list[str]:
+    return ["+tls", str(getattr(certs, f"{who}_key")), str(getattr(certs, f"{who}_crt")), "+cf", str(certs.ca_crt)]
+
+
+def test_tls_listener_takes_tls_and_refuses_plain(listener, certs, shared_data, tmp_path, caplog):
+    """`storescu +tls` failed with 'wrong version number': there was no TLS."""
+    svc = listener(listen={"tls": {"cert": str(certs.server_crt), "key": str(certs.server_key),
+                                   "ca": str(certs.ca_crt), "require_client_cert": True}})
+    [ecg] = ecg_copies(shared_data, tmp_path / "tls", 1)
+    # a silent connection must not block the handshakes of others (it used to run in the accept loop)
+    with socket.create_connection(("127.0.0.1", svc.port)):
+        result = subprocess.run([dcmtk("storescu"), "-v", *tls_args(certs), "-aet", CART_AET, "-aec", SERVICE_AET,
+                                 "127.0.0.1", str(svc.port), str(ecg)], capture_output=True, text=True, timeout=60)
+    assert stored_ok(result.stdout + result.stderr) == [str(ecg)], result.stdout + result.stderr
+    assert echo(svc.port, *tls_args(certs)).returncode == 0
+    before = refusals("tls_handshake")
+    assert echo(svc.port).returncode != 0                                     # plain DICOM
+    assert echo(svc.port, *tls_args(certs, "rogue")).returncode != 0          # a certificate we do not trust
+    wait_for(lambda: refusals("tls_handshake") - before >= 2, 5, "two TLS refusals")
+    assert "TLS handshake failed" in caplog.text
+    assert svc.queue.counts()["waiting"] == 1
+
+
+def test_pacs_delivery_over_tls(tmp_path, certs, shared_data):
+    """The PACS client speaks TLS to a DCMTK storescp +tls that requires our client certificate."""
+    from test_service_pacs import PACS_AET, deliver_once
+
+    from ecg_dicom.config import Folders
+
+    folders = Folders(tmp_path / "in", tmp_path / "out", tmp_path / "work")
+    folders.output.mkdir(parents=True)
+    src = shared_data / crafted.MORTARA
+    (folders.output / "r.dcm").write_bytes(src.read_bytes())
+    queue = JobQueue(folders.queue_db)
+    job_id = queue.add("k" * 16, "r", "scp", "spooled")
+    queue.claim(1)
+    queue.processed(job_id, ["r.dcm"], deliver=True)
+    port = free_port()
+    received = tmp_path / "pacs"
+    received.mkdir()
+    proc = subprocess.Popen([dcmtk("storescp"), *tls_args(certs, "server"), "-aet", PACS_AET, "-od", str(received),
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, "storescp +tls")
+        from ecg_dicom.config import ClientTls
+        tls = ClientTls(ca=certs.ca_crt, cert=certs.client_crt, key=certs.client_key)
+        job = deliver_once(folders, queue, port, tls=tls)
+        assert job.state == "done", job.reason
+        [stored] = list(received.iterdir())
+        assert dcmread(stored).SOPInstanceUID == dcmread(src).SOPInstanceUID
+        # a PACS whose certificate our CA did not sign: not delivered, retried later
+        queue.retry_later(job_id, 0.0, "test")
+        queue._set(job_id, "delivering")
+        rogue = ClientTls(ca=certs.rogue_crt, cert=certs.client_crt, key=certs.client_key)
+        assert deliver_once(folders, queue, port, tls=rogue).state == "delivering"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        queue.close()
