@@ -40,6 +40,7 @@ from pydicom.valuerep import DA, DT, TM, validate_value
 from ecg_dicom.core.preprocess import UNIT_TO_UV
 from ecg_dicom.errors import InputError
 from ecg_dicom.leads import canonical_lead_name
+from ecg_dicom.logsafe import wire
 
 SIDECAR_SUFFIX = ".json"
 MAX_SIDECAR_BYTES = 64 * 1024
@@ -127,7 +128,7 @@ def parse_sidecar(params: Any) -> Sidecar:
     for key in params:
         if key not in KNOWN_KEYS:
             hint = next((k for k in KNOWN_KEYS if k.lower() == str(key).lower()), None)
-            raise InputError(f"sidecar .json: unknown key {str(key)[:40]!r}"
+            raise InputError(f"sidecar .json: unknown key {wire(key, 40)}"
                              + (f" (did you mean {hint!r}?)" if hint else f" (known: {', '.join(KNOWN_KEYS)})"))
     fs = params.get("fs")
     if fs is not None and (isinstance(fs, bool) or not isinstance(fs, (int, float))
@@ -140,7 +141,7 @@ def parse_sidecar(params: Any) -> Sidecar:
         try:
             lead = canonical_lead_name(lead)
         except KeyError:
-            raise InputError(f"sidecar .json: {lead[:20]!r} is not a lead name") from None
+            raise InputError(f"sidecar .json: {wire(lead, 20)} is not a lead name") from None
     units = params.get("units")
     if units is not None and units not in UNIT_TO_UV:
         raise InputError(f"sidecar .json: 'units' must be one of {', '.join(UNIT_TO_UV)}, got {_kind(units)}")
@@ -182,4 +183,5 @@ _FORMATS = {"UI": " (a UID: digits and dots, at most 64)", "DA": " (YYYYMMDD)", 
 
 
 def _kind(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"[:60]
+    """Type and value for a reason; the value marked as from the input (hashed in the log)."""
+    return f"{type(value).__name__} {wire(repr(value), 48)}"

@@ -21,7 +21,7 @@ from ecg_dicom.errors import InputError
 from ecg_dicom.inputs import load_lead, refuse_links
 from ecg_dicom.limits import Limits
 from ecg_dicom.logsafe import SafeFormatter, strip_wire, uid_hash, wire
-from ecg_dicom.worker import read_sidecar
+from ecg_dicom.sidecar import read_sidecar
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +101,21 @@ def test_inputs_that_escaped_the_validators_are_typed_rejections(ecg, tmp_path, 
 
 
 @pytest.mark.parametrize("text, reason", [
-    ("[" * 2000 + "]" * 2000, "nested too deeply"),
-    (crafted.SIDECAR_DEEP, "larger than 4096 bytes"),
-    (crafted.SIDECAR_DIGITS, "larger than 4096 bytes"),
-    ('{"fs": 1e999}', "not a finite number"),
-    ('{"units": "furlongs\\n"}', "units 'furlongs\\n' unknown"),
+    ("[" * 2000 + "]" * 2000, "(RecursionError)"),
+    (crafted.SIDECAR_DEEP, "larger than 64 KiB"),
+    (crafted.SIDECAR_DIGITS, "(ValueError)"),
+    ('{"fs": 1e999}', "'fs' must be a positive number"),
+    ('{"units": "furlongs\\n"}', "'units' must be one of"),
+    ('{"lead": "%s"}' % crafted.MARKER_NAME, "is not a lead name"),
 ])
-def test_bad_sidecars_are_typed_rejections(tmp_path, text, reason):
+def test_bad_sidecars_are_typed_rejections_and_their_values_stay_out_of_the_log(tmp_path, text, reason):
     path = tmp_path / "x.json"
     path.write_text(text)
     with pytest.raises(InputError) as info:
         read_sidecar(path)
     assert reason in strip_wire(str(info.value))
+    line = format_record("ecg_dicom.worker", "job 1 rejected: %s", str(info.value))
+    assert "furlongs" not in line and crafted.MARKER_NAME not in line
 
 
 # -- item 8 (symlinks), at the reader ------------------------------------------------------------
