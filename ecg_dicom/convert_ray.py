@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -190,17 +191,19 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
     per_batch = max(1, min(files_per_batch, math.ceil(len(items) / workers)))
     rows = [item.to_row() for item in items]
     dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_batch))
-    converted = dataset.map_batches(
-        converter,
-        fn_constructor_kwargs={"checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
-                               "input_lead": input_lead, "device": device, "batch_size": batch_size,
-                               "settings": asdict(settings)},
-        batch_size=per_batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=THREADS_PER_WORKER,
-        max_task_retries=BATCH_RETRIES,  # a Ray remote argument (deprecated for Ray 2.64; pinned 2.60)
-    )
+    with warnings.catch_warnings():  # max_task_retries is a Ray remote argument, fine in the pinned Ray 2.60
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        converted = dataset.map_batches(
+            converter,
+            fn_constructor_kwargs={"checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+                                   "input_lead": input_lead, "device": device, "batch_size": batch_size,
+                                   "settings": asdict(settings)},
+            batch_size=per_batch,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=THREADS_PER_WORKER,
+            max_task_retries=BATCH_RETRIES,
+        )
     converted.context.max_errored_blocks = -1  # a batch lost after its retries is reported below
     reported: set[str] = set()
     try:
