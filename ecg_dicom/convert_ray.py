@@ -109,8 +109,9 @@ def ray_session(address: str | None = None, temp_dir: str | Path | None = None,
 
     Already connected (a caller's own ``ray.init``): use that session and leave it open.
     ``address`` ("auto" or "HOST:PORT"): join that cluster. Otherwise start a local instance
-    with ``num_cpus`` CPUs whose files all go under ``temp_dir`` (default: a fresh folder in
-    ``$TMPDIR``, removed afterwards unless the block failed), and stop it at the end.
+    with ``num_cpus`` CPUs whose files all go under ``temp_dir`` (default: ``ray/`` in a fresh
+    private folder in ``$TMPDIR``, removed afterwards unless the block failed), and stop it
+    at the end. Ray makes ``temp_dir`` world-writable.
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -127,7 +128,10 @@ def ray_session(address: str | None = None, temp_dir: str | Path | None = None,
             ray.shutdown()
         return
     own_temp = temp_dir is None
-    temp = Path(tempfile.mkdtemp(prefix="ecg-dicom-ray-") if own_temp else temp_dir).resolve()
+    # Ray makes its temp folder world-writable (0777); a private (0700) folder around it keeps
+    # other local users out of its logs, which name input files.
+    private = Path(tempfile.mkdtemp(prefix="ecg-dicom-ray-")).resolve() if own_temp else None
+    temp = private / "ray" if private is not None else Path(temp_dir).resolve()
     if len(str(temp)) > MAX_TEMP_DIR_CHARS:
         raise EcgDicomError(f"Ray's temp folder {temp} is too long a path for its sockets: give"
                             f" --ray-temp-dir (or $TMPDIR) a path of at most {MAX_TEMP_DIR_CHARS} characters")
@@ -156,9 +160,9 @@ def ray_session(address: str | None = None, temp_dir: str | Path | None = None,
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if own_temp and not failed:
-            shutil.rmtree(temp, ignore_errors=True)
-        elif own_temp:
+        if private is not None and not failed:
+            shutil.rmtree(private, ignore_errors=True)
+        elif private is not None:
             print(f"ecg-dicom convert: Ray's logs are in {temp}", file=sys.stderr)
 
 

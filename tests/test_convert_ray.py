@@ -41,8 +41,10 @@ def ray_instance():
 
     with ray_session(num_cpus=2) as temp:
         assert ray.is_initialized() and temp is not None and temp.is_dir()
+        assert temp.parent.stat().st_mode & 0o777 == 0o700  # Ray's own folder is 0777: ours around it is not
+        assert list(temp.glob("session_*/logs"))  # Ray writes there
         yield temp
-    assert not ray.is_initialized() and not temp.exists()
+    assert not ray.is_initialized() and not temp.parent.exists()
 
 
 def small_tree(root: Path, shared_data: Path) -> Path:
