@@ -33,22 +33,10 @@ from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig  # noqa: E402
 from ecg_dicom.leads import learned_leads  # noqa: E402
 
 
-def model_flops(config: ModelConfig, length: int) -> float:
-    """Multiply-add FLOPs (2 per MAC) of one forward pass over a window of ``length``."""
-    c, h, s = config.stem_channels, config.hidden, config.stride
-    t = length // s
-    out_ch = config.n_leads * (2 if config.variance_head else 1)
-    conv = 2 * length * (7 * config.in_features * c + 7 * c * c)          # stem
-    conv += 2 * t * (s * c * c)                                             # down
-    conv += 2 * length * (2 * h * c)                                        # transposed up
-    conv += 2 * length * (5 * 2 * c * c + c * out_ch)                       # head
-    lstm, inp = 0.0, c
-    for _ in range(config.lstm_layers):
-        lstm += 2 * 2 * t * 4 * h * (inp + h)                               # 2 directions
-        inp = 2 * h
-    d = 2 * h
-    attn = 2 * t * (3 * d * d + d * d) + 2 * 2 * t * t * d                  # projections + scores
-    return conv + lstm + attn
+def model_flops(model: torch.nn.Module, length: int) -> float:
+    """FLOPs (2 per multiply-add) of one forward pass over a window of ``length`` samples:
+    the model's own count (:meth:`BiLSTMAttentionModel.flops`), which follows its config."""
+    return float(model.flops(length))
 
 
 def matmul_rate(threads: int, size: int = 1024, repeats: int = 20) -> float:
@@ -124,7 +112,7 @@ def main() -> None:
 
     n_windows = len(window_starts(int(10 * pre.fs), pre.window, pre.hop))
     members = getattr(checkpoint.model, "members", [checkpoint.model])  # an ensemble runs each member
-    flops = sum(model_flops(m.config, pre.window) for m in members) * n_windows
+    flops = sum(model_flops(m, pre.window) for m in members) * n_windows
     peak = matmul_rate(threads)
     seed_rate, batch_rate = args.n / t_seed, args.n / t_batch
     model_rate = model_only_rate(checkpoint.model, pre.window, args.batch_size) / n_windows

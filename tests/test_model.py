@@ -79,3 +79,24 @@ def test_checkpoint_is_small_and_self_describing(tmp_path):
     for key in ("model_version", "input_lead", "output_leads", "model_config", "preprocessing", "training"):
         assert key in payload
     assert path.stat().st_size < 20 * 2**20
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(stem_channels=16, down_channels=64, head_channels=16,
+                                                               stride=10, head_kernel=3, stem_kernel=5)])
+def test_flop_count_follows_the_config(config: ModelConfig) -> None:
+    """The convolutions' count equals torch's own FLOP counter; the first shipped model's
+    window costs the ~356 MFLOP its model card and issue 13 state."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = BiLSTMAttentionModel(config).eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, config.in_features, 2500))
+    counted = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    parts = model.flops_breakdown(2500)
+    assert parts["conv"] == counted["aten.convolution"]
+    h, t = config.hidden, 2500 // config.stride
+    assert parts["lstm"] == 2 * 2 * t * 4 * h * ((config.lstm_input + h) + (2 * h + h))
+    if config == ModelConfig():
+        assert model.flops(1250) == pytest.approx(356e6, rel=0.01)
+    else:
+        assert model.flops(2500) < 0.2e9

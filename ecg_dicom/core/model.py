@@ -27,6 +27,12 @@ class ModelConfig:
     stride: the LSTM runs at fs / stride (a 250 Hz window of 1250 -> 250 steps).
     hidden: LSTM hidden size per direction; lstm_layers: stacked bidirectional layers.
     heads: attention heads over time; variance_head: also predict a per-lead log-variance.
+    stem_kernel: kernel of the two full-rate stem convolutions.
+    down_channels: width of the strided convolution that feeds the LSTM (0: stem_channels).
+    head_channels: width of the full-rate head convolution and of the upsampled LSTM
+    features it reads beside the stem's (0: stem_channels); head_kernel: its kernel.
+    The defaults are the first shipped models'; the full-rate convolutions cost most of
+    the FLOPs (see :meth:`BiLSTMAttentionModel.flops`), so a cheaper model narrows them.
     """
 
     in_features: int = 2
@@ -38,6 +44,18 @@ class ModelConfig:
     heads: int = 4
     dropout: float = 0.1
     variance_head: bool = True
+    stem_kernel: int = 7
+    down_channels: int = 0
+    head_channels: int = 0
+    head_kernel: int = 5
+
+    @property
+    def lstm_input(self) -> int:
+        return self.down_channels or self.stem_channels
+
+    @property
+    def head_width(self) -> int:
+        return self.head_channels or self.stem_channels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,22 +92,25 @@ class BiLSTMAttentionModel(nn.Module):
 
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
-        c, h = config.stem_channels, config.hidden
+        c, h, k = config.stem_channels, config.hidden, config.stem_kernel
+        d, e, kh = config.lstm_input, config.head_width, config.head_kernel
+        if k % 2 == 0 or kh % 2 == 0:
+            raise ValueError(f"stem and head kernels must be odd, got {k} and {kh}")
         self.config = config
         self.stem = nn.Sequential(
-            nn.Conv1d(config.in_features, c, kernel_size=7, padding=3), nn.GELU(),
-            nn.Conv1d(c, c, kernel_size=7, padding=3), nn.GELU(),
+            nn.Conv1d(config.in_features, c, kernel_size=k, padding=k // 2), nn.GELU(),
+            nn.Conv1d(c, c, kernel_size=k, padding=k // 2), nn.GELU(),
         )
-        self.down = nn.Conv1d(c, c, kernel_size=config.stride, stride=config.stride)
+        self.down = nn.Conv1d(c, d, kernel_size=config.stride, stride=config.stride)
         self.lstm = nn.LSTM(
-            c, h, num_layers=config.lstm_layers, batch_first=True, bidirectional=True,
+            d, h, num_layers=config.lstm_layers, batch_first=True, bidirectional=True,
             dropout=config.dropout if config.lstm_layers > 1 else 0.0,
         )
         self.attention = Attention(2 * h, config.heads, config.dropout)
-        self.up = nn.ConvTranspose1d(2 * h, c, kernel_size=config.stride, stride=config.stride)
+        self.up = nn.ConvTranspose1d(2 * h, e, kernel_size=config.stride, stride=config.stride)
         self.head = nn.Sequential(
-            nn.Conv1d(2 * c, c, kernel_size=5, padding=2), nn.GELU(),
-            nn.Conv1d(c, config.n_leads * (2 if config.variance_head else 1), kernel_size=1),
+            nn.Conv1d(e + c, e, kernel_size=kh, padding=kh // 2), nn.GELU(),
+            nn.Conv1d(e, config.n_leads * (2 if config.variance_head else 1), kernel_size=1),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -113,6 +134,30 @@ class BiLSTMAttentionModel(nn.Module):
         mean, log_var = out.chunk(2, dim=1)
         return mean, log_var.clamp(*LOG_VAR_RANGE)
 
+    def flops(self, length: int) -> float:
+        """FLOPs (2 per multiply-add) of one forward pass over a window of ``length`` samples
+        at the model rate: convolutions, LSTM gates, attention projections and scores
+        (activations, norms and the LSTM's element-wise gate arithmetic left out: < 2 %)."""
+        return float(sum(self.flops_breakdown(length).values()))
+
+    def flops_breakdown(self, length: int) -> dict[str, float]:
+        """:meth:`flops` by part: ``conv`` (stem, down, up, head), ``lstm``, ``attention``."""
+        cfg = self.config
+        c, h, s, d, e = cfg.stem_channels, cfg.hidden, cfg.stride, cfg.lstm_input, cfg.head_width
+        t = length // s
+        out_ch = cfg.n_leads * (2 if cfg.variance_head else 1)
+        conv = 2 * length * cfg.stem_kernel * (cfg.in_features * c + c * c)   # full-rate stem
+        conv += 2 * t * s * c * d                                              # strided down
+        conv += 2 * length * 2 * h * e                                         # transposed up
+        conv += 2 * length * (cfg.head_kernel * (e + c) * e + e * out_ch)      # full-rate head
+        lstm, inp = 0.0, d
+        for _ in range(cfg.lstm_layers):
+            lstm += 2 * 2 * t * 4 * h * (inp + h)                              # both directions
+            inp = 2 * h
+        dim = 2 * h
+        attn = 2 * t * 4 * dim * dim + 2 * 2 * t * t * dim                     # q, k, v, out + scores
+        return {"conv": float(conv), "lstm": float(lstm), "attention": float(attn)}
+
 
 class EnsembleModel(nn.Module):
     """Several independently trained :class:`BiLSTMAttentionModel` members, averaged.
@@ -134,6 +179,10 @@ class EnsembleModel(nn.Module):
                 raise ValueError("ensemble members differ in input features, output leads or stride")
         self.members = nn.ModuleList(members)
         self.config = first  # what callers need of it (features, leads, stride) is shared by all
+
+    def flops(self, length: int) -> float:
+        """Sum of the members' FLOPs over a window of ``length`` samples."""
+        return float(sum(member.flops(length) for member in self.members))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (N, F, L) -> (mean (N, leads, L) mV, log-variance (N, leads, L) of the mixture)."""
