@@ -6,7 +6,9 @@ Every loader returns :class:`Record` objects holding all 12 leads in
 
 from __future__ import annotations
 
+import ast
 import csv
+import hashlib
 import logging
 import os
 import re
@@ -41,6 +43,8 @@ class Record:
     amplitude_reliable: False when every lead was normalised to the same peak-to-peak
     (LUDB stores each lead scaled to exactly 1 mV p2p): its shapes are real, its absolute
     and relative amplitudes are not.
+    labels: the :data:`DIAGNOSTIC_CLASSES` the record's own statements name (see
+    :func:`diagnostic_classes`); empty when it has none or none is known.
     """
 
     name: str
@@ -49,6 +53,7 @@ class Record:
     leads: np.ndarray
     amplitude_reliable: bool = True
     patient: str = ""
+    labels: tuple[str, ...] = ()
 
 
 NORMALISED_P2P_UV = 1000.0
@@ -93,17 +98,113 @@ def ptbxl_ecg_id(stem: str) -> int | None:
 
 
 @lru_cache(maxsize=None)
-def _ptbxl_patients(folder: Path) -> dict[int, str]:
-    """ecg_id -> patient_id from PTB-XL metadata tables (``ptbxl_database*.csv``) in ``folder``."""
-    patients: dict[int, str] = {}
+def _ptbxl_metadata(folder: Path) -> dict[int, tuple[str | None, tuple[str, ...]]]:
+    """ecg_id -> (patient_id, SCP-ECG statement codes) from PTB-XL metadata tables
+    (``ptbxl_database*.csv``) in ``folder``."""
+    table_rows: dict[int, tuple[str | None, tuple[str, ...]]] = {}
     for table in sorted(folder.glob(PTBXL_METADATA_GLOB)):
         with open(table, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 try:
-                    patients[int(row["ecg_id"])] = str(int(float(row["patient_id"])))
+                    ecg_id = int(row["ecg_id"])
                 except (KeyError, ValueError):
                     continue
-    return patients
+                try:
+                    patient = str(int(float(row["patient_id"])))
+                except (KeyError, ValueError):
+                    patient = None
+                try:  # a dict literal such as "{'NORM': 100.0, 'SR': 0.0}", parsed without eval
+                    codes = tuple(ast.literal_eval(row.get("scp_codes") or "{}"))
+                except (ValueError, SyntaxError):
+                    codes = ()
+                table_rows[ecg_id] = (patient, codes)
+    return table_rows
+
+
+def _ptbxl_patients(folder: Path) -> dict[int, str]:
+    """ecg_id -> patient_id from PTB-XL metadata tables (``ptbxl_database*.csv``) in ``folder``."""
+    return {k: p for k, (p, _) in _ptbxl_metadata(folder).items() if p is not None}
+
+
+def _database_root(header: Path, database: str) -> Path | None:
+    """The database folder above ``header`` (``.../ptbxl`` for ``.../ptbxl/records500/00000/x.hea``)."""
+    return next((p for p in Path(os.path.abspath(header)).parents if p.name == database), None)
+
+
+# Diagnostic classes reported per class (issue 15): PTB-XL's NORM, MI and STTC superclasses and
+# the subclasses the hardest external records show most (bundle branch blocks and intraventricular
+# conduction delay, left ventricular hypertrophy, premature beats).
+DIAGNOSTIC_CLASSES: tuple[str, ...] = ("NORM", "BBB/IVCD", "LVH", "PVC/PAC", "MI", "STTC")
+# PTB-XL SCP-ECG statements -> class (scp_statements.csv: diagnostic_class MI / STTC; the others by code).
+SCP_TO_CLASS: dict[str, str] = {
+    "NORM": "NORM",
+    **{code: "BBB/IVCD" for code in ("CRBBB", "CLBBB", "IVCD")},
+    "LVH": "LVH",
+    **{code: "PVC/PAC" for code in ("PVC", "PAC", "BIGU", "TRIGU")},
+    **{code: "MI" for code in ("IMI", "ASMI", "ILMI", "AMI", "ALMI", "INJAS", "LMI", "INJAL", "IPLMI",
+                                "IPMI", "INJIN", "INJLA", "PMI", "INJIL")},
+    **{code: "STTC" for code in ("NDT", "NST_", "DIG", "LNGQT", "ISC_", "ISCAL", "ISCIN", "ISCIL",
+                                  "ISCAS", "ISCLA", "ANEUR", "EL", "ISCAN")},
+}
+# PhysioNet Challenge 2024 header labels (PTB-XL superclasses and rhythm statements).
+CHALLENGE_LABEL_TO_CLASS: dict[str, str] = {"NORM": "NORM", "OldMI": "MI", "AcuteMI": "MI", "MI": "MI",
+                                            "STTC": "STTC", "PVC": "PVC/PAC", "PAC": "PVC/PAC"}
+# SNOMED CT codes of the Challenge 2020/2021 headers (Georgia, PTB and PTB-XL copies).
+SNOMED_TO_CLASS: dict[str, str] = {
+    **{code: "BBB/IVCD" for code in ("59118001", "713427006", "164909002", "733534002", "698252002")},
+    "164873001": "LVH",
+    **{code: "PVC/PAC" for code in ("427172004", "17338001", "284470004", "63593006")},
+    **{code: "MI" for code in ("164865005", "164861001", "54329005")},
+    **{code: "STTC" for code in ("164934002", "59931005", "428750005", "429622005", "164930006",
+                                  "55930002", "111975006")},
+}
+SINUS_RHYTHM_SNOMED = {"426783006", "426177001", "427084000", "427393009"}  # sinus rhythm, brady, tachy, arrhythmia
+# LUDB's diagnosis lines (header comments) -> class; a record with a sinus rhythm, a normal,
+# vertical or horizontal axis and no other statement is NORM.
+LUDB_TEXT_TO_CLASS: tuple[tuple[str, str], ...] = (
+    ("complete right bundle branch block", "BBB/IVCD"), ("complete left bundle branch block", "BBB/IVCD"),
+    ("intravintricular conduction delay", "BBB/IVCD"), ("intraventricular conduction delay", "BBB/IVCD"),
+    ("left ventricular hypertrophy", "LVH"), ("extrasystol", "PVC/PAC"),
+    ("stemi", "MI"), ("scar formation", "MI"), ("ischemia/scar", "MI"),
+    ("ischemia", "STTC"), ("repolarization abnormalities", "STTC"),
+)
+
+
+def diagnostic_classes(comments: Sequence[str], database: str, scp_codes: Sequence[str] = ()) -> tuple[str, ...]:
+    """The :data:`DIAGNOSTIC_CLASSES` a record's statements name, in that order.
+
+    Sources: PTB-XL's ``scp_codes`` (any statement, whatever its likelihood), the Challenge
+    2024 ``# Labels:`` and 2024 first-phase ``#Dx: Normal`` header comments, the Challenge
+    2020/2021 SNOMED CT ``#Dx:`` codes (Georgia, PTB, PTB-XL copies; sinus rhythm alone is
+    NORM), and LUDB's diagnosis lines. "Incomplete" bundle branch blocks are not BBB/IVCD.
+    """
+    found: set[str] = {SCP_TO_CLASS[c] for c in scp_codes if c in SCP_TO_CLASS}
+    fields: dict[str, str] = {}
+    for line in comments:
+        key, sep, value = line.lstrip("#").strip().partition(":")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    if "labels" in fields:
+        found |= {CHALLENGE_LABEL_TO_CLASS[lab.strip()] for lab in fields["labels"].split(",")
+                  if lab.strip() in CHALLENGE_LABEL_TO_CLASS}
+    dx = fields.get("dx", "")
+    if dx.lower() == "normal":
+        found.add("NORM")
+    codes = {c.strip() for c in dx.split(",") if c.strip().isdigit()}
+    found |= {SNOMED_TO_CLASS[c] for c in codes if c in SNOMED_TO_CLASS}
+    if codes and codes <= SINUS_RHYTHM_SNOMED:
+        found.add("NORM")
+    if database == "ludb":
+        lines = [line.lstrip("#").strip().lower() for line in comments]
+        statements = [line for line in lines if line and not line.startswith(("<", "rhythm:", "electric axis"))]
+        for line in statements:
+            found |= {cls for text, cls in LUDB_TEXT_TO_CLASS
+                      if text in line and not line.startswith("incomplete")}
+        axis_ok = any(line.startswith("electric axis") and any(a in line for a in ("normal", "vertical", "horizontal"))
+                      for line in lines)
+        if not statements and axis_ok and any(line.startswith("rhythm: sinus") for line in lines):
+            found.add("NORM")
+    return tuple(c for c in DIAGNOSTIC_CLASSES if c in found)
 
 
 def subject_of(header: str | Path, database: str) -> str:
@@ -116,7 +217,7 @@ def subject_of(header: str | Path, database: str) -> str:
         return f"{database}/{KNOWN_SUBJECTS[(database, stem)]}"
     if database == "ptbxl":
         ecg_id = ptbxl_ecg_id(stem)
-        root = next((p for p in Path(os.path.abspath(header)).parents if p.name == database), None)
+        root = _database_root(header, database)
         if ecg_id is not None and root is not None:
             patient = _ptbxl_patients(root).get(ecg_id)
             if patient is not None:
@@ -153,8 +254,13 @@ def read_wfdb_record(header: str | Path, database: str | None = None) -> Record:
         raise ValueError(f"{header}: leads {', '.join(missing)} are missing")
     out = np.nan_to_num(out, nan=0.0)
     database = database or database_of(header)
+    scp: tuple[str, ...] = ()
+    if database == "ptbxl" and (ecg_id := ptbxl_ecg_id(header.stem)) is not None:
+        root = _database_root(header, database)
+        scp = _ptbxl_metadata(root).get(ecg_id, (None, ()))[1] if root is not None else ()
     return Record(name=f"{database}/{header.stem}", database=database, fs=float(rec.fs), leads=out,
-                  amplitude_reliable=not amplitude_normalised(out), patient=subject_of(header, database))
+                  amplitude_reliable=not amplitude_normalised(out), patient=subject_of(header, database),
+                  labels=diagnostic_classes(rec.comments or [], database, scp))
 
 
 def find_headers(folders: Iterable[str | Path]) -> list[Path]:
@@ -237,14 +343,63 @@ def load_synthetic(n: int, cache_dir: str | Path, seed: int = 0) -> list[Record]
     return records
 
 
-def split_records(names: Sequence[str], val_fraction: float, seed: int,
-                  max_val: int = 64) -> tuple[list[str], list[str]]:
-    """Record-wise split with a fixed seed: (train names, validation names), both sorted;
-    at most ``max_val`` validation records, none when there are 4 records or fewer."""
+def split_records(names: Sequence[str], val_fraction: float, seed: int, max_val: int = 64,
+                  groups: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Split with a fixed seed: (train names, validation names), both sorted; about
+    ``val_fraction`` (at most ``max_val``) validation records, none when there are 4 records
+    or fewer. With ``groups`` (name -> subject), whole subjects go to one side: subjects are
+    drawn in a seeded order until the validation share is reached."""
     names = sorted(names)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(names))
     n_val = min(int(round(len(names) * val_fraction)), max_val) if len(names) > 4 else 0
-    val = sorted(names[i] for i in order[:n_val])
-    train = sorted(names[i] for i in order[n_val:])
-    return train, val
+    if groups is None:
+        order = rng.permutation(len(names))
+        val = {names[i] for i in order[:n_val]}
+    else:
+        subjects = sorted({groups.get(n, n) for n in names})
+        members: dict[str, list[str]] = {}
+        for n in names:
+            members.setdefault(groups.get(n, n), []).append(n)
+        val = set()
+        for i in rng.permutation(len(subjects)):
+            if len(val) >= n_val:
+                break
+            if len(val) + len(members[subjects[i]]) <= max(n_val, 1):
+                val.update(members[subjects[i]])
+    return sorted(n for n in names if n not in val), sorted(val)
+
+
+def patient_hash(patient: str) -> float:
+    """A subject id mapped to [0, 1) by SHA-256: the same on every machine and run, and
+    independent of which other records are loaded."""
+    return int.from_bytes(hashlib.sha256(patient.encode()).digest()[:8], "big") / 2.0**64
+
+
+def parse_patient_fold(spec: str) -> tuple[str, int, int]:
+    """``"ptbxl:2/5"`` -> ("ptbxl", 2, 5): fold 2 of 5 of a database's subjects (folds 0..4)."""
+    database, sep, fold = spec.partition(":")
+    k, slash, n = fold.partition("/")
+    try:
+        k_i, n_i = int(k), int(n)
+    except ValueError:
+        k_i = n_i = -1
+    if not sep or not slash or not database or not (n_i >= 2 and 0 <= k_i < n_i):
+        raise ValueError(f"patient fold {spec!r} is not DATABASE:K/N with 0 <= K < N and N >= 2")
+    return database, k_i, n_i
+
+
+def in_patient_fold(record: Record, folds: Sequence[tuple[str, int, int]]) -> bool:
+    """True when ``record``'s subject falls in fold K of N of its database for any
+    (database, K, N) of ``folds``: subjects with :func:`patient_hash` in [K/N, (K+1)/N).
+    All records of a subject land on the same side, in training and in evaluation alike."""
+    return any(record.database == db and k / n <= patient_hash(record.patient or record.name) < (k + 1) / n
+               for db, k, n in folds)
+
+
+def select_records(folders: Iterable[str | Path], fs: float, patient_folds: Sequence[str] = ()) -> list[Record]:
+    """Records of ``folders`` (see :func:`load_data_folder`; ``fs`` for .npy arrays), only
+    those in the patient folds ``DB:K/N`` when any are given. Raises ``ValueError`` for a
+    malformed fold."""
+    folds = [parse_patient_fold(spec) for spec in patient_folds]
+    records = [r for folder in folders for r in load_data_folder(folder, fs)]
+    return [r for r in records if in_patient_fold(r, folds)] if folds else records
