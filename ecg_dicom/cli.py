@@ -81,15 +81,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (weights are reproducible for a fixed thread count)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--steps-per-epoch", type=int, default=16, help="batches of 16 crops per epoch")
+    p.add_argument("--steps-per-epoch", type=int, default=16, help="batches per epoch")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per batch")
     p.add_argument("--real-fraction", type=float, default=0.5,
                    help="share of real crops per batch when --synthetic is mixed with --real")
+    p.add_argument("--shape-share", type=float, default=0.5,
+                   help="share of the real crops drawn from amplitude-normalised records (LUDB)")
+    p.add_argument("--lowrate-weight", type=float, default=1.0,
+                   help="draw weight of a record stored below the model rate (PTB-XL 100 Hz) vs a full-rate one")
+    p.add_argument("--band-limited-loss", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare prediction and target low-passed alike on records stored below the model rate")
+    p.add_argument("--patient-fold", nargs="*", default=[], metavar="DB:K/N",
+                   help="hold out fold K of N of a database's patients (e.g. ptbxl:0/5); evaluate takes the same")
+    p.add_argument("--augment", choices=("carts", "legacy"), default="carts",
+                   help="input augmentation: what real carts deliver (default) or the first models' lighter set")
+    p.add_argument("--select", choices=("best", "last"), default="best",
+                   help="keep the epoch of lowest validation loss or the final weights")
+    pre = p.add_argument_group("preprocessing (default: the first shipped models'; ignored with --init)")
+    pre.add_argument("--model-fs", type=float, default=250.0, help="model rate, Hz (250)")
+    pre.add_argument("--window-s", type=float, default=5.0, help="inference window, s (5)")
+    pre.add_argument("--hop-s", type=float, default=None, help="inference hop, s (half the window)")
+    pre.add_argument("--crop-s", type=float, default=None, help="training crop, s (the window)")
+    pre.add_argument("--input-highpass", type=float, default=0.0,
+                     help="high-pass the input at this many Hz before the model (0: none)")
     size = p.add_argument_group("model size (default: the shipped models'; ignored with --init, which keeps its own)")
-    size.add_argument("--stem-channels", type=int, help="conv stem and head width (64)")
-    size.add_argument("--stride", type=int, help="the LSTM runs at 250 Hz / stride (5)")
+    size.add_argument("--stem-channels", type=int, help="full-rate conv stem width (64)")
+    size.add_argument("--stride", type=int, help="the LSTM runs at the model rate / stride (5)")
     size.add_argument("--hidden", type=int, help="LSTM hidden size per direction (64)")
     size.add_argument("--lstm-layers", type=int, help="stacked bidirectional LSTM layers (2)")
     size.add_argument("--heads", type=int, help="attention heads over time (4)")
+    size.add_argument("--stem-kernel", type=int, help="kernel of the full-rate stem convolutions (7)")
+    size.add_argument("--down-channels", type=int, help="width of the strided conv feeding the LSTM (the stem's)")
+    size.add_argument("--head-channels", type=int, help="width of the full-rate head (the stem's)")
+    size.add_argument("--head-kernel", type=int, help="kernel of the full-rate head convolution (5)")
 
     p = sub.add_parser("ensemble", help="combine checkpoints trained by `train` into one averaged checkpoint")
     p.add_argument("members", nargs="+", help="checkpoint files (at least two models in all)")
@@ -102,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--baseline-data", nargs="*", default=None,
                    help="records to fit the linear baselines on (default: the checkpoint's training data)")
+    p.add_argument("--patient-fold", nargs="*", default=[], metavar="DB:K/N",
+                   help="only the records of fold K of N of a database's patients (as train --patient-fold)")
     _add_model_args(p)
 
     for name, text in (("serve", "run the DICOM service"), ("status", "print queue counts")):

@@ -93,3 +93,25 @@ def test_long_record_is_stitched_without_seams():
 
 def test_lead_names_are_the_standard_order():
     assert LEADS_12[:6] == ("I", "II", "III", "aVR", "aVL", "aVF")
+
+
+def test_input_high_pass_makes_offsets_and_drift_irrelevant():
+    """A checkpoint that high-passes its input (as the current recipe trains) draws the same
+    leads whatever baseline offset or slow drift a cart adds; one without does not."""
+    from conftest import TINY_CONFIG
+
+    from ecg_dicom.core.model import BiLSTMAttentionModel
+
+    torch.manual_seed(0)
+    model = BiLSTMAttentionModel(TINY_CONFIG).eval()
+    x = synthetic_lead(10, 500).astype(np.float64)
+    t = np.arange(x.size) / 500
+    drifting = x + 5000.0 + 1000.0 * np.sin(2 * np.pi * 0.1 * t)
+    outputs = {}
+    for hz in (0.0, 0.5):
+        pre = Preprocessing(window=2500, hop=1250, highpass_hz=hz)
+        rec = Reconstructor(Checkpoint(model, "I", learned_leads("I"), "stub", pre))
+        clean, drift = rec.reconstruct(x, 500), rec.reconstruct(drifting, 500)
+        outputs[hz] = np.abs(clean[6:] - drift[6:]).max()
+        assert rec.flops_per_record(10.0) == model.flops(2500)      # a 10 s record is one window
+    assert outputs[0.5] < 0.1 * outputs[0.0], outputs

@@ -33,16 +33,19 @@ def shipped_checkpoint_path(input_lead: str) -> Path:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a lead becomes model input: resample to ``fs`` Hz, windows of ``window`` samples
-    overlapping by ``window - hop``, min-max + mV features (see ``model_features``)."""
+    """How a lead becomes model input: resample to ``fs`` Hz, high-pass at ``highpass_hz``
+    (0: none, as the first shipped models), windows of ``window`` samples overlapping by
+    ``window - hop``, min-max + mV features (see ``model_features``)."""
 
     fs: float = 250.0
     window: int = 1250
     hop: int = 625
     scaling: str = "minmax+mV"
+    highpass_hz: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"fs": self.fs, "window": self.window, "hop": self.hop, "scaling": self.scaling}
+        return {"fs": self.fs, "window": self.window, "hop": self.hop, "scaling": self.scaling,
+                "highpass_hz": self.highpass_hz}
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ecg_dicom.core.checkpoint import Checkpoint, load_checkpoint
-from ecg_dicom.core.preprocess import model_features, resample_fs
+from ecg_dicom.core.preprocess import highpass, model_features, resample_fs
 from ecg_dicom.leads import LEADS_12, assemble_12_leads
 
 
@@ -99,6 +99,8 @@ class Reconstructor:
         pre = self.checkpoint.preprocessing
         window, hop = pre.window, pre.hop
         resampled = [resample_fs(np.asarray(x, np.float64), f, pre.fs) for x, f in zip(leads_uv, fs)]
+        if pre.highpass_hz:
+            resampled = [highpass(x, pre.fs, pre.highpass_hz) for x in resampled]
         windows, owners = [], []
         for rec, x in enumerate(resampled):
             padded = np.pad(x, (0, max(0, window - x.size)), mode="edge")
@@ -149,6 +151,12 @@ class Reconstructor:
             except Exception as exc:  # noqa: BLE001 - handed back to the caller, per record
                 results.append(exc)
         return results
+
+    def flops_per_record(self, seconds: float = 10.0) -> float:
+        """Model FLOPs to reconstruct one record of ``seconds`` (any input rate): the number
+        of windows :meth:`reconstruct_batch` cuts it into times the FLOPs of one window."""
+        pre = self.checkpoint.preprocessing
+        return self.count_windows(int(round(seconds * pre.fs)), pre.fs) * float(self.model.flops(pre.window))
 
     def _predict(self, windows_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(W, L) µV windows -> (W, leads, L) mV means and log-variances (or None)."""
