@@ -17,7 +17,7 @@ from ecg_dicom.training.baselines import (
     lag_matrix,
 )
 from ecg_dicom.training.data import read_wfdb_record
-from ecg_dicom.training.evaluate import lead_metrics
+from ecg_dicom.training.evaluate import lead_metrics, summarize
 
 
 def _noise(n: int, seed: int) -> np.ndarray:
@@ -72,7 +72,8 @@ def test_both_baselines_from_one_pass_match_separate_fits() -> None:
 
 def test_lead_metrics() -> None:
     t = np.sin(np.linspace(0, 20, 1000)) * 500
-    assert lead_metrics(t, t) == pytest.approx({"r": 1.0, "rmse_uv": 0.0, "std_ratio": 1.0})
+    assert lead_metrics(t, t) == pytest.approx({"r": 1.0, "rmse_uv": 0.0, "std_ratio": 1.0,
+                                                "std_true_uv": float(np.std(t))})
     m = lead_metrics(0.5 * t, t)
     assert m["r"] == pytest.approx(1.0) and m["std_ratio"] == pytest.approx(0.5)
     assert m["rmse_uv"] == pytest.approx(np.sqrt(np.mean((0.5 * t) ** 2)))
@@ -140,3 +141,64 @@ def test_evaluate_warns_when_records_were_training_data(shared_data: Path, tmp_p
     assert json.loads((tmp_path / "a.json").read_text())["summary"]["records_in_training_data"] == ["ptbxl/HR06000"]
     assert main(["evaluate", str(ptb)]) == 0
     assert "training data" not in capsys.readouterr().err
+
+
+def test_summary_reports_classes_and_how_sigma_finds_the_worst_records() -> None:
+    """Per diagnostic class mean r; sigma's rank correlation and its AUROC for the worst decile."""
+    rng = np.random.default_rng(0)
+    results = []
+    for i in range(40):
+        err = 50.0 + 10 * i                      # record i is worse than record i - 1
+        leads = {lead: {"model": {"r": 0.9 - i / 100, "rmse_uv": err, "std_ratio": 1.0, "std_true_uv": 200.0},
+                        "linear_lagged": {"r": 0.5, "rmse_uv": 300.0, "std_ratio": 0.5, "std_true_uv": 200.0}}
+                 for lead in ("II", "V1", "V2", "V3", "V4", "V5", "V6")}
+        results.append({"name": f"db/{i}", "database": "db", "leads": leads, "amplitude_reliable": True,
+                        "labels": ["MI"] if i % 2 else ["NORM", "PVC/PAC"],
+                        "sigma_uv": {lead: err * rng.uniform(0.9, 1.1) for lead in leads}})
+    summary = summarize(results, "I")
+    assert summary["per_class"]["MI"]["n"] == 20 and summary["per_class"]["NORM"]["n"] == 20
+    assert summary["per_class"]["MI"]["model"] == pytest.approx(np.mean([0.9 - i / 100 for i in range(1, 40, 2)]))
+    assert summary["per_class"]["PVC/PAC"]["linear_lagged"] == pytest.approx(0.5)
+    conf = summary["confidence"]
+    assert conf["pooled_spearman"] > 0.9 and set(conf["per_lead_spearman"]) == set(results[0]["leads"])
+    assert conf["worst_decile"]["n"] == 4 and conf["worst_decile"]["auroc"] > 0.95
+    assert conf["worst_decile"]["records"] == ["db/36", "db/37", "db/38", "db/39"]
+    # a sigma that says nothing: AUROC near chance
+    for res in results:
+        res["sigma_uv"] = {lead: float(rng.uniform(50, 500)) for lead in res["leads"]}
+    assert abs(summarize(results, "I")["confidence"]["worst_decile"]["auroc"] - 0.5) < 0.35
+
+
+def test_robustness_and_ectopic_beat_reports_run_on_real_records(shared_data: Path, tiny_checkpoint: Path,
+                                                                 tmp_path: Path) -> None:
+    """Both reports run the real inference path on real records and write their JSON."""
+    from ecg_dicom.training import beats, robustness
+
+    folder = tmp_path / "georgia"
+    folder.mkdir()
+    for stem in ("E07500", "E07509"):
+        for ext in (".hea", ".mat"):
+            (folder / f"{stem}{ext}").symlink_to(shared_data / "ecg12/georgia" / f"{stem}{ext}")
+    out = tmp_path / "rob.json"
+    assert robustness.main([str(folder), "--checkpoint", str(tiny_checkpoint), "--json", str(out)]) == 0
+    conditions = json.loads(out.read_text())["conditions"]
+    assert set(conditions) == set(robustness.CONDITIONS) and conditions["clean"]["delta_r"] == 0.0
+    # a DC offset changes nothing the model sees once min-max scaled and centred
+    assert abs(conditions["offset +5 mV"]["delta_r"]) < 1e-3
+    out = tmp_path / "beats.json"
+    assert beats.main([str(folder), "--checkpoint", str(tiny_checkpoint), "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["n_records"] == 2 and rep["normal"]["n"] >= 10
+
+
+def test_qrs_detector_finds_the_beats_of_a_real_record(shared_data: Path) -> None:
+    from ecg_dicom.core.preprocess import highpass
+    from ecg_dicom.training.beats import qrs_peaks
+
+    rec = read_wfdb_record(shared_data / "ecg12/ludb/1.hea")
+    peaks = qrs_peaks(highpass(rec.leads, rec.fs), rec.fs)
+    ann = __import__("wfdb").rdann(str(shared_data / "ecg12/ludb/1"), "i")
+    qrs = [s for s, sym in zip(ann.sample, ann.symbol) if sym == "N"]   # LUDB skips the edge beats
+    assert len(qrs) <= len(peaks) <= len(qrs) + 2
+    # every annotated QRS peak has a detected peak within 40 ms
+    assert all(np.min(np.abs(peaks - q)) < 0.04 * rec.fs for q in qrs)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,24 @@ from ecg_dicom.core.checkpoint import load_checkpoint
 from ecg_dicom.leads import LEADS_12
 from ecg_dicom.training.data import (
     database_of,
+    diagnostic_classes,
+    in_patient_fold,
     load_wfdb_records,
+    parse_patient_fold,
     ptbxl_ecg_id,
     read_wfdb_record,
     split_records,
     subject_of,
 )
-from ecg_dicom.training.train import reconstruction_loss
+from ecg_dicom.training.train import (
+    Augment,
+    Prepared,
+    TrainConfig,
+    augment_input,
+    band_limit_kernel,
+    reconstruction_loss,
+    sampling_weights,
+)
 
 
 def test_reads_ptb_fifteen_signals_as_twelve_leads(shared_data: Path) -> None:
@@ -206,3 +218,101 @@ def test_model_size_flags_shape_the_model_and_bad_sizes_fail_first(four_records:
         assert main(["train", "--out", str(tmp_path / "bad.pt"), "--real", "/nonexistent", *flags]) == 2
         assert reason in capsys.readouterr().err
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_diagnostic_classes_from_every_label_source(shared_data: Path, ptbxl_tree: Path) -> None:
+    """PTB-XL scp_codes and Challenge 2024 labels, SNOMED codes (Georgia, PTB), LUDB's text."""
+    by_name = {r.name: r for r in load_wfdb_records([ptbxl_tree])}
+    assert by_name["ptbxl/00002_hr"].labels == ("NORM",)                    # scp_codes {'NORM': 80, 'SBRAD': 0}
+    assert by_name["ptbxl/01017_hr"].labels == ("PVC/PAC", "STTC")          # # Labels: STTC, CD, PVC, AFIB/AFL
+    assert by_name["ptbxl/01001_lr"].labels == ()                           # original header, no metadata
+    assert read_wfdb_record(shared_data / "ecg12/georgia/E07509.hea").labels == ("BBB/IVCD",)  # RBBB 59118001
+    assert read_wfdb_record(shared_data / "ecg12/georgia/E07506.hea").labels == ("NORM",)      # sinus rhythm only
+    assert read_wfdb_record(shared_data / "ecg12/ptb/S0006.hea").labels == ("MI",)
+    assert read_wfdb_record(shared_data / "ecg12/ludb/1.hea").labels == ("LVH", "STTC")
+    assert diagnostic_classes(["#Incomplete right bundle branch block. "], "ludb") == ()
+    assert diagnostic_classes(["#Rhythm: Sinus rhythm.", "#Electric axis of the heart: normal. "], "ludb") == ("NORM",)
+    assert diagnostic_classes([], "ptbxl", ("IMI", "CLBBB", "NDT", "LVH")) == ("BBB/IVCD", "LVH", "MI", "STTC")
+
+
+def test_patient_folds_partition_subjects_the_same_way_everywhere(shared_data: Path) -> None:
+    records = load_wfdb_records([shared_data / "ecg12/ptb", shared_data / "ecg12/georgia"])
+    folds = [[r.name for r in records if in_patient_fold(r, [("georgia", k, 3), ("ptb", k, 3)])] for k in range(3)]
+    assert sorted(sum(folds, [])) == sorted(r.name for r in records)       # a partition
+    for group in (("ptb/S0006", "ptb/S0007"), ("ptb/S0008", "ptb/S0009", "ptb/S0010"),
+                  ("georgia/E00008", "georgia/E00009", "georgia/E00010")):
+        assert sum(all(name in fold for name in group) for fold in folds) == 1   # one subject, one fold
+    assert not any(in_patient_fold(r, [("ludb", 0, 2), ("ludb", 1, 2)]) for r in records)
+    assert parse_patient_fold("ptbxl:2/5") == ("ptbxl", 2, 5)
+    for bad in ("ptbxl", "ptbxl:5/5", "ptbxl:0/1", ":0/5", "ptbxl:a/5"):
+        with pytest.raises(ValueError, match="DATABASE:K/N"):
+            parse_patient_fold(bad)
+
+
+def test_validation_split_keeps_each_subject_on_one_side() -> None:
+    names = [f"db/{i}" for i in range(60)]
+    groups = {n: f"subject{i // 3}" for i, n in enumerate(names)}      # 20 subjects with 3 records each
+    train, val = split_records(names, 0.1, seed=0, groups=groups)
+    assert len(val) == 6 and not set(train) & set(val)
+    assert {groups[n] for n in val}.isdisjoint({groups[n] for n in train})
+
+
+def test_band_limited_records_are_compared_below_their_band() -> None:
+    """A 100 Hz record holds nothing above 50 Hz: detail the model adds there costs nothing."""
+    fs = 250.0
+    t = torch.arange(2500) / fs
+    target = (torch.sin(2 * torch.pi * 1.3 * t) * 0.5).expand(2, 7, -1).clone()
+    pred = target + 0.2 * torch.sin(2 * torch.pi * 80 * t)               # QRS-like detail at 80 Hz
+    kernel = band_limit_kernel(fs)
+    limited, parts_limited = reconstruction_loss(pred, None, target, band=torch.ones(2), band_kernel=kernel)
+    full, parts_full = reconstruction_loss(pred, None, target, band=torch.zeros(2), band_kernel=kernel)
+    assert parts_limited["mse"] < 1e-3 < parts_full["mse"] and limited < full
+    assert parts_limited["r"] > 0.999 > parts_full["r"]
+
+
+def test_sampling_weights_give_each_pool_its_share() -> None:
+    recs = ([Prepared("hr", np.zeros(1), np.zeros((7, 1)))] * 10
+            + [Prepared("lr", np.zeros(1), np.zeros((7, 1)), band_limited=True)] * 30
+            + [Prepared("ludb", np.zeros(1), np.zeros((7, 1)), amplitude_reliable=False)] * 5)
+    w = sampling_weights(recs, 20, TrainConfig(real_fraction=0.8, shape_share=0.25, lowrate_weight=0.5))
+    assert w.sum() == pytest.approx(1.0)
+    assert w[40:45].sum() == pytest.approx(0.8 * 0.25) and w[45:].sum() == pytest.approx(0.2)
+    assert w[10] == pytest.approx(0.5 * w[0])                                # a 100 Hz record weighs half
+    assert w[:40].sum() == pytest.approx(0.8 * 0.75)
+
+
+def test_cart_augmentation_clips_bursts_and_pops() -> None:
+    rng = np.random.default_rng(0)
+    x = np.sin(np.linspace(0, 60, 2500)) * 1000.0
+    only = dict(p_low_fs=0, p_wander=0, p_powerline=0, p_emg=0, offset_uv=0.0)
+    clipped = augment_input(x, 250.0, rng, Augment(**only, p_clip=1.0, p_burst=0, p_pop=0))
+    assert clipped.max() < 0.96 * x.max() and np.array_equal(clipped[np.abs(x) < 400], x[np.abs(x) < 400])
+    burst = augment_input(x, 250.0, rng, Augment(**only, p_clip=0, p_burst=1.0, p_pop=0))
+    changed = np.flatnonzero(burst != x)
+    assert 0.2 * 250 <= changed.size <= 2.0 * 250 + 1
+    popped = augment_input(x, 250.0, rng, Augment(**only, p_clip=0, p_burst=0, p_pop=1.0))
+    assert np.array_equal(popped[:np.flatnonzero(popped != x)[0]], x[:np.flatnonzero(popped != x)[0]])
+
+
+def test_train_with_a_cheap_model_long_windows_and_a_patient_fold(shared_data: Path, ptbxl_tree: Path,
+                                                                  tmp_path: Path) -> None:
+    """The options of the current recipe: 10 s windows, input high-pass, narrow full-rate convs,
+    a held-out patient fold that evaluate then selects."""
+    out = tmp_path / "m.pt"
+    assert main(["train", "--out", str(out), "--real", str(ptbxl_tree), "--epochs", "1", "--steps-per-epoch", "1",
+                 "--window-s", "10", "--input-highpass", "0.5", "--stem-channels", "8", "--down-channels", "16",
+                 "--head-channels", "8", "--hidden", "8", "--heads", "2", "--stride", "10",
+                 "--patient-fold", "ptbxl:0/2", "--select", "last"]) == 0
+    ckpt = load_checkpoint(out, "I")
+    assert (ckpt.preprocessing.window, ckpt.preprocessing.hop, ckpt.preprocessing.highpass_hz) == (2500, 1250, 0.5)
+    assert ckpt.model.config.lstm_input == 16 and ckpt.model.config.head_width == 8
+    held = ckpt.training["held_out"]
+    records = load_wfdb_records([ptbxl_tree])
+    in_fold = sorted(r.name for r in records if in_patient_fold(r, [("ptbxl", 0, 2)]))
+    assert held["patient_folds"] == ["ptbxl:0/2"] and held["patient_fold_records"] == len(in_fold)
+    assert not set(in_fold) & set(ckpt.training["data"]["train_records"])
+    assert ckpt.training["flops_per_window"] == ckpt.model.flops(2500)
+    report = tmp_path / "e.json"
+    assert main(["evaluate", str(ptbxl_tree), "--checkpoint", str(out), "--patient-fold", "ptbxl:0/2",
+                 "--json", str(report)]) == 0
+    assert sorted(r["name"] for r in json.loads(report.read_text())["records"]) == in_fold

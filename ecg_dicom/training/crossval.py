@@ -3,8 +3,9 @@
     python -m ecg_dicom.training.crossval FOLD.json ... [--markdown OUT.md] [--json OUT.json]
 
 Each FOLD.json is the ``--json`` output of ``ecg-dicom evaluate`` for one held-out
-database, run with the checkpoint trained without it (and its baselines fitted on the
-same training data). Prints one table per database and the pooled table over all records.
+database (or patient fold), run with the checkpoint trained without it (and its baselines
+fitted on the same training data). Prints one table per database, the pooled table over
+all records and mean r per diagnostic class.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ def pool(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per_db = {}
     for db in sorted({rec["database"] for rec in records}):
         per_db[db] = summarize([rec for rec in records if rec["database"] == db], input_lead)
+    flops = [fold["summary"].get("flops_per_10s_ecg") for fold in folds]
     return {"input_lead": input_lead, "per_database": per_db, "pooled": summarize(records, input_lead),
-            "models": {fold["summary"]["checkpoint"]: fold["summary"].get("model_version") for fold in folds}}
+            "models": {fold["summary"]["checkpoint"]: fold["summary"].get("model_version") for fold in folds},
+            "flops_per_10s_ecg": max((f for f in flops if f), default=None)}
 
 
 def markdown_table(summary: dict[str, Any], title: str) -> str:
@@ -53,6 +56,22 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
         lines += ["", f"Confidence: Spearman ρ(predicted σ, actual RMSE) = {conf['pooled_spearman']:.2f} "
                   f"pooled over {conf['n_pairs']} record-leads; per lead "
                   + ", ".join(f"{k} {v:.2f}" for k, v in conf["per_lead_spearman"].items()) + "."]
+        if "relative_spearman_vs_1_minus_r" in conf:
+            lines[-1] += (f" Scale-free: ρ(σ / predicted std, 1 − r) = {conf['relative_spearman_vs_1_minus_r']:.2f}.")
+        if "worst_decile" in conf:
+            w = conf["worst_decile"]
+            lines[-1] += (f" Worst decile ({w['n']} records by RMSE): σ picks them out with AUROC {w['auroc']:.2f};"
+                          f" {w['recall_at_decile']:.0%} of them are in σ's own top decile.")
+    return "\n".join(lines)
+
+
+def class_table(summary: dict[str, Any], title: str) -> str:
+    """Markdown: mean r over the learned leads per diagnostic class, model vs both baselines."""
+    per_class = summary.get("per_class") or {}
+    lines = [f"**{title}**", "", "| class | n | model | zero-lag | lagged (±40 ms) |", "|---|---:|---:|---:|---:|"]
+    for cls, v in per_class.items():
+        lines.append(f"| {cls} | {v['n']} | {v['model']:.3f} | {v.get('linear_zero_lag', float('nan')):.3f} |"
+                     f" {v.get('linear_lagged', float('nan')):.3f} |")
     return "\n".join(lines)
 
 
@@ -68,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(summary, f"== held out: {db} =="), "\n")
         blocks.append(markdown_table(summary, f"Held out: {db}"))
     print(format_table(pooled["pooled"], "== pooled over all held-out records =="))
-    blocks.insert(0, markdown_table(pooled["pooled"], "Pooled (every record predicted by the model trained without its database)"))
+    blocks.insert(0, markdown_table(pooled["pooled"], "Pooled (every record predicted by a model that never trained on it)"))
+    blocks.append(class_table(pooled["pooled"], "Mean r by diagnostic class, pooled"))
     if args.markdown:
         Path(args.markdown).write_text("\n\n".join(blocks) + "\n")
     if args.json:

@@ -37,18 +37,19 @@ from ecg_dicom.training.baselines import (
     fit_baselines_on_records,
     protocol_window,
 )
-from ecg_dicom.training.data import Record, load_data_folder, load_wfdb_records
+from ecg_dicom.training.data import DIAGNOSTIC_CLASSES, Record, load_wfdb_records, select_records
 
 METHODS = ("model", *BASELINE_KINDS)
 FLAT_STD_UV = 10.0  # a true lead with a std under 10 µV after the high-pass is dead
 
 
 def lead_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """(N,) µV each -> Pearson r, RMSE µV, std(pred)/std(true)."""
+    """(N,) µV each -> Pearson r, RMSE µV, std(pred)/std(true), std(true) µV."""
     pc, tc = pred - pred.mean(), true - true.mean()
     sp, st = float(np.sqrt(np.mean(pc ** 2))), float(np.sqrt(np.mean(tc ** 2)))
     r = float(np.mean(pc * tc) / (sp * st)) if sp > 0 and st > 0 else 0.0
-    return {"r": r, "rmse_uv": float(np.sqrt(np.mean((pred - true) ** 2))), "std_ratio": sp / st}
+    return {"r": r, "rmse_uv": float(np.sqrt(np.mean((pred - true) ** 2))), "std_ratio": sp / st,
+            "std_true_uv": st}
 
 
 def _full_12(input_lead: str, lead_in: np.ndarray, learned: np.ndarray) -> np.ndarray:
@@ -78,7 +79,8 @@ def evaluate_records(reconstructor: Reconstructor, records: Sequence[Record],
                 continue
             per_lead[lead] = {m: lead_metrics(p[k], true[k]) for m, p in preds.items()}
         results.append({
-            "name": rec.name, "database": rec.database, "leads": per_lead,
+            "name": rec.name, "database": rec.database, "leads": per_lead, "fs": rec.fs,
+            "patient": rec.patient, "labels": list(rec.labels),
             "amplitude_reliable": rec.amplitude_reliable,
             "sigma_uv": None if recon.sigma is None else dict(zip(learned, map(float, recon.sigma))),
         })
@@ -112,24 +114,82 @@ def summarize(results: Sequence[dict[str, Any]], input_lead: str) -> dict[str, A
             "mean_r": float(np.mean([table[k]["r"] for k in learned if k in table])),
         }
     summary["confidence"] = confidence_rank_correlation(amp_set)
+    summary["per_class"] = per_class_summary(results, methods)
     return summary
 
 
+def per_class_summary(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Per diagnostic class (records may be in several): n records and, per method, the
+    mean r over the learned leads, averaged over the class's records."""
+    table = {}
+    for cls in DIAGNOSTIC_CLASSES:
+        members = [res for res in results if cls in res.get("labels", ())]
+        if not members:
+            continue
+        table[cls] = {"n": len(members), **{m: float(np.nanmean([_record_mean_r(res, m) for res in members]))
+                                            for m in methods}}
+    return table
+
+
+def _record_mean_r(res: dict[str, Any], method: str) -> float:
+    """Mean r over the learned leads of one record (derived limb leads left out)."""
+    rs = [v[method]["r"] for lead, v in res.get("leads", {}).items() if lead not in DERIVED_LIMB_LEADS and method in v]
+    return float(np.mean(rs)) if rs else float("nan")
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (rank formula)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = stats.rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def confidence_rank_correlation(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Spearman rho between the model's per-lead sigma and its actual RMSE: pooled over
-    (record, lead) pairs, and per lead across records."""
-    pairs = [(res["sigma_uv"][lead], res["leads"][lead]["model"]["rmse_uv"], lead)
-             for res in results if res["sigma_uv"] for lead in res["sigma_uv"] if lead in res["leads"]]
+    """How well the model's per-lead sigma tracks its actual error.
+
+    Spearman rho between sigma and RMSE pooled over (record, lead) pairs and per lead
+    across records; the same for sigma relative to the predicted lead's std against 1 - r
+    (scale-free: does sigma rise where the shape is wrong?); and for the worst decile of
+    records by actual error (mean RMSE over the learned leads): the AUROC of the record's
+    mean sigma at picking them out, and the share of them that sigma's own top decile holds.
+    """
+    pairs = [(res["sigma_uv"][lead], res["leads"][lead]["model"], lead, i)
+             for i, res in enumerate(results) if res["sigma_uv"]
+             for lead in res["sigma_uv"] if lead in res["leads"]]
     if len(pairs) < 3:
         return None
-    sig, err, leads = map(np.asarray, zip(*pairs))
+    sig = np.array([p[0] for p in pairs])
+    err = np.array([p[1]["rmse_uv"] for p in pairs])
+    one_minus_r = np.array([1 - p[1]["r"] for p in pairs])
+    pred_std = np.array([p[1]["std_ratio"] * p[1].get("std_true_uv", np.nan) for p in pairs])
+    leads = np.array([p[2] for p in pairs])
+    owner = np.array([p[3] for p in pairs])
     per_lead = {}
     for lead in dict.fromkeys(leads.tolist()):
         sel = leads == lead
         if sel.sum() >= 3:
             per_lead[lead] = float(stats.spearmanr(sig[sel], err[sel])[0])
-    return {"pooled_spearman": float(stats.spearmanr(sig, err)[0]), "per_lead_spearman": per_lead,
-            "n_pairs": len(pairs)}
+    out: dict[str, Any] = {"pooled_spearman": float(stats.spearmanr(sig, err)[0]), "per_lead_spearman": per_lead,
+                           "n_pairs": len(pairs)}
+    rel = sig / np.where(pred_std > 0, pred_std, np.nan)
+    ok = np.isfinite(rel)
+    if ok.sum() >= 3:
+        out["relative_spearman_vs_1_minus_r"] = float(stats.spearmanr(rel[ok], one_minus_r[ok])[0])
+    records = sorted(set(owner.tolist()))
+    if len(records) >= 10:
+        rec_sig = np.array([sig[owner == i].mean() for i in records])
+        rec_err = np.array([err[owner == i].mean() for i in records])
+        k = max(1, int(round(len(records) / 10)))
+        worst = np.zeros(len(records), dtype=bool)
+        worst[np.argsort(-rec_err)[:k]] = True
+        flagged = np.zeros(len(records), dtype=bool)
+        flagged[np.argsort(-rec_sig)[:k]] = True
+        out["worst_decile"] = {"n": k, "auroc": _auroc(rec_sig, worst),
+                               "recall_at_decile": float((worst & flagged).sum() / k),
+                               "records": [results[records[i]]["name"] for i in np.flatnonzero(worst)]}
+    return out
 
 
 def format_table(summary: dict[str, Any], title: str = "") -> str:
@@ -157,7 +217,18 @@ def format_table(summary: dict[str, Any], title: str = "") -> str:
     lines += [row(lead, "derived") for lead in summary["derived_leads"]]
     conf = summary.get("confidence")
     if conf:
-        lines.append(f"confidence: Spearman(sigma, RMSE) pooled {conf['pooled_spearman']:.3f} over {conf['n_pairs']} record-leads")
+        lines.append(f"confidence: Spearman(sigma, RMSE) pooled {conf['pooled_spearman']:.3f} over {conf['n_pairs']} record-leads; per lead "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in conf["per_lead_spearman"].items()))
+        if "worst_decile" in conf:
+            w = conf["worst_decile"]
+            lines.append(f"worst decile ({w['n']} records by RMSE): sigma AUROC {w['auroc']:.2f},"
+                         f" {w['recall_at_decile']:.0%} of them in sigma's top decile")
+    if summary.get("per_class"):
+        lines.append("mean r by diagnostic class (model / zero-lag / lagged):")
+        for cls, v in summary["per_class"].items():
+            lines.append(f"  {cls:<9} n={v['n']:<4} " + " / ".join(f"{v[m]:.3f}" for m in methods if m in v))
+    if summary.get("flops_per_10s_ecg"):
+        lines.append(f"model: {summary['flops_per_10s_ecg'] / 1e6:.0f} MFLOP per 10 s ECG")
     return "\n".join(lines)
 
 
@@ -183,9 +254,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         rec = Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, args.device, args.batch_size)
         baselines = load_baselines(rec, args.baseline_data)
-        records = [r for folder in args.data for r in load_data_folder(folder, args.fs)]
+        try:
+            records = select_records(args.data, args.fs, args.patient_fold)
+        except ValueError as exc:
+            raise EcgDicomError(str(exc)) from exc
         if not records:
-            raise EcgDicomError(f"no 12-lead records in {', '.join(args.data)}")
+            raise EcgDicomError(f"no 12-lead records in {', '.join(args.data)}"
+                                + (f" in patient folds {', '.join(args.patient_fold)}" if args.patient_fold else ""))
         results = evaluate_records(rec, records, baselines)
     except EcgDicomError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -198,8 +273,22 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(results, rec.input_lead)
     summary["records_in_training_data"] = seen
     summary["model_version"] = rec.model_version
+    summary["flops_per_10s_ecg"] = rec.flops_per_record(10.0)
     summary["checkpoint"] = str(args.checkpoint) if args.checkpoint else "shipped"
     print(format_table(summary))
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "records": results}, indent=1))
     return 0
+
+
+def report_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every per-record report takes (robustness, ectopic beats): data
+    folders, checkpoint, input lead, patient folds and a JSON output."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="+", help="folders of WFDB 12-lead records")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped one)")
+    parser.add_argument("--input-lead", default="I", choices=("I", "II"))
+    parser.add_argument("--patient-fold", nargs="*", default=[], metavar="DB:K/N",
+                        help="only the records of these patient folds (as train --patient-fold)")
+    parser.add_argument("--json", default=None, help="also write the report as JSON here")
+    return parser
