@@ -236,3 +236,69 @@ def test_bounded_inflate_ends_on_streams_with_trailing_bytes():
     assert check_inflated_size(stream, Limits()) == 300_000
     with pytest.raises(InputError, match="inflates to more than"):
         check_inflated_size(crafted.deflated(b"\0" * 3_000_000), Limits(max_inflated_bytes=1 << 20))
+
+
+# -- item 8: the watched folder with the real watcher and worker -------------------------------
+def test_a_symlink_dropped_into_the_watched_folder_is_refused_unread(tmp_path, tiny_reconstructor):
+    """A link to a .npy outside was processed. Now: moved as a link, refused with a reason;
+    a link to a FIFO (which would block any reader) shows the target is never opened."""
+    from peers import wait_for
+
+    from ecg_dicom.config import Folders
+    from ecg_dicom.config import Watcher as WatcherSettings
+    from ecg_dicom.config import Worker as WorkerSettings
+    from ecg_dicom.ingest import Spool
+    from ecg_dicom.ingest.watcher import FolderWatcher
+    from ecg_dicom.queue import JobQueue
+    from ecg_dicom.worker import Worker
+
+    folders = Folders(tmp_path / "in", tmp_path / "out", tmp_path / "work")
+    for folder in (folders.watch, folders.output, folders.rejected):
+        folder.mkdir(parents=True)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    np.save(outside / "private.npy", synthetic_lead())
+    os.mkfifo(outside / "pipe")
+    (folders.watch / "linked.npy").symlink_to(outside / "private.npy")
+    (folders.watch / "piped.npy").symlink_to(outside / "pipe")
+    np.save(folders.watch / "plain.npy", synthetic_lead(seed=1))
+    (folders.watch / "plain.json").symlink_to(outside / "private.npy")  # a sidecar that is a link
+    queue = JobQueue(folders.queue_db)
+    spool = Spool(folders.spool, queue)
+    watcher = FolderWatcher(folders.watch, spool, WatcherSettings(stable_s=0.2, rescan_s=0.2))
+    worker = Worker(queue, spool, tiny_reconstructor, folders, WorkerSettings(batch_size=4, max_wait_s=0.0),
+                    deliver=False)
+    stop = threading.Event()
+    threads = [threading.Thread(target=watcher.run, daemon=True),
+               threading.Thread(target=worker.run, args=(stop,), daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: queue.counts()["rejected"] == 3, 20, "three rejections")
+    finally:
+        watcher.stop()
+        stop.set()
+        for t in threads:
+            t.join(10)
+    reasons = {job.name: job.reason for job in queue.jobs()}
+    assert "symbolic link" in reasons["linked"] and "symbolic link" in reasons["piped"]
+    assert "sidecar .json" in reasons["plain"] and "symbolic link" in reasons["plain"]
+    assert not list(folders.output.glob("*.npy")) and not list(folders.output.glob("*.dcm"))
+    assert (folders.rejected / "linked.reason.txt").read_text().strip()
+    assert (folders.rejected / "linked.npy").is_symlink()          # the link was moved, not its target
+    assert (outside / "private.npy").is_file() and (outside / "pipe").exists()
+    queue.close()
+
+
+def test_an_invalid_study_uid_is_logged_as_a_hash(caplog):
+    """A non-UID Study Instance UID was logged verbatim (it held the patient ID in the probe)."""
+    import pydicom
+
+    from ecg_dicom.dicom import writer
+
+    source = pydicom.Dataset()
+    source.StudyInstanceUID = f"not a uid {crafted.MARKER_ID}"
+    with caplog.at_level(logging.WARNING):
+        writer._study_uid(source, None, {})
+    lines = [SafeFormatter("%(message)s").format(r) for r in caplog.records]
+    assert lines and not [line for line in lines if crafted.MARKER_ID in line]

@@ -129,10 +129,11 @@ def test_a_plain_tcp_health_check_does_not_fail_cart_echoes(listener):
     assert results == [0] * 10
 
 
-@pytest.mark.parametrize("limit, burst", [(10, 30)])
+@pytest.mark.parametrize("limit, burst", [(10, 30), (64, 100)])
 def test_a_burst_admits_exactly_the_limit(listener, caplog, limit, burst):
-    """Bursts above max_associations used to admit fewer than the limit (10 -> 8-9)."""
-    svc = listener(max_associations=limit)
+    """Bursts above max_associations used to admit fewer than the limit (10 -> 8-9), or more
+    (64 -> 66 of a burst of 100)."""
+    svc = listener(max_associations=limit, listen={"timeout_s": 120})  # admitted ones stay while all are answered
     before = refusals("local_limit")
     start, hold = threading.Barrier(burst), threading.Event()
     outcomes: list[str] = []

@@ -282,6 +282,10 @@ class GuardedServer(ThreadedAssociationServer):
     moved out of the accept loop (a silent client would block every other one there) into
     the connection's own thread, under ``handshake_timeout_s``."""
 
+    # listen() backlog: socketserver's default of 5 drops the SYNs of a burst of carts, which
+    # then connect seconds later (kernel retransmits) and may time out waiting for an answer
+    request_queue_size = 128
+
     def __init__(self, *args: Any, admission: Admission, handshake_timeout_s: float, **kwargs: Any) -> None:
         self.admission = admission
         self.handshake_timeout_s = handshake_timeout_s
