@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/service.py
 	$(PY) bench/convert_ray.py
+	$(PY) bench/backpressure.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
