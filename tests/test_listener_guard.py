@@ -299,3 +299,57 @@ def test_pacs_delivery_over_tls(tmp_path, certs, shared_data):
         proc.terminate()
         proc.wait(10)
         queue.close()
+
+
+def test_the_watched_folder_waits_while_the_backlog_is_at_high_water(tmp_path):
+    from ecg_dicom.config import Watcher as WatcherSettings
+    from ecg_dicom.ingest.watcher import FolderWatcher
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    queue = JobQueue(tmp_path / "work" / "queue.sqlite3")
+    spool = Spool(tmp_path / "work" / "spool", queue)
+    queue.add("a" * 16, "earlier", "scp", "x")          # one job waiting: the backlog is at 1
+    watcher = FolderWatcher(inbox, spool, WatcherSettings(stable_s=0.1, rescan_s=0.1), high_water=1)
+    (inbox / "new.npy").write_bytes(b"x" * 10)
+    watcher.notify(inbox / "new.npy", complete=True)
+    assert watcher.take_ready() == 0 and (inbox / "new.npy").exists() and watcher.paused
+    for job in queue.claim(1):
+        queue.processed(job.id, [], deliver=False)
+    assert watcher.take_ready() == 1 and not (inbox / "new.npy").exists() and not watcher.paused
+    queue.close()
+
+
+def test_health_and_metrics_endpoints():
+    import json
+    import urllib.error
+    import urllib.request
+
+    from ecg_dicom.monitor import Monitor
+
+    state = {"worker": True}
+    port = free_port()
+    monitor = Monitor("127.0.0.1", port, {"listener": lambda: True, "worker": lambda: state["worker"],
+                                          "job_store": lambda: 1 / 0}).start()
+    try:
+        def get(path: str) -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as rsp:
+                    return rsp.status, rsp.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        code, body = get("/health")   # a check that raises is a failing check
+        assert code == 503 and json.loads(body) == {"status": "unavailable", "checks": {
+            "listener": True, "worker": True, "job_store": False}}
+        monitor.checks["job_store"] = lambda: True
+        assert get("/health")[0] == 200
+        state["worker"] = False
+        assert get("/health")[0] == 503
+        code, body = get("/metrics")
+        text = body.decode()
+        assert code == 200 and "ecg_dicom_association_refusals_total" in text
+        assert "ecg_dicom_store_seconds_bucket" in text and 'ecg_dicom_jobs_finished_total{outcome="rejected"}' in text
+        assert get("/other")[0] == 404
+    finally:
+        monitor.stop()
