@@ -110,14 +110,23 @@ def test_idle_connections_do_not_lock_carts_out(listener, caplog):
 
 
 def test_a_plain_tcp_health_check_does_not_fail_cart_echoes(listener):
+    """A TCP check every 0.3 s that waits a second for a banner (as many checkers do) before
+    closing: the old listener counted each such socket against max_associations."""
     svc = listener(max_associations=1, listen={"handshake_timeout_s": 2.0})
     stop = threading.Event()
 
+    def check() -> None:
+        with socket.create_connection(("127.0.0.1", svc.port)) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.recv(1)
+            except TimeoutError:
+                pass
+
     def probe() -> None:
         while not stop.is_set():
-            with socket.create_connection(("127.0.0.1", svc.port)):
-                pass
-            stop.wait(0.1)
+            threading.Thread(target=check, daemon=True).start()
+            stop.wait(0.3)
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
