@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch lies on this machine's disk; asking for it by exact version first
 # stops pip from resolving a bare `torch` to a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
-DEBS    := dcmtk orthanc dicom3tools
+DEBS    := dcmtk orthanc dicom3tools poppler-utils
 
 .PHONY: all install system-deps test test-fast serve bench clean
 
@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Real DICOM peers for the tests (DCMTK, Orthanc, dciodvfy); installed when running as root.
+# Real DICOM peers for the tests (DCMTK, Orthanc, dciodvfy) and poppler-utils (pdftotext,
+# pdftoppm: the tests read the report pages we render); installed when running as root.
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

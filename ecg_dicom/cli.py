@@ -4,6 +4,7 @@
     ecg-dicom train    --out CKPT             reproduce the shipped weights
     ecg-dicom ensemble --out CKPT MEMBER...   combine trained checkpoints into one
     ecg-dicom evaluate DATA                   per-lead r, RMSE (µV), std ratio vs linear baselines
+    ecg-dicom plot     RESULT [--out F.pdf]   the 12-lead page of a result (.npy + .json, or .dcm)
     ecg-dicom serve    --config site.yaml     the DICOM service
     ecg-dicom status   --config site.yaml     queue counts
 """
@@ -24,6 +25,7 @@ _COMMANDS = {
     "train": "ecg_dicom.training.train",
     "ensemble": "ecg_dicom.training.ensemble",
     "evaluate": "ecg_dicom.training.evaluate",
+    "plot": "ecg_dicom.report.plot",
     "serve": "ecg_dicom.service",
     "status": "ecg_dicom.status",
 }
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to write per input (default npy)")
     p.add_argument("--confidence", action="store_true",
                    help="also write <stem>.confidence.json with a per-lead reliability estimate")
+    p.add_argument("--report", action="store_true",
+                   help="also draw the 12-lead page: <stem>.pdf (and <stem>.report.dcm with --format dicom|both)")
+    p.add_argument("--paper", choices=("A4", "Letter"), default="A4", help="report page size (default A4)")
     _add_model_args(p)
     p.add_argument("--engine", choices=("single", "ray"), default="single",
                    help="single: this process (default); ray: Ray Data workers (pip install 'ecg-dicom[scale]')")
@@ -129,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-fold", nargs="*", default=[], metavar="DB:K/N",
                    help="only the records of fold K of N of a database's patients (as train --patient-fold)")
     _add_model_args(p)
+
+    p = sub.add_parser("plot", help="draw the 12-lead page of a result (.npy with its .json, or .dcm)")
+    p.add_argument("result", help="a result <stem>.npy (with <stem>.json beside it) or <stem>.dcm")
+    p.add_argument("--out", default=None, help="FILE.pdf or FILE.png (default: <stem>.pdf beside the result)")
+    p.add_argument("--paper", choices=("A4", "Letter"), default="A4", help="page size (default A4)")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of a PNG (default 150)")
 
     for name, text in (("serve", "run the DICOM service"), ("status", "print queue counts")):
         p = sub.add_parser(name, help=text)

@@ -33,6 +33,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictBool,
     StrictInt,
@@ -232,6 +233,15 @@ class Watcher:
 
 
 @dataclass(config=_STRICT)
+class Report:
+    """The 12-lead page drawn for every result (``<name>.pdf`` and, sent to PACS with the
+    waveform, ``<name>.report.dcm``): ``enabled`` (default on) and ``paper`` (A4 or Letter)."""
+
+    enabled: StrictBool = True
+    paper: Literal["A4", "Letter"] = "A4"
+
+
+@dataclass(config=_STRICT)
 class Settings:
     """The whole validated configuration of one service instance."""
 
@@ -249,6 +259,7 @@ class Settings:
     torch_threads: Count = 1
     worker: Worker = field(default_factory=Worker)
     watcher: Watcher = field(default_factory=Watcher)
+    report: Report = field(default_factory=Report)
     max_associations: Count = 10
     limits: Limits = field(default_factory=Limits)  # input sizes and the queue's high-water mark
     http: Http | None = None  # /health and /metrics; absent = off

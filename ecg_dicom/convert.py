@@ -47,13 +47,16 @@ class ConvertSettings:
     """How inputs are read and what is written for each; recorded in each completion marker.
 
     fs (Hz) and units apply to ``.npy`` inputs (DICOM brings its own); output_format is one
-    of :data:`OUTPUT_FORMATS`; confidence adds ``<stem>.confidence.json``.
+    of :data:`OUTPUT_FORMATS`; confidence adds ``<stem>.confidence.json``; report is the
+    paper size ("A4", "Letter") of the 12-lead page (``<stem>.pdf``, and ``<stem>.report.dcm``
+    with DICOM output), or None for no page.
     """
 
     fs: float = 500.0
     units: str = "uV"
     output_format: str = "npy"
     confidence: bool = False
+    report: str | None = None
 
     def marker_settings(self, reconstructor: Reconstructor) -> dict:
         """What a completed result must have been made with to count as done."""
@@ -137,7 +140,7 @@ def _write(item: ArchiveItem, lead: LeadInput, recon, reconstructor: Reconstruct
         clear_done(item)
         item.out_dir.mkdir(parents=True, exist_ok=True)
         written = write_outputs(item.out_dir, item.stem, lead, recon, reconstructor,
-                                settings.output_format, settings.confidence)
+                                settings.output_format, settings.confidence, settings.report)
         mark_done(item, marker, written, lead.content_hash)
     except (EcgDicomError, ValueError) as exc:
         return reject(item, str(exc))
@@ -202,7 +205,8 @@ def find_archive(input_dir: str | Path, output_dir: str | Path, output_format: s
 
 def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,
                    fs: float = 500.0, units: str = "uV", output_format: str = "npy",
-                   confidence: bool = False, batch_size: int = FILES_PER_BATCH) -> ConvertReport:
+                   confidence: bool = False, batch_size: int = FILES_PER_BATCH,
+                   report_paper: str | None = None) -> ConvertReport:
     """Convert every input below ``input_dir`` into ``output_dir``, in this process.
 
     .npy inputs are one lead in ``units`` at ``fs`` Hz unless their ``<stem>.json`` sidecar
@@ -210,10 +214,11 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
     DICOM inputs bring their own. ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV
     and/or ``OUT/a/x.dcm``; a refused input gets ``OUT/a/x.reason.txt`` and a line on stderr;
     an input already converted with the same settings is skipped. ``batch_size`` inputs are
-    read and converted at a time.
+    read and converted at a time. ``report_paper``: also draw the 12-lead page on this paper
+    ("A4", "Letter"), or None.
     """
     items = find_archive(input_dir, output_dir, output_format)
-    settings = ConvertSettings(fs, units, output_format, confidence)
+    settings = ConvertSettings(fs, units, output_format, confidence, report_paper)
     report = ConvertReport()
     bar = tqdm(total=len(items), unit="ecg", disable=not sys.stderr.isatty())
     for start in range(0, len(items), batch_size):
@@ -258,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
         reconstructor = Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, args.device,
                                                       args.batch_size)
         report = convert_folder(args.input_dir, args.output_dir, reconstructor, args.fs, args.units,
-                                args.output_format, args.confidence, args.batch_size)
+                                args.output_format, args.confidence, args.batch_size,
+                                args.paper if args.report else None)
     except EcgDicomError as exc:
         print(f"ecg-dicom convert: {exc}", file=sys.stderr)
         return 2

@@ -234,7 +234,8 @@ def run_ray(args: argparse.Namespace) -> int:
             raise EcgDicomError("--num-workers must be at least 1")
         # Loaded here once to fail early (exit 2) on a bad checkpoint; each worker loads its own.
         Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, "cpu")
-        settings = ConvertSettings(args.fs, args.units, args.output_format, args.confidence)
+        settings = ConvertSettings(args.fs, args.units, args.output_format, args.confidence,
+                                   args.paper if getattr(args, "report", False) else None)
         local = args.address is None
         cpus = max(local_cpus(), args.num_workers or 0) if local else None
         temp_dir = Path(args.ray_temp_dir).resolve() if args.ray_temp_dir else None

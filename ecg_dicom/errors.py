@@ -17,6 +17,10 @@ class WaveformError(InputError):
     """A DICOM object without a usable ECG waveform (wrong SOP class, no such lead, ...)."""
 
 
+class SignalQualityError(InputError):
+    """An input lead the signal-quality gate rejects (flat, lead off, drowned in noise)."""
+
+
 class CheckpointError(EcgDicomError):
     """A checkpoint file that is missing, corrupt or does not match what was asked for."""
 

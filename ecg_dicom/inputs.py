@@ -7,17 +7,20 @@ judged the same way whichever door it came in by.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from pydicom import Dataset
 
 from ecg_dicom.core.preprocess import check_single_lead
-from ecg_dicom.errors import InputError
+from ecg_dicom.core.quality import QualityReport, assess_quality
+from ecg_dicom.errors import InputError, SignalQualityError
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
 from ecg_dicom.logsafe import wire
 from ecg_dicom.sidecar import Sidecar, read_sidecar
@@ -27,6 +30,11 @@ DICOM_MAGIC_OFFSET = 128
 # What numpy's header parser raises on a corrupt header (it evaluates a Python literal)
 _NPY_HEADER_ERRORS = (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, RecursionError,
                       MemoryError, TypeError, OverflowError, UnicodeError)
+LOG = logging.getLogger("ecg_dicom.inputs")
+
+# Called with every signal-quality verdict, from both doors (convert and the service): the
+# hook for counters such as the service's metrics (rejections and warnings by flag).
+QUALITY_LISTENERS: list[Callable[[QualityReport], None]] = []
 
 
 @dataclass
@@ -36,7 +44,8 @@ class LeadInput:
     signal_uv: (N,) float64 µV; fs: Hz; lead: "I" or "II"; dataset: the source DICOM
     object (None for .npy); content_hash: sha256 hex of the file's bytes (deterministic
     output UIDs for .npy); kind: "npy" or "dicom"; sidecar: what the .npy's sidecar said
-    (None without one; see :mod:`ecg_dicom.sidecar`).
+    (None without one; see :mod:`ecg_dicom.sidecar`); quality: the signal-quality gate's
+    verdict on the lead ("ok" or "warn": a rejected lead never becomes a LeadInput).
     """
 
     signal_uv: np.ndarray
@@ -46,6 +55,7 @@ class LeadInput:
     content_hash: str
     kind: str
     sidecar: Sidecar | None = None
+    quality: QualityReport | None = None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -123,7 +133,8 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
     (its own sampling rate and units). Inputs beyond ``limits`` are refused before they are
-    decoded. Raises :class:`InputError` with a one-line reason.
+    decoded. The lead then passes the signal-quality gate (:func:`gate`). Raises
+    :class:`InputError` (:class:`SignalQualityError` from the gate) with a one-line reason.
     """
     path = Path(path)
     try:
@@ -134,14 +145,29 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
     if npy:
         signal = check_single_lead(read_npy_array(path, limits), fs, units)
-        return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy")
+        return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy",
+                         quality=gate(signal, fs))
     if dicom:
         from ecg_dicom.dicom.reader import read_dicom_lead
 
         lead = read_dicom_lead(path, input_lead, limits)
         signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
-        return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom")
+        return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom",
+                         quality=gate(signal, lead.fs))
     raise InputError("neither a .npy array nor a DICOM file (no NUMPY magic, no DICM preamble)")
+
+
+def gate(signal_uv: np.ndarray, fs: float) -> QualityReport:
+    """Run the signal-quality gate on a checked lead; raise SignalQualityError on "reject"."""
+    report = assess_quality(signal_uv, fs)
+    for listener in QUALITY_LISTENERS:
+        try:
+            listener(report)
+        except Exception:  # a counter must never cost an input
+            LOG.exception("quality listener failed")
+    if report.status == "reject":
+        raise SignalQualityError(report.reason)
+    return report
 
 
 def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",

@@ -6,6 +6,8 @@ Goldberger's laws exactly, so they are computed, never predicted.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 LEADS_12: tuple[str, ...] = (
@@ -54,3 +56,26 @@ def assemble_12_leads(lead_i: np.ndarray, lead_ii: np.ndarray, chest: np.ndarray
         lead_ii - lead_i / 2,
     ]
     return np.concatenate([np.stack(limb, axis=-2), np.asarray(chest, dtype=np.float32)], axis=-2)
+
+
+# |coefficient| of the learned limb lead (II for input I, I for input II) in each computed lead
+_LIMB_SIGMA_FACTOR: dict[str, dict[str, float]] = {
+    "I": {"III": 1.0, "aVR": 0.5, "aVL": 0.5, "aVF": 1.0},
+    "II": {"III": 1.0, "aVR": 0.5, "aVL": 1.0, "aVF": 0.5},
+}
+
+
+def lead_uncertainties(sigma_learned: Sequence[float], input_lead: str) -> dict[str, float]:
+    """The model's RMS uncertainty (µV) of every lead but the measured one.
+
+    sigma_learned: one value per :func:`learned_leads` (the other of I/II, then V1–V6). The
+    measured lead is exact; a computed limb lead carries the learned limb lead's uncertainty
+    times its coefficient (e.g. aVR = −(I + II)/2 from measured I: σ_II / 2).
+    """
+    names = learned_leads(input_lead)
+    if len(sigma_learned) != len(names):
+        raise ValueError(f"expected {len(names)} sigmas ({', '.join(names)}), got {len(sigma_learned)}")
+    out = {name: float(s) for name, s in zip(names, sigma_learned)}
+    limb = float(sigma_learned[0])
+    out.update({lead: factor * limb for lead, factor in _LIMB_SIGMA_FACTOR[input_lead].items()})
+    return out

@@ -96,7 +96,8 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
 
     # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
     worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None,
-                    limits=settings.limits)
+                    limits=settings.limits,
+                    report_paper=settings.report.paper if settings.report.enabled else None)
     delivery = (Delivery(queue, settings.pacs, folders, settings.ae_title, settings.worker.batch_size)
                 if settings.pacs else None)
     watcher = FolderWatcher(folders.watch, spool, settings.watcher, high_water=settings.limits.queue_high_water)

@@ -47,10 +47,12 @@ class Worker:
     settings : batch size and batch wait.
     deliver : True when a PACS is configured (processed jobs then go to ``delivering``).
     limits : input size limits (see :mod:`ecg_dicom.limits`).
+    report_paper : paper size of the 12-lead page written with every result, None for none.
     """
 
     def __init__(self, queue: JobQueue, spool: Spool, reconstructor: Reconstructor, folders: Folders,
-                 settings: WorkerSettings, deliver: bool, limits: Limits = DEFAULT_LIMITS) -> None:
+                 settings: WorkerSettings, deliver: bool, limits: Limits = DEFAULT_LIMITS,
+                 report_paper: str | None = None) -> None:
         self.queue = queue
         self.spool = spool
         self.reconstructor = reconstructor
@@ -58,10 +60,14 @@ class Worker:
         self.settings = settings
         self.deliver = deliver
         self.limits = limits
+        self.report_paper = report_paper
+        self.stop: threading.Event | None = None
         self.output_blocked = False  # set when outputs could not be written: pause, then retry
 
     def run(self, stop: threading.Event) -> None:
-        """Process batches until ``stop`` is set; the batch in hand is finished first."""
+        """Process batches until ``stop`` is set; the record in hand is finished first, the rest
+        of its batch goes back to waiting (outputs are deterministic: redone at the next start)."""
+        self.stop = stop
         while not stop.is_set():
             try:
                 jobs = self.next_batch(stop)
@@ -107,6 +113,9 @@ class Worker:
         results = self._reconstruct([inp for _, inp in loaded])
         LOG.info("batch of %d reconstructed in %.2f s", len(loaded), time.perf_counter() - t0)
         for (job, inp), result in zip(loaded, results):
+            if self.stop is not None and self.stop.is_set():  # writing (and drawing) takes time
+                self.queue.release(job.id)
+                continue
             if isinstance(result, Exception):
                 self.reject(job, f"reconstruction failed ({type(result).__name__}: {wire(result)})")
             else:
@@ -138,12 +147,14 @@ class Worker:
         out = self.folders.output
         try:
             stem, names = self.queue.reserve_names(
-                job.id, lambda s: result_file_names(s, result.leads.shape[-1], inp.fs, "both", False),
+                job.id, lambda s: result_file_names(s, result.leads.shape[-1], inp.fs, "both", False,
+                                                    self.report_paper is not None),
                 lambda name: (out / name).exists())
             if stem != job.name:
                 LOG.info("%s: its output name is taken by another input; results get a distinct name "
                          "(ecg-dicom status %d shows them)", job.tag, job.id)
-            written = write_outputs(out, stem, inp, result, self.reconstructor, "both", confidence=False)
+            written = write_outputs(out, stem, inp, result, self.reconstructor, "both", confidence=False,
+                                    report=self.report_paper)
         except InputError as exc:
             self.reject(job, str(exc))
             return
@@ -161,8 +172,8 @@ class Worker:
         self.queue.processed(job.id, outputs, self.deliver)
         metrics.job_processed(job.created, self.deliver)
         self.spool.remove(job)
-        LOG.info("%s: %d outputs written, %s", job.tag, len(outputs),
-                 "awaiting delivery" if self.deliver else "done")
+        LOG.info("%s: %d outputs written, signal quality %s, %s", job.tag, len(outputs),
+                 inp.quality.status if inp.quality else "n/a", "awaiting delivery" if self.deliver else "done")
 
     def reject(self, job: Job, reason: str) -> None:
         """Move the input to ``rejected/`` and then write ``<stem>.reason.txt`` beside it, last,

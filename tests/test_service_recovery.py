@@ -76,7 +76,7 @@ def test_kill_9_during_a_burst_loses_nothing_and_duplicates_nothing(tmp_path, ti
                 again = storescu(svc.port, rest)
                 assert again.returncode == 0, again.stderr
             wait_for(lambda: svc.settled(len(inputs)), 120, "the re-sent inputs to be delivered")
-            assert len(pacs.instances()) == len(inputs)
+            assert len(pacs.instances()) == 2 * len(inputs)   # each: the waveform and its report page
             assert all(orthanc_copies(pacs, svc.output, uid) == 1 for uid in inputs.values())
             t0 = time.monotonic()
             assert svc.stop() == 0
@@ -137,7 +137,7 @@ def test_results_wait_for_a_stopped_pacs_and_are_delivered_when_it_is_back(tmp_p
         svc.start()
         pacs.start()
         wait_for(lambda: svc.counts() == {"done": len(inputs)}, 60, "delivery once the PACS is back")
-        assert len(pacs.instances()) == len(inputs)
+        assert len(pacs.instances()) == 2 * len(inputs)       # each: the waveform and its report page
         assert not list((svc.output / "dead-letter").iterdir())
     finally:
         svc.kill9()

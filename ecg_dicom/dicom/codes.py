@@ -17,6 +17,7 @@ TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
 AMBULATORY_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.3"
 HEMODYNAMIC_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.2.1"
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 # SOP classes whose waveforms carry ECG channels, readable as input (GE MAC-Lab stores
 # 12-lead ECGs as Hemodynamic Waveform)
@@ -26,5 +27,5 @@ ECG_WAVEFORM_SOP_CLASSES: dict[str, str] = {
     AMBULATORY_ECG_STORAGE: "Ambulatory ECG Waveform Storage",
     HEMODYNAMIC_WAVEFORM_STORAGE: "Hemodynamic Waveform Storage",
 }
-# SOP classes of the objects we write (and C-STORE to PACS)
-OUTPUT_SOP_CLASSES: tuple[str, ...] = (TWELVE_LEAD_ECG_STORAGE, GENERAL_ECG_STORAGE)
+# SOP classes of the objects we write (and C-STORE to PACS): the waveform and the report page
+OUTPUT_SOP_CLASSES: tuple[str, ...] = (TWELVE_LEAD_ECG_STORAGE, GENERAL_ECG_STORAGE, ENCAPSULATED_PDF_STORAGE)

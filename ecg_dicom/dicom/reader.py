@@ -381,3 +381,70 @@ def _read_lead(ds: Dataset, wanted: str, limits: Limits) -> DicomLead:
     raw = multiplex_array(ds, g_index, as_raw=True)[:, c_index]
     signal_uv = raw.astype(np.float64) * uv_per_unit + baseline_uv
     return DicomLead(signal_uv, _group_fs(group, g_index), wanted, ds)
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One of our 12-lead result objects read back (for the report page).
+
+    leads_uv: (12, N) float64 µV in LEADS_12 order; fs: Hz; input_lead: the measured lead
+    (group 1); sigma_uv: per AI lead the RMS uncertainty written in its derivation text (µV);
+    model_name / model_version: from the equipment attributes; quality_text: the signal-quality
+    annotation, if any; dataset: the object.
+    """
+
+    leads_uv: np.ndarray
+    fs: float
+    input_lead: str
+    sigma_uv: dict[str, float]
+    model_name: str
+    model_version: str
+    quality_text: str | None
+    dataset: Dataset
+
+
+def read_result_object(source: str | Path | Dataset) -> ResultObject:
+    """Read a 12-lead result written by :mod:`ecg_dicom.dicom.writer` (all 12 leads, µV).
+
+    Raises WaveformError when a lead is missing or the object is not a waveform.
+    """
+    import re
+
+    from ecg_dicom.leads import LEADS_12
+
+    ds = source if isinstance(source, Dataset) else _read_file(Path(source))
+    try:
+        groups = ds.get("WaveformSequence") or []
+        leads: dict[str, np.ndarray] = {}
+        sigma: dict[str, float] = {}
+        fs = None
+        input_lead = None
+        for index, group in enumerate(groups):
+            _check_group(group, index)
+            if _is_median_group(group):
+                continue
+            values = ds.waveform_array(index)
+            fs = fs or _group_fs(group, index)
+            for ch, channel in enumerate(group.ChannelDefinitionSequence):
+                lead = _lead_of_channel(channel)
+                if lead is None or lead in leads:
+                    continue
+                leads[lead] = np.asarray(values[:, ch], dtype=np.float64) * _units_factor(channel, lead)
+                if str(group.get("WaveformOriginality", "")) == "ORIGINAL" or \
+                        str(group.get("MultiplexGroupLabel", "")) == "INPUT LEAD":
+                    input_lead = input_lead or lead
+                found = re.search(r"sigma (\d+(?:\.\d+)?) uV", str(channel.get("ChannelDerivationDescription", "")))
+                if found:
+                    sigma[lead] = float(found.group(1))
+        missing = [lead for lead in LEADS_12 if lead not in leads]
+        if missing or fs is None:
+            raise WaveformError(f"not a 12-lead result: leads {', '.join(missing) or 'all'} missing")
+        quality = [str(a.get("UnformattedTextValue", "")) for a in ds.get("WaveformAnnotationSequence", [])
+                   if str(a.get("UnformattedTextValue", "")).startswith("Signal quality")]
+        versions = ds.get("SoftwareVersions") or []
+        versions = [versions] if isinstance(versions, str) else list(versions)
+        return ResultObject(np.stack([leads[lead] for lead in LEADS_12]), float(fs), input_lead or "I", sigma,
+                            str(ds.get("ManufacturerModelName", "") or "unknown model"),
+                            str(versions[-1]) if versions else "unknown", quality[0] if quality else None, ds)
+    except _PARSE_ERRORS as exc:
+        raise WaveformError(f"malformed DICOM object: {type(exc).__name__}: {exc}") from exc

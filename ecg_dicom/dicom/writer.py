@@ -17,8 +17,9 @@ Layout of every object (PS3.3 A.34.3; validated with dicom3tools' ``dciodvfy``):
   with consecutive Instance Numbers and Acquisition DateTimes shifted by each part's start;
   every part stays a 12-lead object, the class ECG viewers and PACS display best.
 
-Provenance: the Patient and Study attributes listed below are copied from the source (only
-those, each checked against its VR); the result joins the source's study under a new
+Provenance (shared with the report's PDF object, see :mod:`.provenance`): the Patient and
+Study attributes listed there are copied from the source (only those, each checked against
+its VR); the result joins the source's study under a new
 series described as AI-reconstructed and not for diagnosis; *Referenced Instance Sequence*
 points at the source instance, *Contributing Equipment Sequence* names the model and its
 version, and a *Waveform Annotation* says the same in words. A source whose Study Instance
@@ -45,8 +46,6 @@ twice gives the same SOP Instance UIDs and a replay never duplicates an object a
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -54,54 +53,36 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import DT, DSfloat, validate_value
+from pydicom.valuerep import DSfloat
 
-from ecg_dicom import __version__
 from ecg_dicom.core.preprocess import resample_fs
 from ecg_dicom.dicom.codes import SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
+from ecg_dicom.dicom.provenance import (
+    NOT_FOR_DIAGNOSIS,
+    acquisition_start,
+    add_file_meta,
+    code_item,
+    common_attributes,
+    derived_uid,
+    format_dt,
+    notice_text,
+    set_series,
+    source_reference,
+    uid_anchor,
+)
 from ecg_dicom.files import safe_stem, write_bytes_atomic
 from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, SUPPORTED_INPUT_LEADS
-from ecg_dicom.logsafe import uid_hash
-
-logger = logging.getLogger(__name__)
 
 MIN_FS_HZ = 200.0
 MAX_FS_HZ = 1000.0
 MAX_SAMPLES = 16384
 INT16_MAX = 32767
 SERIES_NUMBER = 9001
-SERIES_DESCRIPTION = "AI-reconstructed 12-lead ECG - NOT FOR DIAGNOSIS"
-MANUFACTURER = "ecg-dicom"
-MODEL_NAME = "ecg-dicom BiLSTM+Attention 12-lead reconstruction"
-
-# Patient, Patient Study and General Study attributes copied from the source; the type-2
-# ones are written empty when the source lacks them (or holds an invalid value).
-COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-                "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
-COPIED_TYPE3 = ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "StudyDescription")
+SERIES_DESCRIPTION = NOT_FOR_DIAGNOSIS
 
 _SENSITIVITY_STEPS = (1.0, 2.0, 2.5, 5.0)
-# the recording device: copied from a DICOM source's General Equipment or a sidecar's keywords
-ACQUISITION_EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "InstitutionName")
-UNKNOWN_PATIENT_NAME = "UNKNOWN"
-UNKNOWN_PATIENT_ISSUER = "ecg-dicom (no patient identity given)"
-UNKNOWN_PATIENT_TEXT = ("Patient unknown: the input came without patient identification (no PatientID in its"
-                        " sidecar); the Patient ID is a placeholder for this recording alone.")
-
-
-def _code(value: str, scheme: str, meaning: str, version: str | None = None) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    if version is not None:
-        item.CodingSchemeVersion = version
-    item.CodeMeaning = meaning
-    return item
 
 
 def channel_sensitivity(signal_uv: np.ndarray) -> float:
@@ -143,112 +124,12 @@ def dicom_file_names(stem: str, n_samples: int, fs: float) -> list[str]:
     return [f"{stem}.dcm"] if parts == 1 else [f"{stem}_{number:03d}.dcm" for number in range(1, parts + 1)]
 
 
-def _valid_uid(value: object) -> bool:
-    return isinstance(value, str) and bool(value) and UID(value).is_valid
-
-
-def _copy_patient_study(out: Dataset, source: Dataset | None) -> None:
-    """Copy the listed Patient/Study attributes whose values are valid for their VR."""
-    for keyword in (*COPIED_TYPE2, *COPIED_TYPE3):
-        elem = source[keyword] if source is not None and keyword in source else None
-        # str(): names (PN) are re-encoded in our character set; DS/IS keep their text.
-        value = str(elem.value) if elem is not None and elem.value is not None else None
-        if elem is not None and value:
-            try:
-                validate_value(elem.VR, value, pydicom.config.RAISE)
-            except ValueError:
-                # Name the attribute only: its value may identify the patient.
-                logger.warning("source %s is not a valid %s value: left out", keyword, elem.VR)
-                value = None
-        if value not in (None, ""):
-            setattr(out, keyword, value)
-        elif keyword in COPIED_TYPE2:
-            setattr(out, keyword, "")
-
-
-def _apply_attributes(out: Dataset, attributes: Mapping[str, str]) -> None:
-    """Set the Patient/Study attributes a sidecar gave (validated by ecg_dicom.sidecar)."""
-    for keyword in (*COPIED_TYPE2, *COPIED_TYPE3):
-        if attributes.get(keyword):
-            setattr(out, keyword, attributes[keyword])
-
-
-def _mark_unknown_patient(out: Dataset, anchor: str) -> None:
-    """Patient attributes that say the patient is unknown (see the module docstring)."""
-    out.PatientName = UNKNOWN_PATIENT_NAME
-    out.PatientID = f"UNKNOWN-{hashlib.sha256(anchor.encode()).hexdigest()[:16]}"
-    out.IssuerOfPatientID = UNKNOWN_PATIENT_ISSUER
-    out.PatientComments = UNKNOWN_PATIENT_TEXT
-
-
-def _acquisition_equipment(source: Dataset | None, attributes: Mapping[str, str], when: str) -> Dataset | None:
-    """A Contributing Equipment item naming the recording device, or None when nothing is known."""
-    known = {}
-    for keyword in ACQUISITION_EQUIPMENT:
-        value = attributes.get(keyword) or (str(source.get(keyword, "") or "").strip() if source is not None else "")
-        if value:
-            try:
-                validate_value(dictionary_VR(keyword), value, pydicom.config.RAISE)
-            except ValueError:
-                logger.warning("source %s is not a valid %s value: left out", keyword, dictionary_VR(keyword))
-                continue
-            known[keyword] = value
-    if not known:
-        return None
-    item = Dataset()
-    item.Manufacturer = known.get("Manufacturer", "unknown")   # type 1 in this sequence
-    for keyword in ACQUISITION_EQUIPMENT[1:]:
-        if keyword in known:
-            setattr(item, keyword, known[keyword])
-    item.ContributionDateTime = when
-    item.ContributionDescription = "Acquired the input lead"
-    item.PurposeOfReferenceCodeSequence = Sequence([_code("109101", "DCM", "Acquisition Equipment")])
-    return item
-
-
-def _study_uid(source: Dataset | None, content_hash: str | None, attributes: Mapping[str, str]) -> str:
-    """The source's (or sidecar's) Study Instance UID, or a deterministic replacement (logged)."""
-    if source is None:
-        return attributes.get("StudyInstanceUID") or generate_uid(entropy_srcs=["study", str(content_hash)])
-    original = source.get("StudyInstanceUID")
-    if _valid_uid(original):
-        return str(original)
-    replacement = generate_uid(entropy_srcs=["study", str(original)])
-    logger.warning("source Study Instance UID %s is not a valid UID: the result goes into the"
-                   " replacement study %s", uid_hash(original), uid_hash(replacement))
-    return replacement
-
-
-def _acquisition_start(source: Dataset | None, now: datetime, attributes: Mapping[str, str]) -> datetime:
-    """When the source was acquired (Acquisition DateTime, else Date+Time; a sidecar's
-    Acquisition DateTime for a .npy), else ``now``."""
-    if attributes.get("AcquisitionDateTime"):
-        return DT(attributes["AcquisitionDateTime"])
-    if source is not None:
-        candidates = [source.get("AcquisitionDateTime"),
-                      f"{source.get('AcquisitionDate', '')}{source.get('AcquisitionTime', '')}",
-                      f"{source.get('ContentDate', '')}{source.get('ContentTime', '')}"]
-        for text in candidates:
-            if not text:
-                continue
-            try:
-                return DT(str(text).strip())
-            except ValueError:
-                continue
-    return now
-
-
-def _format_dt(value: datetime) -> str:
-    text = value.strftime("%Y%m%d%H%M%S.%f")
-    return text + value.strftime("%z") if value.tzinfo is not None else text
-
-
 def _channel(lead: str, sensitivity: float, derivation: str | None) -> Dataset:
     channel = Dataset()
     channel.ChannelLabel = lead
-    channel.ChannelSourceSequence = Sequence([_code(SCPECG_CODES[lead], "SCPECG", f"Lead {lead}", "1.3")])
+    channel.ChannelSourceSequence = Sequence([code_item(SCPECG_CODES[lead], "SCPECG", f"Lead {lead}", "1.3")])
     channel.ChannelSensitivity = DSfloat(sensitivity, auto_format=True)
-    channel.ChannelSensitivityUnitsSequence = Sequence([_code("uV", "UCUM", "microvolt", "1.4")])
+    channel.ChannelSensitivityUnitsSequence = Sequence([code_item("uV", "UCUM", "microvolt", "1.4")])
     channel.ChannelSensitivityCorrectionFactor = 1
     channel.ChannelBaseline = 0
     channel.ChannelSampleSkew = 0
@@ -279,6 +160,16 @@ def _multiplex_group(leads: list[str], signals_uv: np.ndarray, fs: float, origin
     return group
 
 
+def _derivation(lead: str, input_lead: str, sigma_uv: float | None) -> str:
+    """Channel Derivation Description (LO, <= 64 characters) of a lead we did not measure."""
+    if sigma_uv is None:
+        return ("Computed from leads I and II (Einthoven/Goldberger)" if lead in DERIVED_LIMB_LEADS
+                else f"Predicted from lead {input_lead} by an AI model")
+    sigma = f"; sigma {sigma_uv:.0f} uV"
+    return (f"Computed from I and II (Einthoven/Goldberger){sigma}" if lead in DERIVED_LIMB_LEADS
+            else f"Predicted from lead {input_lead} by an AI model{sigma}")
+
+
 def _annotation(group_number: int, text: str) -> Dataset:
     item = Dataset()
     item.UnformattedTextValue = text
@@ -288,7 +179,8 @@ def _annotation(group_number: int, text: str) -> Dataset:
 
 def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input_lead: str,
                        source: Dataset | None, content_hash: str | None,
-                       now: datetime | None = None, attributes: Mapping[str, str] | None = None) -> list[Dataset]:
+                       now: datetime | None = None, attributes: Mapping[str, str] | None = None,
+                       quality_text: str | None = None, sigma_uv: dict[str, float] | None = None) -> list[Dataset]:
     """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction.
 
     Parameters
@@ -302,6 +194,10 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     now : the conversion time (ContentDate/Time), default the current local time.
     attributes : for a .npy input, the DICOM keywords its sidecar gave (patient, study,
         acquisition time, device), already validated; ignored with a DICOM source.
+    quality_text : the signal-quality gate's one-line summary of the input lead, written as
+        a third waveform annotation on group 1 (the input lead).
+    sigma_uv : the model's RMS uncertainty (µV) per lead not measured, written into each
+        channel's derivation description ("...; sigma 85 uV").
 
     Returns
     -------
@@ -318,13 +214,9 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
         raise ValueError(f"input lead {input_lead!r} is not one of {SUPPORTED_INPUT_LEADS}")
     if not (fs > 0 and math.isfinite(fs)):
         raise ValueError(f"sampling frequency must be a positive number, got {fs!r}")
-    source_uid = source.get("SOPInstanceUID") if source is not None else None
-    anchor = str(source_uid) if source_uid else content_hash
-    if not anchor:
-        raise ValueError("need the source's SOP Instance UID or the input's content hash for the UIDs")
+    anchor = uid_anchor(source, content_hash)
     now = now or datetime.now()
     attributes = {} if source is not None or attributes is None else dict(attributes)
-    unknown_patient = source is None and not attributes.get("PatientID")
 
     fs_out = output_fs(fs)
     resampled = fs_out != fs
@@ -333,69 +225,28 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     parts = split_bounds(leads_uv.shape[1])
 
     others = [lead for lead in LEADS_12 if lead != input_lead]
-    model_text = f"{MODEL_NAME} {model_version}"
-    derivations: list[str | None] = [
-        "Computed from leads I and II (Einthoven/Goldberger)" if lead in DERIVED_LIMB_LEADS
-        else f"Predicted from lead {input_lead} by an AI model" for lead in others]
+    derivations: list[str | None] = [_derivation(lead, input_lead, (sigma_uv or {}).get(lead)) for lead in others]
     input_derivation = f"Resampled from {fs:g} Hz (linear interpolation)" if resampled else None
-    notice = (f"AI-reconstructed 12-lead ECG: only lead {input_lead} was acquired; the other 11"
-              f" leads were reconstructed by {model_text}. NOT FOR DIAGNOSIS.")
-    if unknown_patient:
-        notice += " Patient unknown (no patient identification came with the input)."
-    if source is not None and not _valid_uid(source_uid):
-        logger.warning("source SOP Instance UID %s is not a valid UID: not referenced", uid_hash(source_uid))
-        notice += f" Source instance UID (invalid, not referenced): {str(source_uid)[:64]}."
+    notice = notice_text(input_lead, model_version, source, attributes)
 
-    common = Dataset()
-    common.SpecificCharacterSet = "ISO_IR 192"
-    _copy_patient_study(common, source)
-    _apply_attributes(common, attributes)
-    if unknown_patient:
-        _mark_unknown_patient(common, str(anchor))
-    common.StudyInstanceUID = _study_uid(source, content_hash, attributes)
-    if source is None and not attributes.get("StudyID"):
-        # Deterministic like the study's UID; its date and time stay empty unless the sidecar gave them.
-        common.StudyID = str(content_hash)[:16]
-    common.Modality = "ECG"
-    common.SeriesInstanceUID = generate_uid(entropy_srcs=["series", anchor, model_version, input_lead])
-    common.SeriesNumber = SERIES_NUMBER
-    common.SeriesDescription = SERIES_DESCRIPTION
-    common.Manufacturer = MANUFACTURER
-    common.ManufacturerModelName = MODEL_NAME
-    common.SoftwareVersions = [__version__, model_version.replace("\\", "/")[:64]]
-    common.ContentDate = now.strftime("%Y%m%d")
-    common.ContentTime = now.strftime("%H%M%S.%f")
-    common.InstanceCreationDate = common.ContentDate
-    common.InstanceCreationTime = common.ContentTime
+    common = common_attributes(source, content_hash, model_version, notice, now, attributes)
+    set_series(common, "ECG", derived_uid("series", anchor, model_version, input_lead), SERIES_NUMBER,
+               SERIES_DESCRIPTION)
     common.AcquisitionContextSequence = Sequence()
-    if source is not None and _valid_uid(source_uid) and _valid_uid(source.get("SOPClassUID")):
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source_uid
-        reference.PurposeOfReferenceCodeSequence = Sequence(
-            [_code("121322", "DCM", "Source image for image processing operation")])
+    reference = source_reference(source)
+    if reference is not None:
         common.ReferencedInstanceSequence = Sequence([reference])
-    equipment = Dataset()
-    equipment.Manufacturer = MANUFACTURER
-    equipment.ManufacturerModelName = MODEL_NAME
-    equipment.SoftwareVersions = common.SoftwareVersions
-    equipment.ContributionDateTime = _format_dt(now)
-    equipment.ContributionDescription = notice
-    equipment.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "DCM", "Processing Equipment")])
-    acquisition = _acquisition_equipment(source, attributes, _format_dt(now))
-    common.ContributingEquipmentSequence = Sequence([equipment] if acquisition is None else [equipment, acquisition])
 
-    acquired = _acquisition_start(source, now, attributes)
+    acquired = acquisition_start(source, now, attributes)
     datasets = []
     for number, (start, stop) in enumerate(parts, start=1):
         ds = Dataset()
         ds.update(common)
         part_text = f" Part {number} of {len(parts)}, from {start / fs_out:g} s." if len(parts) > 1 else ""
         ds.SOPClassUID = TWELVE_LEAD_ECG_STORAGE
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[
-            "instance", anchor, model_version, input_lead, f"{number}/{len(parts)}"])
+        ds.SOPInstanceUID = derived_uid("instance", anchor, model_version, input_lead, f"{number}/{len(parts)}")
         ds.InstanceNumber = number
-        ds.AcquisitionDateTime = _format_dt(acquired + timedelta(seconds=start / fs_out))
+        ds.AcquisitionDateTime = format_dt(acquired + timedelta(seconds=start / fs_out))
         segment = leads_uv[:, start:stop]
         ds.WaveformSequence = Sequence([
             _multiplex_group([input_lead], segment[[LEADS_12.index(input_lead)]], fs_out,
@@ -406,18 +257,15 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
         ds.WaveformAnnotationSequence = Sequence([
             _annotation(1, f"Lead {input_lead} as acquired (the model's input).{part_text}"),
             _annotation(2, notice + part_text),
-        ])
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        datasets.append(ds)
+        ] + ([_annotation(1, quality_text[:1024])] if quality_text else []))
+        datasets.append(add_file_meta(ds))
     return datasets
 
 
 def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: float,
                     model_version: str, input_lead: str, source: Dataset | None,
-                    content_hash: str | None, attributes: Mapping[str, str] | None = None) -> list[Path]:
+                    content_hash: str | None, attributes: Mapping[str, str] | None = None,
+                    quality_text: str | None = None, sigma_uv: dict[str, float] | None = None) -> list[Path]:
     """Build (see :func:`build_ecg_datasets`) and write the object(s) atomically.
 
     leads_uv: (12, N) µV. Writes ``<out_dir>/<stem>.dcm``, or ``<stem>_001.dcm``,
@@ -428,7 +276,7 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
     out_dir.mkdir(parents=True, exist_ok=True)
     names = dicom_file_names(stem, np.shape(leads_uv)[-1], fs)
     datasets = build_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash,
-                                  attributes=attributes)
+                                  attributes=attributes, quality_text=quality_text, sigma_uv=sigma_uv)
     assert len(names) == len(datasets), "dicom_file_names and build_ecg_datasets disagree on the parts"
     paths = []
     for name, ds in zip(names, datasets):

@@ -150,7 +150,8 @@ class Delivery:
                 assoc.release()
 
     def _send_job(self, assoc, job: Job) -> tuple[Outcome, str]:
-        """C-STORE every DICOM output of ``job``; the job's outcome is its worst file's."""
+        """C-STORE every DICOM output of ``job`` (the waveform object(s) and the report's PDF
+        object); the job's outcome is its worst file's, so it is delivered only when all are."""
         worst, texts = Outcome.DELIVERED, []
         for name in (n for n in job.outputs if n.endswith(".dcm")):
             if not assoc.is_established:
@@ -163,6 +164,8 @@ class Delivery:
                 status = assoc.send_c_store(ds)
             except ValueError as exc:  # no accepted presentation context for this SOP class
                 return Outcome.PERMANENT, f"PACS does not accept it: {exc}"
+            except RuntimeError:  # aborted (e.g. a timeout) between the check above and the send
+                return Outcome.TRANSIENT, "association lost"
             outcome, text = classify_status(status)
             texts.append(text)
             if outcome is Outcome.PERMANENT:

@@ -1,6 +1,15 @@
-"""The result files of one reconstruction: ``<stem>.npy``, ``<stem>.dcm`` and, on request,
-``<stem>.confidence.json``. Shared by ``convert`` and the service's worker, so both doors
-write the same files the same way."""
+"""The result files of one reconstruction, shared by ``convert`` and the service's worker, so
+both doors write the same files the same way:
+
+- ``<stem>.npy``: (12, N) float32 µV (format npy/both);
+- ``<stem>.dcm`` (or ``<stem>_001.dcm``, ...): the 12-lead waveform object (format dicom/both);
+- ``<stem>.json``: what the arrays do not say: rate, measured lead, model, per-lead
+  uncertainty, the signal-quality verdict with its measured values, and what the source said
+  about patient and acquisition (the header of the page; ``ecg-dicom plot`` reads it);
+- on request ``<stem>.confidence.json``;
+- with a report: ``<stem>.pdf``, the 12-lead page, and (format dicom/both)
+  ``<stem>.report.dcm``, the same page as an Encapsulated PDF object for PACS.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
+from ecg_dicom.dicom.provenance import MODEL_NAME, header_fields
 from ecg_dicom.dicom.writer import dicom_file_names, write_ecg_dicom
 from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
-from ecg_dicom.leads import LEADS_12, learned_leads
+from ecg_dicom.leads import LEADS_12, lead_uncertainties, learned_leads
 
 OUTPUT_FORMATS = ("npy", "dicom", "both")
+PAPER_SIZES = ("A4", "Letter")
+REPORT_SUFFIX = ".report.dcm"
+HEADER_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AcquisitionDateTime",
+               "Manufacturer", "ManufacturerModelName", "InstitutionName")
 
 
 def confidence_report(recon: Reconstruction, input_lead: str) -> dict:
@@ -37,32 +51,87 @@ def confidence_report(recon: Reconstruction, input_lead: str) -> dict:
     return {"available": True, "leads": leads}
 
 
-def result_file_names(stem: str, n_samples: int, fs: float, output_format: str, confidence: bool) -> list[str]:
-    """The files :func:`write_outputs` writes for a (12, ``n_samples``) result at ``fs`` Hz."""
+def result_file_names(stem: str, n_samples: int, fs: float, output_format: str, confidence: bool,
+                      report: bool = False) -> list[str]:
+    """The files :func:`write_outputs` writes for a (12, ``n_samples``) result at ``fs`` Hz, in order."""
     names = []
     if output_format in ("npy", "both"):
         names.append(f"{stem}.npy")
     if output_format in ("dicom", "both"):
         names += dicom_file_names(stem, n_samples, fs)
+    names.append(f"{stem}.json")
     if confidence:
         names.append(f"{stem}.confidence.json")
+    if report:
+        names.append(f"{stem}.pdf")
+        if output_format in ("dicom", "both"):
+            names.append(f"{stem}{REPORT_SUFFIX}")
     return names
 
 
+def uid_anchor_hash(item: LeadInput) -> str:
+    """What a .npy result's UIDs derive from: the content hash, with the sidecar's content when
+    there is one (the same samples under another patient or rate get other UIDs)."""
+    if item.sidecar is None:
+        return item.content_hash
+    return hashlib.sha256(f"{item.content_hash}\n{item.sidecar.canonical()}".encode()).hexdigest()
+
+
+def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor) -> dict:
+    """The ``<stem>.json`` of a result (the input sidecar's keys where they mean the same)."""
+    attributes = dict(item.sidecar.attributes) if item.sidecar is not None else {}
+    header = header_fields(item.dataset) if item.dataset is not None else \
+        {k: str(v) for k, v in attributes.items() if k in HEADER_KEYS and v}
+    sigma = lead_uncertainties(recon.sigma, reconstructor.input_lead) if recon.sigma is not None else None
+    return {
+        "fs": float(item.fs),
+        "lead": reconstructor.input_lead,
+        "units": "uV",
+        "leads": list(LEADS_12),
+        "model": MODEL_NAME,
+        "model_version": reconstructor.model_version,
+        "sigma_uv": None if sigma is None else {k: round(v, 2) for k, v in sigma.items()},
+        "quality": item.quality.to_json() if item.quality is not None else None,
+        **header,
+    }
+
+
 def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,
-                  reconstructor: Reconstructor, output_format: str, confidence: bool) -> list[Path]:
-    """Write the requested outputs for one converted input; returns the files written."""
+                  reconstructor: Reconstructor, output_format: str, confidence: bool,
+                  report: str | None = None) -> list[Path]:
+    """Write the requested outputs for one converted input; returns the files written, in the
+    order of :func:`result_file_names`.
+
+    ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page.
+    """
     written: list[Path] = []
+    meta = result_metadata(item, recon, reconstructor)
+    quality_text = item.quality.summary() if item.quality is not None else None
+    anchor = uid_anchor_hash(item)
+    attributes = item.sidecar.attributes if item.sidecar is not None else None
     if output_format in ("npy", "both"):
         written.append(write_npy_atomic(output_dir / f"{stem}.npy", recon.leads))
+    waveforms: list[Path] = []
     if output_format in ("dicom", "both"):
-        anchor = item.content_hash
-        if item.sidecar is not None:  # the same samples under another patient or rate: other UIDs
-            anchor = hashlib.sha256(f"{item.content_hash}\n{item.sidecar.canonical()}".encode()).hexdigest()
-        written += write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
-                                   reconstructor.input_lead, item.dataset, anchor,
-                                   item.sidecar.attributes if item.sidecar is not None else None)
+        waveforms = write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
+                                    reconstructor.input_lead, item.dataset, anchor, attributes,
+                                    quality_text=quality_text, sigma_uv=meta["sigma_uv"])
+        written += waveforms
+    written.append(write_bytes_atomic(output_dir / f"{stem}.json", json.dumps(meta, indent=2).encode()))
     if confidence:
-        report = json.dumps(confidence_report(recon, reconstructor.input_lead), indent=2)
-        written.append(write_bytes_atomic(output_dir / f"{stem}.confidence.json", report.encode()))
+        text = json.dumps(confidence_report(recon, reconstructor.input_lead), indent=2)
+        written.append(write_bytes_atomic(output_dir / f"{stem}.confidence.json", text.encode()))
+    if report:
+        from ecg_dicom.report import render, report_data_from_metadata
+
+        pdf = render(report_data_from_metadata(recon.leads, meta), "pdf", report)
+        written.append(write_bytes_atomic(output_dir / f"{stem}.pdf", pdf))
+        if waveforms:
+            from pydicom import dcmread
+
+            from ecg_dicom.dicom.pdf import write_pdf_dicom
+
+            refs = [dcmread(p, specific_tags=["SOPClassUID", "SOPInstanceUID"]) for p in waveforms]
+            written.append(write_pdf_dicom(output_dir / f"{stem}{REPORT_SUFFIX}", pdf, reconstructor.model_version,
+                                           reconstructor.input_lead, item.dataset, anchor, refs, attributes))
     return written

@@ -1,0 +1,177 @@
+"""The 12-lead page: true to scale (page size in mm, grid period and calibration pulse in
+pixels after rasterising with pdftoppm), searchable (pdftotext), honest marking, and the
+same page as a DICOM Encapsulated PDF object (dciodvfy, deterministic UIDs, references)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from peers import dciodvfy_errors
+from PIL import Image
+from pydicom import dcmread
+from scipy import signal as sps
+
+from ecg_dicom.cli import main
+from ecg_dicom.convert import convert_folder
+from ecg_dicom.dicom.codes import ENCAPSULATED_PDF_STORAGE
+from ecg_dicom.dicom.pdf import read_pdf_dicom
+from ecg_dicom.leads import LEADS_12
+from ecg_dicom.report.page import AI_COLOUR, BANNER
+from ecg_dicom.training.data import read_wfdb_record
+
+MORTARA = "dicom/12lead/mortara_eli250_waveform_ecg.dcm"
+DPI = 254  # 10 pixels per mm
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    assert found, f"{name} (Debian package poppler-utils) is required: make system-deps"
+    return found
+
+
+def pdf_text(pdf: Path) -> str:
+    return subprocess.run([tool("pdftotext"), str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def rasterise(pdf: Path, out: Path, dpi: int = DPI) -> np.ndarray:
+    """pdftoppm's (H, W, 3) uint8 picture of the page."""
+    subprocess.run([tool("pdftoppm"), "-r", str(dpi), "-png", "-singlefile", str(pdf), str(out)], check=True)
+    return np.asarray(Image.open(f"{out}.png").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, shared_data, tiny_reconstructor) -> Path:
+    """A real cart's DICOM ECG and a real PTB-XL lead I converted with --report --format both."""
+    inp = tmp_path_factory.mktemp("in")
+    shutil.copy(shared_data / MORTARA, inp / "mortara.dcm")
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptbxl" / "records500" / "00000" / "00180_hr.hea")
+    np.save(inp / "ptbxl180.npy", rec.leads[0].astype(np.float32))
+    out = tmp_path_factory.mktemp("out")
+    report = convert_folder(inp, out, tiny_reconstructor, fs=500.0, output_format="both", report_paper="A4")
+    assert not report.failed, report.failed
+    return out
+
+
+def test_outputs_of_convert_with_report(converted):
+    names = sorted(p.name for p in converted.iterdir())
+    for stem in ("mortara", "ptbxl180"):
+        for suffix in (".npy", ".dcm", ".json", ".pdf", ".report.dcm"):
+            assert f"{stem}{suffix}" in names
+    assert (converted / "mortara.pdf").stat().st_size < 300_000   # small: vector, compressed
+
+
+def test_page_size_in_mm(converted, tmp_path, tiny_reconstructor):
+    info = subprocess.run([tool("pdfinfo"), str(converted / "mortara.pdf")], capture_output=True, text=True,
+                          check=True).stdout
+    width_pt, height_pt = map(float, re.search(r"Page size:\s+([\d.]+) x ([\d.]+) pts", info).groups())
+    assert width_pt * 25.4 / 72 == pytest.approx(297.0, abs=0.2)
+    assert height_pt * 25.4 / 72 == pytest.approx(210.0, abs=0.2)
+    assert "Pages:           1" in info
+    # Letter, from the plot command
+    out = tmp_path / "letter.pdf"
+    assert main(["plot", str(converted / "mortara.dcm"), "--out", str(out), "--paper", "Letter"]) == 0
+    info = subprocess.run([tool("pdfinfo"), str(out)], capture_output=True, text=True, check=True).stdout
+    width_pt, height_pt = map(float, re.search(r"Page size:\s+([\d.]+) x ([\d.]+) pts", info).groups())
+    assert (width_pt, height_pt) == pytest.approx((792.0, 612.0), abs=0.5)
+
+
+def test_grid_and_calibration_are_true_to_scale(converted, tmp_path):
+    """At 254 dpi, 1 mm is 10 px: the thin grid lines repeat every 10 px, the thick ones every
+    50 px (5 mm), and the calibration pulse is 100 px (10 mm = 1 mV) high and 50 px (0.2 s) wide."""
+    page = rasterise(converted / "mortara.pdf", tmp_path / "page").astype(float)
+    red, green = page[..., 0], page[..., 1]
+    gridish = (red > 200) & (green < 225)                 # pink and red lines, not white, not traces
+    rows = gridish.mean(axis=1)
+    cols = gridish.mean(axis=0)
+    top, bottom = np.flatnonzero(rows > 0.5)[[0, -1]]     # the grid's full-width lines
+    left, right = np.flatnonzero(cols > 0.5)[[0, -1]]
+    assert (right - left) == pytest.approx(2600, abs=4) and (bottom - top) == pytest.approx(1600, abs=4)
+    profile = gridish[top:bottom, left:right].mean(axis=0)
+    peaks, _ = sps.find_peaks(profile, distance=6, height=0.3)
+    assert np.median(np.diff(peaks)) == pytest.approx(10.0, abs=0.2)
+    darker = (green < 170) & (red > 180)                  # the 5 mm lines only
+    thick = darker[top:bottom, left:right].mean(axis=0)
+    thick_peaks, _ = sps.find_peaks(thick, distance=30, height=0.3)
+    assert np.median(np.diff(thick_peaks)) == pytest.approx(50.0, abs=0.3)
+    # the first row's calibration pulse: its rising edge lies 1.5-2.5 mm from the grid's left
+    # edge, its top runs from 2 to 7 mm
+    black = page.sum(axis=2) < 150
+    rising = np.flatnonzero(black[top:top + 400, left + 15:left + 25].any(axis=1))
+    assert (rising[-1] - rising[0]) == pytest.approx(100, abs=5)
+    top_line = np.flatnonzero(black[top + rising[0] + 1, left:left + 100])
+    assert (top_line[-1] - top_line[0]) == pytest.approx(50, abs=5)
+
+
+def test_text_layer_has_leads_banner_model_and_patient(converted):
+    text = pdf_text(converted / "mortara.pdf")
+    tokens = text.split()
+    for lead in LEADS_12:
+        assert lead in tokens, lead
+    assert BANNER in text
+    meta = json.loads((converted / "mortara.json").read_text())
+    assert meta["model_version"] in text
+    assert "Anonymous" in text and "642341" in text                      # from the cart's object
+    assert "2013-01-25" in text and "Mortara" in text and "1000 Hz" in text
+    assert "I  measured" in text or "I measured" in text
+    assert text.count(" AI") >= 11                                       # every other lead marked AI
+    assert "Signal quality of lead I" in text
+    npy_text = pdf_text(converted / "ptbxl180.pdf")
+    assert "Patient: unknown" in npy_text and "500 Hz" in npy_text
+
+
+def test_ai_leads_are_drawn_in_their_own_colour(converted, tmp_path):
+    page = rasterise(converted / "mortara.pdf", tmp_path / "page", dpi=100)
+    blue = np.array([int(AI_COLOUR[i:i + 2], 16) for i in (1, 3, 5)])
+    near_blue = (np.abs(page.astype(int) - blue).sum(axis=2) < 60)
+    near_black = page.sum(axis=2) < 90
+    assert near_blue.sum() > 2000 and near_black.sum() > 2000
+
+
+def test_pdf_object_is_valid_references_its_sources_and_holds_the_page(converted):
+    pdf_dcm = converted / "mortara.report.dcm"
+    assert dciodvfy_errors(pdf_dcm) == []
+    ds = dcmread(pdf_dcm)
+    waveform = dcmread(converted / "mortara.dcm")
+    source = dcmread(converted.parent / "in" / "mortara.dcm") if (converted.parent / "in").exists() else None
+    assert ds.SOPClassUID == ENCAPSULATED_PDF_STORAGE and ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert read_pdf_dicom(ds) == (converted / "mortara.pdf").read_bytes()
+    assert ds.StudyInstanceUID == waveform.StudyInstanceUID and ds.PatientID == waveform.PatientID
+    assert ds.SeriesInstanceUID != waveform.SeriesInstanceUID
+    assert "NOT FOR DIAGNOSIS" in ds.SeriesDescription and "NOT FOR DIAGNOSIS" in ds.DocumentTitle
+    referenced = {item.ReferencedSOPInstanceUID for item in ds.SourceInstanceSequence}
+    assert waveform.SOPInstanceUID in referenced
+    assert waveform.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID in referenced   # the cart's ECG
+    assert any("NOT FOR DIAGNOSIS" in item.ContributionDescription for item in ds.ContributingEquipmentSequence)
+    del source
+    assert dciodvfy_errors(converted / "ptbxl180.report.dcm") == []
+
+
+def test_replay_gives_the_same_instances(converted, shared_data, tiny_reconstructor, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(shared_data / MORTARA, inp / "mortara.dcm")
+    convert_folder(inp, tmp_path / "again", tiny_reconstructor, output_format="dicom", report_paper="A4")
+    first, second = dcmread(converted / "mortara.report.dcm"), dcmread(tmp_path / "again" / "mortara.report.dcm")
+    assert first.SOPInstanceUID == second.SOPInstanceUID and first.SeriesInstanceUID == second.SeriesInstanceUID
+    assert read_pdf_dicom(first) == read_pdf_dicom(second)      # the page itself is reproducible
+
+
+def test_plot_from_npy_and_from_dcm(converted, tmp_path):
+    png = tmp_path / "from_npy.png"
+    assert main(["plot", str(converted / "ptbxl180.npy"), "--out", str(png), "--dpi", "100"]) == 0
+    width, height = Image.open(png).size
+    assert width == pytest.approx(297 / 25.4 * 100, abs=1) and height == pytest.approx(210 / 25.4 * 100, abs=1)
+    pdf = tmp_path / "from_dcm.pdf"
+    assert main(["plot", str(converted / "mortara.dcm"), "--out", str(pdf)]) == 0
+    text = pdf_text(pdf)
+    assert "Anonymous" in text and "Mortara" in text and BANNER in text
+    meta = json.loads((converted / "mortara.json").read_text())
+    sigma_v1 = meta["sigma_uv"]["V1"] / 1000
+    assert f"V1 AI σ {sigma_v1:.2f} mV".replace(" ", "") in text.replace(" ", "")   # σ read back from DICOM
+    assert main(["plot", str(converted / "nothing.npy")]) == 2
