@@ -164,7 +164,7 @@ def test_marker_records_what_was_written(shared_data, tiny_reconstructor, tmp_pa
     out = tmp_path / "out"
     convert_folder(inp, out, tiny_reconstructor, output_format="both", confidence=True)
     record = json.loads((out / "site_a" / "2024" / ".p2.done.json").read_text())
-    assert set(record["outputs"]) == {"p2.npy", "p2.dcm", "p2.confidence.json"}
+    assert set(record["outputs"]) == {"p2.npy", "p2.dcm", "p2.json", "p2.confidence.json"}
     assert record["sidecar_sha256"] == hashlib.sha256(b'{"fs": 500}').hexdigest()
     assert record["settings"]["model_version"] == tiny_reconstructor.model_version
 
