@@ -27,6 +27,9 @@ from ecg_dicom.training.data import read_wfdb_record
 
 MORTARA = "dicom/12lead/mortara_eli250_waveform_ecg.dcm"
 DPI = 254  # 10 pixels per mm
+SIDECAR = {"fs": 500, "PatientID": "MRN-0042", "PatientName": "Doe^Jane", "PatientSex": "F",
+           "StudyInstanceUID": "1.2.826.0.1.3680043.10.543.1", "AcquisitionDateTime": "20240501101502",
+           "Manufacturer": "AliveCor", "ManufacturerModelName": "KardiaMobile"}
 
 
 def tool(name: str) -> str:
@@ -52,6 +55,8 @@ def converted(tmp_path_factory, shared_data, tiny_reconstructor) -> Path:
     shutil.copy(shared_data / MORTARA, inp / "mortara.dcm")
     rec = read_wfdb_record(shared_data / "ecg12" / "ptbxl" / "records500" / "00000" / "00180_hr.hea")
     np.save(inp / "ptbxl180.npy", rec.leads[0].astype(np.float32))
+    np.save(inp / "kardia.npy", rec.leads[0].astype(np.float32))
+    (inp / "kardia.json").write_text(json.dumps(SIDECAR))
     out = tmp_path_factory.mktemp("out")
     report = convert_folder(inp, out, tiny_reconstructor, fs=500.0, output_format="both", report_paper="A4")
     assert not report.failed, report.failed
@@ -175,3 +180,15 @@ def test_plot_from_npy_and_from_dcm(converted, tmp_path):
     sigma_v1 = meta["sigma_uv"]["V1"] / 1000
     assert f"V1 AI σ {sigma_v1:.2f} mV".replace(" ", "") in text.replace(" ", "")   # σ read back from DICOM
     assert main(["plot", str(converted / "nothing.npy")]) == 2
+
+
+def test_header_and_pdf_object_take_the_patient_from_a_npy_sidecar(converted):
+    text = pdf_text(converted / "kardia.pdf")
+    assert "Doe, Jane" in text and "MRN-0042" in text
+    assert "2024-05-01 10:15:02" in text and "AliveCor KardiaMobile" in text
+    ds = dcmread(converted / "kardia.report.dcm")
+    assert ds.PatientID == "MRN-0042" and ds.StudyInstanceUID == SIDECAR["StudyInstanceUID"]
+    assert ds.StudyInstanceUID == dcmread(converted / "kardia.dcm").StudyInstanceUID
+    assert dciodvfy_errors(converted / "kardia.report.dcm") == []
+    unknown = dcmread(converted / "ptbxl180.report.dcm")        # no sidecar: marked as unknown patient
+    assert unknown.PatientName == "UNKNOWN" and unknown.PatientID == dcmread(converted / "ptbxl180.dcm").PatientID

@@ -114,9 +114,9 @@ def test_inputs_whose_names_clean_up_alike_each_keep_their_own_results(site):
     jobs = [queue.get(i) for i in ids]
     assert [j.state for j in jobs] == ["done"] * 5
     assert [j.result_stem for j in jobs] == ["x_y", "x_y-2", "x_y-3", "long", "long_001-2"]
-    assert jobs[3].outputs == ("long.npy", "long_001.dcm", "long_002.dcm")
+    assert jobs[3].outputs == ("long.npy", "long_001.dcm", "long_002.dcm", "long.json")
     every = [name for job in jobs for name in job.outputs]
-    assert len(every) == len(set(every)) == 3 * 2 + 3 + 2
+    assert len(every) == len(set(every)) == 3 * 3 + 4 + 3   # each with its <stem>.json
     for job, (_, lead) in zip(jobs, inputs):
         npy = np.load(folders.output / f"{job.result_stem}.npy")
         np.testing.assert_allclose(npy[0], lead, atol=1e-3)   # each result holds its own input
@@ -129,7 +129,7 @@ def test_a_result_already_in_the_output_folder_is_not_overwritten(site):
     job_id = spool.store_bytes(npy_bytes(synthetic_lead()), "rec.npy", "test")
     run_once(worker)
     assert (folders.output / "rec.npy").read_bytes() == b"someone else's file"
-    assert queue.get(job_id).outputs == ("rec-2.npy", "rec-2.dcm")
+    assert queue.get(job_id).outputs == ("rec-2.npy", "rec-2.dcm", "rec-2.json")
 
 
 def test_a_job_done_again_after_a_crash_keeps_its_names(site):
@@ -141,9 +141,10 @@ def test_a_job_done_again_after_a_crash_keeps_its_names(site):
     queue._db.execute("UPDATE jobs SET state = 'waiting' WHERE id = ?", (second,))
     spool.path(queue.get(second)).write_bytes(npy_bytes(synthetic_lead(seed=2)))
     run_once(worker)
-    assert queue.get(first).outputs == ("rec.npy", "rec.dcm")
-    assert queue.get(second).outputs == ("rec-2.npy", "rec-2.dcm")
-    assert sorted(p.name for p in folders.output.glob("rec*")) == ["rec-2.dcm", "rec-2.npy", "rec.dcm", "rec.npy"]
+    assert queue.get(first).outputs == ("rec.npy", "rec.dcm", "rec.json")
+    assert queue.get(second).outputs == ("rec-2.npy", "rec-2.dcm", "rec-2.json")
+    assert sorted(p.name for p in folders.output.glob("rec*")) == ["rec-2.dcm", "rec-2.json", "rec-2.npy",
+                                                                  "rec.dcm", "rec.json", "rec.npy"]
 
 
 def test_a_rejected_input_is_never_overwritten(site):
