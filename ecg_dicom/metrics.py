@@ -22,6 +22,10 @@ ecg_dicom_association_refusals_total           counter    ``reason``: calling_ae
                                                           handshake_timeout, pending_evicted,
                                                           oversize_pdu, oversize_store
 ecg_dicom_associations_active                  gauge      associations admitted and open
+ecg_dicom_signal_quality_total                 counter    ``status`` (ok, warn, reject) and
+                                                          ``flag`` (flat, clipping, emg, baseline,
+                                                          offset, mains, heart_rate; none if ok):
+                                                          the gate's verdicts on input leads
 =============================================  =========  ====================================
 """
 
@@ -52,6 +56,9 @@ REFUSALS = Counter("ecg_dicom_association_refusals", "Connections or association
                    ["reason"], registry=REGISTRY)
 ASSOCIATIONS_ACTIVE = Gauge("ecg_dicom_associations_active", "Associations admitted and open",
                             registry=REGISTRY)
+
+SIGNAL_QUALITY = Counter("ecg_dicom_signal_quality", "Signal-quality gate verdicts on input leads, by status"
+                         " and flag", ["status", "flag"], registry=REGISTRY)
 
 for _outcome in ("done", "rejected", "dead_lettered"):
     JOBS_FINISHED.labels(_outcome)
@@ -84,6 +91,15 @@ def job_processed(created: float, delivering: bool) -> None:
         PROCESSING_SECONDS.observe(max(0.0, time.time() - created))
     if not delivering:
         JOBS_FINISHED.labels("done").inc()
+
+
+def quality_verdict(report) -> None:
+    """Count one signal-quality verdict (a :class:`ecg_dicom.core.quality.QualityReport`):
+    once per raised flag, or once with flag ``none`` when the lead is ok."""
+    for flag in report.flags or ():
+        SIGNAL_QUALITY.labels(report.status, flag.code).inc()
+    if not report.flags:
+        SIGNAL_QUALITY.labels(report.status, "none").inc()
 
 
 def register_job_store(counts: Callable[[], dict[str, int]], high_water: int) -> JobStoreCollector:

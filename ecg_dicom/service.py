@@ -32,6 +32,7 @@ from ecg_dicom.errors import CheckpointError, ConfigError
 from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.scp import start_scp
 from ecg_dicom.ingest.watcher import FolderWatcher
+from ecg_dicom.inputs import QUALITY_LISTENERS
 from ecg_dicom.monitor import Monitor
 from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
@@ -142,6 +143,8 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
 def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread) -> Monitor:
     """``/health`` (listener, worker, job store) and ``/metrics`` on ``settings.http``."""
     metrics.register_job_store(queue.counts, settings.limits.queue_high_water)
+    if metrics.quality_verdict not in QUALITY_LISTENERS:  # the gate's verdicts on /metrics
+        QUALITY_LISTENERS.append(metrics.quality_verdict)
     checks = {
         "listener": lambda: server.thread.is_alive() and server.socket.fileno() != -1,
         "worker": worker.is_alive,

@@ -196,3 +196,17 @@ def test_both_doors_reject_with_the_reason_and_keep_the_warnings(tmp_path, ptbxl
     ds = dcmread(tmp_path / "out" / "hum.dcm")
     notes = [str(a.UnformattedTextValue) for a in ds.WaveformAnnotationSequence]
     assert any(n.startswith("Signal quality of the measured lead: WARN") and "mains" in n for n in notes)
+
+
+def test_verdicts_are_counted_on_metrics(ptbxl):
+    from ecg_dicom import metrics
+
+    x, fs = ptbxl
+    t = np.arange(x.size) / fs
+    before = metrics.SIGNAL_QUALITY.labels("warn", "mains")._value.get()
+    metrics.quality_verdict(assess_quality(x + 150 * np.sin(2 * np.pi * 50 * t), fs))
+    metrics.quality_verdict(assess_quality(x, fs))
+    text = metrics.exposition().decode()
+    assert metrics.SIGNAL_QUALITY.labels("warn", "mains")._value.get() == before + 1
+    assert 'ecg_dicom_signal_quality_total{flag="mains",status="warn"}' in text
+    assert 'ecg_dicom_signal_quality_total{flag="none",status="ok"}' in text
