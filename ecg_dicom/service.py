@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -79,6 +80,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
 def _serve(settings: Settings, stop: threading.Event) -> int:
     log_effective(settings, LOG)
     folders = settings.folders
+    # matplotlib (the report page) keeps its font cache in the work folder: never in $HOME or /tmp
+    os.environ.setdefault("MPLCONFIGDIR", str(folders.work / "matplotlib"))
 
     # durable state first: interrupted jobs back to waiting, orphaned spool files recorded
     queue = JobQueue(folders.queue_db)
