@@ -226,10 +226,16 @@ class Worker:
 @dataclass(config=_STRICT)
 class Watcher:
     """A dropped file is taken once closed, or once its size has not changed for
-    ``stable_s`` seconds; the folder is also rescanned every ``rescan_s`` seconds."""
+    ``stable_s`` seconds; the folder is also rescanned every ``rescan_s`` seconds. A ``.npy``
+    without its ``<stem>.json`` sidecar waits ``sidecar_wait_s`` for one (0: not at all); a file
+    that looks cut short waits ``incomplete_wait_s`` unchanged for the rest, then is taken
+    (and rejected); a sidecar with no ``.npy`` beside it is rejected after ``stray_sidecar_s``."""
 
     stable_s: Seconds = 1.0
     rescan_s: Seconds = 5.0
+    sidecar_wait_s: Annotated[StrictFloat, Field(ge=0)] = 2.0
+    incomplete_wait_s: Seconds = 10.0
+    stray_sidecar_s: Seconds = 300.0
 
 
 @dataclass(config=_STRICT)

@@ -15,6 +15,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM = 100
 # ``<name>-2``, ``<name>-3``...: how a name already taken is made distinct
 COUNTER_SEPARATOR = "-"
+REASON_SUFFIX = ".reason.txt"
+REJECTED_PREFIX = "rejected/"   # a rejected job's files, as recorded in its outputs (relative to the output folder)
 
 
 def safe_stem(name: str) -> str:
@@ -93,4 +95,4 @@ def write_reason(folder: str | Path, stem: str, reason: str) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     text = strip_wire(reason.strip())  # one line: values from the input escaped
-    return write_bytes_atomic(folder / f"{safe_stem(stem)}.reason.txt", (text + "\n").encode())
+    return write_bytes_atomic(folder / f"{safe_stem(stem)}{REASON_SUFFIX}", (text + "\n").encode())

@@ -102,14 +102,26 @@ def looks_like_input(path: Path) -> bool:
     return is_dicom_file(path)
 
 
+def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, offset of the data) from an open .npy; raises one of _NPY_HEADER_ERRORS."""
+    version = np.lib.format.read_magic(fh)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(fh)
+    return shape, dtype, fh.tell()
+
+
+def _npy_data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return (int(np.prod(shape, dtype=object)) if shape else 1) * dtype.itemsize
+
+
 def read_npy_array(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
-    """Load a .npy without pickle, refusing a huge one from its header before reading it."""
+    """Load a .npy without pickle, refusing a huge one from its header before reading it,
+    and a truncated one (fewer bytes than its header declares) with a reason that says so."""
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(fh)
+            shape, dtype, offset = _npy_header(fh)
+            size = os.fstat(fh.fileno()).st_size
     except _NPY_HEADER_ERRORS as exc:
         raise InputError(f"not a readable .npy file: corrupt header ({type(exc).__name__}: {wire(exc)})") from None
     if dtype.hasobject:
@@ -120,10 +132,55 @@ def read_npy_array(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndar
     if n > limits.max_samples_per_channel:
         raise InputError(f"too large: {n} samples (shape {shape}), at most {limits.max_samples_per_channel} "
                          "for one lead (limits.max_samples_per_channel)")
+    if size < offset + _npy_data_bytes(shape, dtype):
+        raise InputError(f"truncated .npy: its header declares {n} samples ({offset + _npy_data_bytes(shape, dtype)}"
+                         f" bytes) but the file has {size} bytes (cut short, or taken while still being written:"
+                         " drop a file by writing it elsewhere or as NAME.part, then renaming it)")
     try:
         return np.load(path, allow_pickle=False)
     except _NPY_HEADER_ERRORS as exc:
         raise InputError(f"not a readable .npy file: {type(exc).__name__}: {wire(exc)}") from None
+
+
+def incomplete_reason(path: str | Path) -> str | None:
+    """Why ``path`` looks cut short, or None.
+
+    A ``.npy`` (by its magic, or the start of it) with fewer bytes than its header declares,
+    or ending inside its header; a DICOM file that ends inside an element
+    (:func:`ecg_dicom.dicom.reader.truncation`). Anything else, complete or corrupt, is None:
+    this answers only "is more of it probably still coming?".
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(len(NPY_MAGIC) + 4)
+            if not head:
+                return "empty"
+            if len(head) < len(NPY_MAGIC) and NPY_MAGIC.startswith(head):
+                return "shorter than the .npy magic"
+            if head.startswith(NPY_MAGIC):
+                if len(head) < len(NPY_MAGIC) + 4:
+                    return "ends inside the .npy header"
+                major = head[len(NPY_MAGIC)]
+                length = int.from_bytes(head[8:10] if major == 1 else head[8:12], "little")
+                if size < (10 if major == 1 else 12) + length:
+                    return "ends inside the .npy header"
+                fh.seek(0)
+                try:
+                    shape, dtype, offset = _npy_header(fh)
+                except _NPY_HEADER_ERRORS:
+                    return None  # corrupt, not incomplete: the worker says why
+                if not dtype.hasobject and size < offset + _npy_data_bytes(shape, dtype):
+                    return f"holds {size} of the {offset + _npy_data_bytes(shape, dtype)} bytes its .npy header declares"
+                return None
+    except OSError:
+        return None
+    if size >= DICOM_MAGIC_OFFSET + 4 and is_dicom_file(path):
+        from ecg_dicom.dicom.reader import truncation
+
+        return truncation(path)
+    return None
 
 
 def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",

@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS output_names (
 );
 """
 # columns added after the first release: (name, declaration); added to an older store at open
-_ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"))
+_ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"), ("note", "TEXT"))
 
 
 
@@ -75,7 +75,8 @@ class Job:
     for it (``name`` or ``name-2``...; None until reserved); ``source_name``: the file name
     the input arrived under (wire or folder text, unescaped); ``outputs``: the files it
     produced, relative to the output folder (``rejected/...`` for a rejected input);
-    ``created`` / ``updated``: Unix times.
+    ``created`` / ``updated``: Unix times; ``note``: a remark from ingest added to the reason
+    should the input be rejected (e.g. "a file of the same name was taken 2.5 s before").
     """
 
     id: int
@@ -93,6 +94,7 @@ class Job:
     source_name: str | None = None
     created: float = 0.0
     updated: float = 0.0
+    note: str | None = None
 
     @property
     def result_stem(self) -> str:
@@ -168,16 +170,29 @@ class JobQueue:
         self._local = threading.local()
 
     # -- ingest ------------------------------------------------------------------------
-    def add(self, key: str, name: str, origin: str, spool: str, source_name: str | None = None) -> int:
+    def add(self, key: str, name: str, origin: str, spool: str, source_name: str | None = None,
+            note: str | None = None) -> int:
         """Record an accepted input (already durable in the spool) as ``waiting``; returns its id.
 
-        ``source_name``: the file name it arrived under, kept for ``ecg-dicom status``."""
+        ``source_name``: the file name it arrived under, kept for ``ecg-dicom status``;
+        ``note``: see :class:`Job`."""
         now = time.time()
         cur = self._db.execute(
-            "INSERT INTO jobs (key, name, origin, spool, source_name, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, name, origin, spool, source_name, now, now))
+            "INSERT INTO jobs (key, name, origin, spool, source_name, note, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, name, origin, spool, source_name, note, now, now))
         self._new_job.set()
+        return int(cur.lastrowid)
+
+    def add_rejected(self, key: str, name: str, origin: str, source_name: str, reason: str,
+                     outputs: list[str]) -> int:
+        """Record an input refused at the door (it never enters the spool) as ``rejected``
+        with its reason and the files it was moved to; returns its id."""
+        now = time.time()
+        cur = self._db.execute(
+            "INSERT INTO jobs (key, name, origin, spool, source_name, state, reason, outputs, created, updated) "
+            "VALUES (?, ?, ?, '', ?, 'rejected', ?, ?, ?, ?)",
+            (key, name, origin, source_name, reason, json.dumps(outputs), now, now))
         return int(cur.lastrowid)
 
     def state_of(self, key: str) -> str | None:
@@ -354,4 +369,4 @@ def _job(row: sqlite3.Row) -> Job:
                state=row["state"], attempts=row["attempts"], next_attempt=row["next_attempt"],
                deliver_since=row["deliver_since"], reason=row["reason"],
                outputs=tuple(json.loads(row["outputs"])), stem=row["stem"], source_name=row["source_name"],
-               created=row["created"], updated=row["updated"])
+               created=row["created"], updated=row["updated"], note=row["note"])

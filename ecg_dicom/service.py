@@ -104,7 +104,8 @@ def _serve(settings: Settings, stop: threading.Event) -> int:
                     report_paper=settings.report.paper if settings.report.enabled else None)
     delivery = (Delivery(queue, settings.pacs, folders, settings.ae_title, settings.worker.batch_size)
                 if settings.pacs else None)
-    watcher = FolderWatcher(folders.watch, spool, settings.watcher, high_water=settings.limits.queue_high_water)
+    watcher = FolderWatcher(folders.watch, spool, settings.watcher, folders.rejected,
+                            high_water=settings.limits.queue_high_water)
     work_stop = threading.Event()
     threads = [threading.Thread(target=worker.run, args=(work_stop,), name="worker", daemon=True),
                threading.Thread(target=watcher.run, name="watcher", daemon=True)]

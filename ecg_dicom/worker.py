@@ -20,7 +20,7 @@ from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.errors import InputError
-from ecg_dicom.files import free_stem, write_reason
+from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
 from ecg_dicom.inputs import LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
@@ -30,8 +30,6 @@ from ecg_dicom.queue import Job, JobQueue
 
 LOG = logging.getLogger("ecg_dicom.worker")
 NPY_DEFAULT_FS = 500.0
-REJECTED_PREFIX = "rejected/"   # a rejected job's files, as recorded in its outputs
-REASON_SUFFIX = ".reason.txt"
 # How long to wait before trying again when outputs could not be written (disk full, ...)
 OUTPUT_RETRY_S = 5.0
 
@@ -182,6 +180,8 @@ class Worker:
         rejection holds it: a rejected input is never overwritten. The names are recorded in
         the job before anything moves. (Killed in between, the job is still pending: on
         restart it is rejected again, under the same names.)"""
+        if job.note:
+            reason = f"{reason.rstrip('.')}. {job.note}"
         rejected = self.folders.rejected
         rejected.mkdir(parents=True, exist_ok=True)
         original = job.spool.split("-", 1)[1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,4 +137,56 @@ def test_a_dropped_recording_lands_in_its_patients_study_at_pacs(service, pacs, 
     anon = [orthanc_patient_and_study(pacs, service.output / f"{stems[n]}.dcm") for n in names[1:]]
     assert [p["PatientName"] for p, _ in anon] == ["UNKNOWN", "UNKNOWN"]
     assert anon[0][0]["PatientID"] != anon[1][0]["PatientID"] and all(p["PatientID"] for p, _ in anon)
+    assert not list(service.watch.iterdir())
+
+
+def test_a_file_written_in_two_opens_is_taken_whole_and_one_left_cut_short_fails_loudly(service, tmp_path):
+    """Issue 11 item 2: `head -c 10000 f > inbox/x.npy; sleep 2.5; tail -c +10001 f >> inbox/x.npy`
+    gives one job and the right result; a file that stays cut short is rejected with a reason
+    that says so and how to drop files safely, and a WARNING in the log."""
+    lead = synthetic_lead(seconds=8.0, seed=31)
+    data = npy_bytes(lead, tmp_path / "full.npy")
+    with open(service.watch / "two_opens.npy", "wb") as fh:
+        fh.write(data[:10_000])
+    with open(service.watch / "cut_short.npy", "wb") as fh:
+        fh.write(data[:10_000])
+    time.sleep(2.5)
+    with open(service.watch / "two_opens.npy", "ab") as fh:
+        fh.write(data[10_000:])
+    names = ["two_opens.npy", "cut_short.npy"]
+    wait_for(lambda: {j["state"] for j in jobs_of(service, names, 0)} == {"done", "rejected"}, 60,
+             "one result and one rejection")
+    whole, cut = jobs_of(service, names, 0)
+    assert whole["source_name"] == "two_opens.npy" and whole["state"] == "done"
+    np.testing.assert_allclose(np.load(service.output / f"{whole['stem']}.npy")[0], lead, atol=1e-3)
+    reason = (service.output / cut["outputs"][-1]).read_text()
+    assert "truncated .npy" in reason and "NAME.part, then renaming" in reason
+    assert (service.output / cut["outputs"][0]).read_bytes() == data[:10_000]    # the input is kept
+    assert "still looks cut short" in service.log_text()
+
+
+def test_a_sidecar_just_after_its_npy_is_applied_and_one_too_late_is_reported(service, shared_data, tmp_path):
+    """Issue 11 item 3: a 300 Hz AliveCor recording whose sidecar arrives 0.3 s after it is
+    read at 300 Hz; a sidecar that comes after its .npy was taken is moved out of the inbox
+    with a reason naming the job it missed."""
+    import scipy.io
+
+    val = scipy.io.loadmat(shared_data / "single_lead/challenge2017_alivecor/A00004.mat")["val"][0]
+    np.save(service.watch / "alivecor.npy", val.astype(np.float32))        # written in place
+    time.sleep(0.3)
+    (service.watch / "alivecor.json").write_text(json.dumps({"fs": 300}))
+    wait_for(lambda: [j["state"] for j in jobs_of(service, ["alivecor.npy"], 0)] == ["done"], 60, "the result")
+    [job] = jobs_of(service, ["alivecor.npy"], 0)
+    ds = dcmread(service.output / f"{job['stem']}.dcm")
+    assert float(ds.WaveformSequence[0].SamplingFrequency) == 300.0
+    assert int(ds.WaveformSequence[0].NumberOfWaveformSamples) == val.size
+
+    np.save(service.watch / "late.npy", synthetic_lead(seed=41))
+    wait_for(lambda: jobs_of(service, ["late.npy"], 0), 30, "late.npy to be taken")
+    [taken] = jobs_of(service, ["late.npy"], 0)
+    (service.watch / "late.json").write_text(json.dumps({"fs": 250}))
+    wait_for(lambda: jobs_of(service, ["late.json"], 0), 30, "the late sidecar to be refused")
+    [refused] = jobs_of(service, ["late.json"], 0)
+    assert refused["state"] == "rejected" and f"after its .npy was taken (job {taken['id']})" in refused["reason"]
+    assert json.loads((service.output / refused["outputs"][0]).read_text()) == {"fs": 250}
     assert not list(service.watch.iterdir())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import threading
 import time
 
+import numpy as np
 import pytest
+from conftest import synthetic_lead
 from peers import wait_for
 
 from ecg_dicom.config import Watcher as WatcherSettings
@@ -24,8 +28,9 @@ def watched(tmp_path):
     spool = Spool(tmp_path / "work" / "spool", queue)
     watchers = []
 
-    def start() -> FolderWatcher:
-        watcher = FolderWatcher(inbox, spool, WatcherSettings(stable_s=0.5, rescan_s=0.5))
+    def start(**settings) -> FolderWatcher:
+        watcher = FolderWatcher(inbox, spool, WatcherSettings(**{"stable_s": 0.5, "rescan_s": 0.5, **settings}),
+                                tmp_path / "rejected")
         thread = threading.Thread(target=watcher.run, daemon=True)
         thread.start()
         watchers.append((watcher, thread))
@@ -89,3 +94,103 @@ def test_hidden_partial_and_lone_sidecar_files_are_left_alone(watched):
     time.sleep(1.5)
     assert queue.jobs() == []
     assert len(list(inbox.iterdir())) == 4
+
+
+def npy_bytes(seconds: float = 5.0) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, synthetic_lead(seconds=seconds))
+    return buf.getvalue()
+
+
+def write_in_two_opens(path, data: bytes, cut: int, pause: float) -> None:
+    """What `head -c CUT f > path; sleep PAUSE; tail -c +CUT+1 f >> path` does."""
+    with open(path, "wb") as fh:
+        fh.write(data[:cut])
+    time.sleep(pause)
+    with open(path, "ab") as fh:
+        fh.write(data[cut:])
+
+
+def test_a_npy_written_in_two_opens_is_taken_once_whole(watched):
+    """Issue 11 item 2: the first close must not hand over a half-written .npy."""
+    inbox, queue, spool, start = watched
+    start()
+    data = npy_bytes()
+    write_in_two_opens(inbox / "x.npy", data, 10_000, 2.5)
+    wait_for(lambda: queue.jobs(), 10, "the whole file")
+    time.sleep(1.0)
+    [job] = queue.jobs()
+    assert spool.path(job).read_bytes() == data
+
+
+def test_a_dicom_file_written_in_two_opens_is_taken_once_whole(watched, shared_data):
+    inbox, queue, spool, start = watched
+    start()
+    data = (shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm").read_bytes()
+    write_in_two_opens(inbox / "cart.dcm", data, len(data) // 2, 2.5)
+    wait_for(lambda: queue.jobs(), 10, "the whole file")
+    time.sleep(1.0)
+    [job] = queue.jobs()
+    assert spool.path(job).read_bytes() == data
+
+
+def test_a_cut_short_file_is_taken_only_after_incomplete_wait_s(watched, caplog):
+    inbox, queue, spool, start = watched
+    start(incomplete_wait_s=3.0, sidecar_wait_s=0.0)
+    (inbox / "cut.npy").write_bytes(npy_bytes()[:10_000])
+    time.sleep(2.0)
+    assert queue.jobs() == []
+    wait_for(lambda: queue.jobs(), 10, "the cut-short file, after the wait")
+    assert "still looks cut short" in caplog.text
+
+
+def test_a_file_named_like_one_just_taken_carries_a_note(watched):
+    inbox, queue, spool, start = watched
+    start(sidecar_wait_s=0.0)
+    (inbox / "x.npy").write_bytes(b"first part, not a .npy")
+    wait_for(lambda: len(queue.jobs()) == 1, 10, "the first part")
+    (inbox / "x.npy").write_bytes(b"second part")
+    wait_for(lambda: len(queue.jobs()) == 2, 10, "the second part")
+    first, second = queue.jobs()
+    assert first.note is None and "taken" in second.note and f"(job {first.id})" in second.note
+
+
+def test_a_npy_waits_for_a_sidecar_that_comes_just_after_it(watched):
+    """Issue 11 item 3: the sidecar 0.3 s after its .npy is still taken with it."""
+    inbox, queue, spool, start = watched
+    start(sidecar_wait_s=2.0)
+    (inbox / "af.npy").write_bytes(npy_bytes())
+    time.sleep(0.3)
+    (inbox / "af.json").write_text(json.dumps({"fs": 300}))
+    wait_for(lambda: queue.jobs(), 10, "the .npy")
+    [job] = queue.jobs()
+    assert json.loads(spool.sidecar(job).read_text()) == {"fs": 300}
+    assert list(inbox.iterdir()) == []
+
+
+def test_a_sidecar_later_than_the_wait_is_refused_with_a_reason(watched, tmp_path):
+    inbox, queue, spool, start = watched
+    start(sidecar_wait_s=0.5)
+    (inbox / "late.npy").write_bytes(npy_bytes())
+    wait_for(lambda: queue.jobs(), 10, "the .npy")
+    (inbox / "late.json").write_text(json.dumps({"fs": 300}))
+    wait_for(lambda: len(queue.jobs()) == 2, 10, "the late sidecar to be refused")
+    taken, refused = queue.jobs()
+    assert refused.state == "rejected" and f"after its .npy was taken (job {taken.id})" in refused.reason
+    assert (tmp_path / "rejected" / "late.json").read_text() == '{"fs": 300}'
+    assert "not applied" in (tmp_path / "rejected" / "late.json.reason.txt").read_text()
+    assert refused.outputs == ("rejected/late.json", "rejected/late.json.reason.txt")
+    assert list(inbox.iterdir()) == []
+
+
+def test_a_stray_sidecar_is_refused_after_stray_sidecar_s(watched, tmp_path):
+    inbox, queue, spool, start = watched
+    (inbox / "alone.json").write_text("{}")
+    (inbox / "coming.json").write_text("{}")
+    (inbox / "coming.npy.part").write_bytes(b"upload in progress")
+    start(stray_sidecar_s=1.5)
+    wait_for(lambda: queue.jobs(), 10, "the stray sidecar to be refused")
+    time.sleep(1.0)
+    [job] = queue.jobs()
+    assert job.state == "rejected" and "no .npy of the same name" in job.reason
+    assert sorted(p.name for p in inbox.iterdir()) == ["coming.json", "coming.npy.part"]

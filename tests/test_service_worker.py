@@ -206,3 +206,13 @@ def test_without_a_patient_the_result_says_the_patient_is_unknown(site):
     assert "Patient unknown" in a.PatientComments
     assert "Patient unknown" in a.WaveformAnnotationSequence[1].UnformattedTextValue
     assert dciodvfy_errors(folders.output / "a.dcm") == []
+
+
+def test_a_rejection_carries_the_note_ingest_left(site, tmp_path):
+    folders, queue, spool, worker, _ = site
+    (tmp_path / "x.npy").write_bytes(b"second part of a file")
+    job_id = spool.claim(tmp_path / "x.npy", "watch", note="A file of the same name was taken 2.5 s before it.")
+    run_once(worker)
+    reason = (folders.rejected / "x.reason.txt").read_text()
+    assert "no NUMPY magic" in reason and "taken 2.5 s before it" in reason
+    assert queue.get(job_id).reason == reason.strip()

@@ -65,6 +65,9 @@ MAX_UV_PER_UNIT = 1e3
 # Channel Baseline (in the channel's units, as µV) beyond this is not a physical offset
 MAX_BASELINE_UV = 1e6
 
+# What reading past the end of a file raises in pydicom (EOF, a short struct.unpack, "No tag to read")
+_SHORT_READ_ERRORS = (EOFError, struct.error, OSError)
+
 _CODE_TO_LEAD: dict[tuple[str, str], str] = {
     **{("SCPECG", code): lead for lead, code in SCPECG_CODES.items()},
     **{("MDC", code): lead for lead, code in MDC_CODES.items()},
@@ -110,6 +113,47 @@ def check_deflated_file(path: Path, limits: Limits) -> None:
         check_inflated_size(memoryview(data)[start:], limits)
     except InputError as exc:
         raise WaveformError(str(exc)) from None
+
+
+def truncation(path: str | Path) -> str | None:
+    """Why a DICOM Part 10 file looks cut short, or None.
+
+    Walks the data set's elements without decoding them: an element whose declared length
+    runs past the end of the file, a file that ends inside an element or right after its
+    File Meta Information, is cut short (typically still being written). Deflated data sets
+    are not judged. A corrupt file that is not cut short is None: the reader says what is wrong.
+    """
+    from pydicom.filereader import (
+        _read_file_meta_info,
+        data_element_generator,
+        read_preamble,
+    )
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fp:
+            try:
+                read_preamble(fp, False)
+                meta = _read_file_meta_info(fp)
+            except _SHORT_READ_ERRORS:
+                return "ends inside its File Meta Information"
+            except (InvalidDicomError, *_PARSE_ERRORS):
+                return None
+            syntax = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+            if syntax.is_deflated or not syntax.is_transfer_syntax:
+                return None
+            if fp.tell() >= size:
+                return "ends right after its File Meta Information"
+            for elem in data_element_generator(fp, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=1):
+                length = getattr(elem, "length", 0xFFFFFFFF)   # a parsed sequence has no raw length
+                if length != 0xFFFFFFFF and elem.value_tell + length > size:
+                    return f"element {elem.tag} runs past the end of the file"
+    except _SHORT_READ_ERRORS:
+        return "ends inside a data element"
+    except (RecursionError, *_PARSE_ERRORS):
+        return None  # corrupt rather than cut short: the reader says what is wrong
+    return None
 
 
 def _read_file(path: Path) -> Dataset:

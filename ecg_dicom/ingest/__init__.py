@@ -74,13 +74,13 @@ class Spool:
             _unlink_quietly(target)
             raise
 
-    def claim(self, path: Path, origin: str, sidecar: Path | None = None) -> int | None:
+    def claim(self, path: Path, origin: str, sidecar: Path | None = None, note: str | None = None) -> int | None:
         """Take a complete file out of the watched folder by moving it into the spool.
 
         The move is atomic (``os.replace``), so a file is taken at most once. On another
         file system the file is copied durably and then removed. ``sidecar`` (if given)
-        is copied in first and removed last. Returns the job id, or None if the file was
-        gone already.
+        is copied in first and removed last. ``note`` goes with the job (see
+        :class:`ecg_dicom.queue.Job`). Returns the job id, or None if the file was gone already.
         """
         key = new_key()
         target = self.folder / f"{key}-{safe_stem(path.name)}"
@@ -112,7 +112,7 @@ class Spool:
             os.replace(part, target)
             fsync_dir(self.folder)
             path.unlink()
-        job_id = self.queue.add(key, output_name(path.name), origin, target.name, source_name=path.name)
+        job_id = self.queue.add(key, output_name(path.name), origin, target.name, source_name=path.name, note=note)
         if sidecar is not None:
             _unlink_quietly(sidecar)
         return job_id

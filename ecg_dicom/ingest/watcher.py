@@ -9,17 +9,35 @@ after ``EVENTED_FALLBACK_S`` seconds without change. It is claimed by an
 atomic move into the spool, so it cannot be taken twice. What it contains (npy, DICOM,
 garbage) is decided later by the worker.
 
-Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``), and
-sidecars ``<stem>.json`` (taken together with ``<stem>.npy``; write the sidecar first).
-A symbolic link is taken as a link (never followed) and refused by the worker with a reason.
-While the job store's backlog is at the high-water mark (``limits.queue_high_water``) no
-file is taken: dropped files wait in the folder, safe, until the worker catches up.
+The safe way to drop a file is to write it elsewhere on the same file system (or as
+``NAME.part`` in this folder) and rename it into place. A file written in place in
+several opens (``head -c … > x.npy; …; tail … >> x.npy``) is closed more than once, so
+before one is taken it is checked for completeness: a ``.npy`` with fewer bytes than its
+header declares, or a DICOM file that ends inside an element
+(:func:`ecg_dicom.inputs.incomplete_reason`), waits for the rest; unchanged for
+``incomplete_wait_s`` it is taken anyway and rejected with a reason saying it is cut
+short, with a WARNING. A file that arrives with the name of one taken moments before is
+logged, and a rejection of it says it may be the second part of one file.
+
+Sidecars: ``<stem>.json`` beside ``<stem>.npy`` (see :mod:`ecg_dicom.sidecar`) is taken with
+it. Write the sidecar first; a ``.npy`` without one waits ``sidecar_wait_s`` for it before it
+is taken. A sidecar that arrives after its ``.npy`` was taken, or one that has had no
+``.npy`` beside it for ``stray_sidecar_s``, is moved to ``rejected/`` with a reason (a
+rejected job of its own, listed by ``ecg-dicom status``), never left in the folder forever.
+
+Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``).
+A symbolic link is taken as a link (never followed, never read) and refused by the worker
+with a reason. While the job store's backlog is at the high-water mark
+(``limits.queue_high_water``) no file is taken: dropped files wait in the folder, safe,
+until the worker catches up.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import stat
 import threading
 import time
@@ -29,12 +47,18 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ecg_dicom.config import Watcher as WatcherSettings
-from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
+from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
+from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool, output_name
+from ecg_dicom.inputs import incomplete_reason
+from ecg_dicom.queue import new_key
+from ecg_dicom.sidecar import sidecar_path
 
 LOG = logging.getLogger("ecg_dicom.watcher")
-_SKIP_SUFFIXES = (".part", ".tmp", "~", SIDECAR_SUFFIX)
+_PARTIAL_SUFFIXES = (".part", ".tmp", "~")
+_SKIP_SUFFIXES = (*_PARTIAL_SUFFIXES, SIDECAR_SUFFIX)
 _TICK_S = 0.2
 EVENTED_FALLBACK_S = 30.0
+SAME_NAME_WINDOW_S = 60.0   # a file named like one taken this recently may be its second part
 
 
 def is_candidate(path: Path) -> bool:
@@ -72,15 +96,28 @@ class FolderWatcher:
     spool : Spool
         Where claimed files go.
     settings : config.Watcher
-        ``stable_s`` and ``rescan_s``.
+        ``stable_s``, ``rescan_s``, ``sidecar_wait_s``, ``incomplete_wait_s``, ``stray_sidecar_s``.
+    rejected : Path
+        Where a stray or late sidecar goes (``<output>/rejected``).
+    high_water : int
+        Backlog (``limits.queue_high_water``) at which no file is taken; None: no limit.
     """
 
-    def __init__(self, folder: Path, spool: Spool, settings: WatcherSettings, high_water: int | None = None) -> None:
+    def __init__(self, folder: Path, spool: Spool, settings: WatcherSettings, rejected: Path | None = None,
+                 high_water: int | None = None) -> None:
         self.folder = Path(folder)
         self.spool = spool
         self.settings = settings
         self.high_water = high_water
         self.paused = False
+        self.rejected = Path(rejected) if rejected is not None else self.folder.parent / "rejected"
+        # complete-looking files not taken yet: path -> (size, mtime_ns, since (monotonic), why)
+        # why: "sidecar" (a .npy waiting for its sidecar) or "incomplete" (cut short, waiting for the rest)
+        self._held: dict[Path, tuple[int, int, float, str]] = {}
+        # recently taken: lower-case file name -> (job id, monotonic time)
+        self._taken: dict[str, tuple[int, float]] = {}
+        # sidecars seen with no .npy beside them: path -> monotonic time first seen so
+        self._lone_sidecars: dict[Path, float] = {}
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
         # path -> (size, mtime_ns, monotonic time this signature was first seen,
@@ -96,6 +133,8 @@ class FolderWatcher:
         with self._lock:
             if complete:
                 self._complete.add(path)
+                return
+            if path in self._held:  # unchanged since it was held: _recheck_held watches it
                 return
             wait = max(EVENTED_FALLBACK_S, self.settings.stable_s) if evented else self.settings.stable_s
             size, mtime, since, old_wait = self._pending.get(path, (-1, -1, time.monotonic(), 0.0))
@@ -114,6 +153,10 @@ class FolderWatcher:
             while not self._stop.is_set():
                 if time.monotonic() >= next_scan:
                     self.rescan()
+                    try:
+                        self.check_sidecars()
+                    except Exception:
+                        LOG.exception("watcher error while checking sidecars")
                     next_scan = time.monotonic() + self.settings.rescan_s
                 try:
                     self.take_ready()
@@ -161,8 +204,75 @@ class FolderWatcher:
                     ready.append(path)
         taken = 0
         for path in ready:
-            taken += self._claim(path)
+            taken += self._consider(path, now)
+        for path in list(self._held):
+            if path not in ready:
+                taken += self._recheck_held(path, now)
         return taken
+
+    def _consider(self, path: Path, now: float) -> int:
+        """A file that looks complete: take it, or hold it (cut short; a .npy without its sidecar)."""
+        self._held.pop(path, None)
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return 0
+        if not _takeable(st.st_mode):
+            return 0
+        if stat.S_ISLNK(st.st_mode):  # never read: taken as it is, refused by the worker
+            return self._claim(path)
+        if incomplete_reason(path) is not None:
+            self._held[path] = (st.st_size, st.st_mtime_ns, now, "incomplete")
+            LOG.info("a dropped file looks cut short; waiting up to %g s for the rest of it "
+                     "(drop files by writing them elsewhere or as NAME.part, then renaming)",
+                     self.settings.incomplete_wait_s)
+            return 0
+        sidecar = sidecar_path(path)
+        if sidecar is not None and not self._sidecar_ready(sidecar, now) and self.settings.sidecar_wait_s > 0:
+            self._held[path] = (st.st_size, st.st_mtime_ns, now, "sidecar")
+            return 0
+        return self._claim(path)
+
+    def _recheck_held(self, path: Path, now: float) -> int:
+        """A held file: changed -> back to the stability check; else take it when its wait is over."""
+        size, mtime, since, why = self._held[path]
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            del self._held[path]
+            return 0
+        if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            del self._held[path]
+            self.notify(path, complete=False)
+            return 0
+        if why == "sidecar":
+            sidecar = sidecar_path(path)
+            if now - since < self.settings.sidecar_wait_s and not self._sidecar_ready(sidecar, now):
+                return 0
+            del self._held[path]
+            return self._claim(path)
+        if now - since < self.settings.incomplete_wait_s:
+            return 0
+        del self._held[path]
+        LOG.warning("a dropped file still looks cut short (%s) after %g s unchanged: taking it, it will be "
+                    "rejected; drop files by writing them elsewhere or as NAME.part, then renaming",
+                    incomplete_reason(path) or "unknown", self.settings.incomplete_wait_s)
+        return self._claim(path)
+
+    def _sidecar_ready(self, sidecar: Path, now: float) -> bool:
+        """Whether ``sidecar`` is there to be taken: it exists and parses as JSON, or has not
+        changed for ``sidecar_wait_s`` (then the worker says what is wrong with it)."""
+        try:
+            st = sidecar.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISLNK(st.st_mode):  # never read: goes with its .npy, refused by the worker
+            return True
+        try:
+            json.loads(sidecar.read_bytes())
+            return True
+        except (OSError, ValueError, RecursionError):
+            return time.time() - st.st_mtime >= self.settings.sidecar_wait_s
 
     def _claim(self, path: Path) -> int:
         with self._lock:
@@ -172,16 +282,85 @@ class FolderWatcher:
                 return 0
         except FileNotFoundError:
             return 0
-        sidecar = path.with_suffix(SIDECAR_SUFFIX)
+        sidecar = sidecar_path(path)
+        note = None
+        earlier = self._taken.get(path.name.lower())
+        if earlier is not None and time.monotonic() - earlier[1] < SAME_NAME_WINDOW_S:
+            note = (f"A file of the same name was taken {time.monotonic() - earlier[1]:.1f} s before it (job "
+                    f"{earlier[0]}): if one file was written in several opens, each part is rejected; drop files "
+                    "by writing them elsewhere or as NAME.part, then renaming them into the folder.")
         try:
             job_id = self.spool.claim(path, origin="watch",
-                                      sidecar=sidecar if os.path.lexists(sidecar) else None)
+                                      sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None,
+                                      note=note)
         except OSError as exc:
             LOG.error("cannot take a dropped file into the spool: %s", exc)
             return 0
         if job_id is None:
             return 0
-        LOG.info("job %d accepted from the watch folder", job_id)
+        self._remember_taken(path.name, job_id)
+        if note is not None:
+            LOG.warning("job %d accepted from the watch folder with the name of job %d, taken %.1f s before "
+                        "(a file written in several opens?)", job_id, earlier[0], time.monotonic() - earlier[1])
+        else:
+            LOG.info("job %d accepted from the watch folder", job_id)
+        return 1
+
+    def _remember_taken(self, name: str, job_id: int) -> None:
+        now = time.monotonic()
+        keep = max(SAME_NAME_WINDOW_S, self.settings.stray_sidecar_s)
+        for key, (_, when) in list(self._taken.items()):
+            if now - when > keep:
+                del self._taken[key]
+        self._taken[name.lower()] = (job_id, now)
+
+    # -- sidecars without their .npy -----------------------------------------------------------
+    def check_sidecars(self) -> int:
+        """Refuse sidecars that came after their ``.npy`` was taken, or that have had no
+        ``.npy`` beside them for ``stray_sidecar_s``; returns how many were refused."""
+        now = time.monotonic()
+        try:
+            names = {entry.name.lower(): entry for entry in self.folder.iterdir()}
+        except OSError:
+            return 0
+        refused = 0
+        for lower, path in names.items():
+            if not lower.endswith(SIDECAR_SUFFIX) or lower.startswith(".") or not _takeable(_mode(path)):
+                continue
+            npy = lower[: -len(SIDECAR_SUFFIX)] + ".npy"
+            if any(name == npy or name.startswith((npy + ".", "." + npy)) for name in names):
+                self._lone_sidecars.pop(path, None)   # its .npy is there (or on its way)
+                continue
+            taken = self._taken.get(npy)
+            if taken is not None:
+                refused += self._refuse(path, (
+                    f"sidecar that arrived {now - taken[1]:.1f} s after its .npy was taken (job {taken[0]}): not "
+                    f"applied, job {taken[0]} was read without it. Write the sidecar first (or at most "
+                    f"{self.settings.sidecar_wait_s:g} s after the .npy) and drop the .npy again"))
+            elif now - self._lone_sidecars.setdefault(path, now) >= self.settings.stray_sidecar_s:
+                refused += self._refuse(path, (
+                    f"sidecar with no .npy of the same name beside it for {self.settings.stray_sidecar_s:g} s: "
+                    "it applies to nothing; drop a sidecar together with (or just before) its .npy"))
+        for path in [p for p in self._lone_sidecars if not p.exists()]:
+            del self._lone_sidecars[path]
+        return refused
+
+    def _refuse(self, path: Path, reason: str) -> int:
+        """Move a sidecar to ``rejected/`` with its reason, recorded as a rejected job."""
+        self._lone_sidecars.pop(path, None)
+        name = output_name(path.name)
+        self.rejected.mkdir(parents=True, exist_ok=True)
+        stem = free_stem(self.rejected, name, ("", REASON_SUFFIX))
+        job_id = self.spool.queue.add_rejected(new_key(), name, "watch", path.name, reason,
+                                               [REJECTED_PREFIX + stem, REJECTED_PREFIX + stem + REASON_SUFFIX])
+        try:
+            shutil.move(path, self.rejected / stem)
+            write_reason(self.rejected, stem, reason)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            LOG.error("job %d: cannot move the refused sidecar (%s)", job_id, exc)
+        LOG.warning("job %d rejected: %s", job_id, reason)
         return 1
 
     def _backlog_full(self) -> bool:
@@ -197,6 +376,14 @@ class FolderWatcher:
             else:
                 LOG.info("back-pressure over: the watch folder is taken again")
         return full
+
+
+def _mode(path: Path) -> int:
+    """``path``'s own st_mode (a link's, not its target's); 0 when it is gone."""
+    try:
+        return path.lstat().st_mode
+    except OSError:
+        return 0
 
 
 def _takeable(mode: int) -> bool:
