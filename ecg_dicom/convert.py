@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -151,36 +151,50 @@ def _write(item: ArchiveItem, lead: LeadInput, recon, reconstructor: Reconstruct
 
 
 def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, settings: ConvertSettings,
-                  max_windows: int = WINDOWS_PER_CALL) -> list[ItemResult]:
+                  max_windows: int = WINDOWS_PER_CALL,
+                  progress: Callable[[float], None] | None = None) -> list[ItemResult]:
     """Convert a batch of inputs and write their results; one result per item, in order.
 
     An input whose results are complete from an earlier run (:func:`is_done`) is skipped;
     one that cannot be read, checked, reconstructed or written gets a reason file and does
     not stop the others. The rest are reconstructed together, in calls of at most
-    ``max_windows`` model windows.
+    ``max_windows`` model windows. ``progress(files)`` is told each bit of work done, in
+    inputs (fractions of one while a long input is going through the model).
     """
+    advance = progress or (lambda files: None)
     marker = settings.marker_settings(reconstructor)
     results: dict[int, ItemResult] = {}
     loaded: list[tuple[int, ArchiveItem, LeadInput]] = []
     for index, item in enumerate(items):
         if is_done(item, marker):
             results[index] = ItemResult(item.name, DONE)
+            advance(1)
             continue
         try:
             loaded.append((index, item, _load(item, reconstructor, settings)))
         except InputError as exc:
             results[index] = reject(item, str(exc))
+            advance(1)
         except Exception as exc:  # noqa: BLE001 - an unexpected reader failure is still the input's problem
             log.exception("%s: unexpected error while reading", item.name)
             results[index] = reject(item, f"unreadable input ({type(exc).__name__}: {exc})")
+            advance(1)
     for group in _window_groups(loaded, reconstructor, max_windows):
+        counted = [0.0]
+
+        def windows_done(done: int, total: int, files: int = len(group), counted: list[float] = counted) -> None:
+            now = files * done / total
+            advance(now - counted[0])
+            counted[0] = now
+
         recons = reconstructor.reconstruct_isolated([lead.signal_uv for _, _, lead in group],
-                                                    [lead.fs for _, _, lead in group])
+                                                    [lead.fs for _, _, lead in group], windows_done)
         for (index, item, lead), recon in zip(group, recons):
             if isinstance(recon, Exception):
                 results[index] = reject(item, f"reconstruction failed ({type(recon).__name__}: {recon})")
             else:
                 results[index] = _write(item, lead, recon, reconstructor, settings, marker)
+        advance(len(group) - counted[0])
     return [results[index] for index in range(len(items))]
 
 
@@ -220,11 +234,11 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
     items = find_archive(input_dir, output_dir, output_format)
     settings = ConvertSettings(fs, units, output_format, confidence, report_paper)
     report = ConvertReport()
-    bar = tqdm(total=len(items), unit="ecg", disable=not sys.stderr.isatty())
+    bar = tqdm(total=len(items), unit="file", disable=not sys.stderr.isatty(),
+               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} files [{elapsed}<{remaining}]")
     for start in range(0, len(items), batch_size):
-        for result in convert_batch(items[start:start + batch_size], reconstructor, settings):
+        for result in convert_batch(items[start:start + batch_size], reconstructor, settings, progress=bar.update):
             report.add(result)
-        bar.update(len(items[start:start + batch_size]))
     bar.close()
     return report
 

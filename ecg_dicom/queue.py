@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from ecg_dicom.files import counted_stems
 
@@ -217,13 +217,15 @@ class JobQueue:
                                (time.time(),))
         return cur.rowcount
 
-    def claim(self, limit: int) -> list[Job]:
-        """Move up to ``limit`` oldest ``waiting`` jobs to ``processing`` and return them."""
+    def claim(self, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
+        """Move up to ``limit`` oldest ``waiting`` jobs (not those in ``exclude``) to
+        ``processing`` and return them."""
         db = self._db
+        skip = sorted(set(exclude))
         db.execute("BEGIN IMMEDIATE")
         try:
-            rows = db.execute("SELECT * FROM jobs WHERE state = 'waiting' ORDER BY id LIMIT ?",
-                              (limit,)).fetchall()
+            rows = db.execute(f"SELECT * FROM jobs WHERE state = 'waiting' AND id NOT IN ({','.join('?' * len(skip))}) "
+                              "ORDER BY id LIMIT ?", (*skip, limit)).fetchall()
             db.executemany("UPDATE jobs SET state = 'processing', updated = ? WHERE id = ?",
                            [(time.time(), r["id"]) for r in rows])
             db.execute("COMMIT")

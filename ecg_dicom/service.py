@@ -6,10 +6,14 @@ Data flow::
                   ├─> spool + job store ─> worker (model, batched) ─> output/*.npy, *.dcm
     watch folder ─┘                                                   └─> delivery ─> PACS
 
-SIGTERM / SIGINT: stop accepting (listener closed, watcher stopped), let open
-associations finish for a moment, let the worker finish its batch and the delivery its
+SIGTERM / SIGINT, at any moment: stop accepting (listener closed, watcher stopped), let
+open associations finish for a moment, let the worker finish its step (a short batch, or
+one forward batch of a long input, which goes back to waiting) and the delivery its
 association, then exit 0. Anything still in flight is in the job store and is picked up
-at the next start.
+at the next start. Should a thread still be busy after :data:`JOIN_S` (a PACS that does
+not answer, a very slow disk), the process exits 0 at once rather than let the
+interpreter tear down a thread that is inside torch (which aborts with ``terminate called
+without an active exception``): its job, too, is resumed at the next start.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ecg_dicom.worker import Worker
 LOG = logging.getLogger("ecg_dicom.service")
 DRAIN_S = 3.0        # how long open associations may go on after a stop request
 JOIN_S = 5.0         # how long the worker / delivery may take to finish what they hold
+SERVICE_THREADS = ("worker", "watcher", "delivery")
 WARM_UP_FS = 500.0
 # (5000,) µV: a 1 mV, 1.2 Hz sine, 10 s at 500 Hz; run once at start so the first job is not slow
 WARM_UP_LEAD_UV = 1000.0 * np.sin(2 * np.pi * 1.2 * np.arange(5000) / WARM_UP_FS)
@@ -54,11 +59,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_level)
     try:
-        return serve(settings)
+        status = serve(settings)
     except (ConfigError, CheckpointError) as exc:
         LOG.error("cannot start: %s", exc)
         print(f"ecg-dicom serve: cannot start: {exc}", file=sys.stderr)
         return 2
+    _exit_now_if_busy(status)
+    return status
+
+
+def _exit_now_if_busy(status: int) -> None:
+    """Exit with ``status`` at once (no interpreter teardown) when a service thread is still
+    running: tearing down a thread that is inside torch aborts the process."""
+    busy = [t.name for t in threading.enumerate() if t.name in SERVICE_THREADS and t.is_alive()]
+    if busy:
+        LOG.info("exiting now although %s is still busy: its work is resumed at the next start", ", ".join(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def setup_logging(level: str) -> None:

@@ -2,23 +2,34 @@
 
 Jobs are claimed in batches (up to ``batch_size``, waiting at most ``max_wait_s`` for a
 batch to fill), read and checked one by one (a bad input is rejected alone, with its
-reason), and reconstructed together in one :meth:`Reconstructor.reconstruct_batch` call.
+reason), and reconstructed together in one :meth:`Reconstructor.reconstruct_isolated` call.
 Outputs are written atomically before the job moves on, so a crash at any point leaves
 either nothing or complete files, and the job is simply done again at restart.
+
+Long inputs do not hold short ones back: an input of more than :data:`LONG_JOB_WINDOWS`
+model windows (about 2.7 minutes of ECG) is a long job, worked on one forward batch at a
+time (:class:`~ecg_dicom.core.inference.ReconstructionTask`) with the short jobs that
+arrive meanwhile done in between; its progress is logged every :data:`PROGRESS_LOG_STEP` %. One long job is in hand at a time (others wait their turn in the job store), so
+memory stays bounded, and what it freed is handed back to the system afterwards. A stop
+request is honoured between two steps: a long job in hand goes back to ``waiting`` and
+starts again at the next start.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 
 from ecg_dicom import metrics
 from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
-from ecg_dicom.core.inference import Reconstruction, Reconstructor
+from ecg_dicom.core.inference import Reconstruction, ReconstructionTask, Reconstructor
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
@@ -32,6 +43,29 @@ LOG = logging.getLogger("ecg_dicom.worker")
 NPY_DEFAULT_FS = 500.0
 # How long to wait before trying again when outputs could not be written (disk full, ...)
 OUTPUT_RETRY_S = 5.0
+LONG_JOB_WINDOWS = 64      # model windows (5 s each, 2.5 s apart) above which a job is worked on in steps
+PROGRESS_LOG_STEP = 10     # a long job logs its progress at every 10 %
+
+
+@dataclass
+class _LongJob:
+    """The long job in hand: its input, its task, when it started, the last percentage logged."""
+
+    job: Job
+    inp: LeadInput
+    task: ReconstructionTask
+    started: float
+    logged: int = 0
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by numpy/torch back to the system (glibc keeps it in its arenas
+    otherwise, so the service's RSS would stay at its peak after a long input)."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        pass
 
 
 class Worker:
@@ -61,17 +95,17 @@ class Worker:
         self.report_paper = report_paper
         self.stop: threading.Event | None = None
         self.output_blocked = False  # set when outputs could not be written: pause, then retry
+        self.long: _LongJob | None = None
+        self._later: set[int] = set()  # long jobs put back while another one is in hand
 
     def run(self, stop: threading.Event) -> None:
-        """Process batches until ``stop`` is set; the record in hand is finished first, the rest
-        of its batch goes back to waiting (outputs are deterministic: redone at the next start)."""
+        """Work until ``stop`` is set: the record in hand is finished first, the rest of a
+        short batch and a long job in hand go back to ``waiting`` (outputs are deterministic:
+        redone at the next start)."""
         self.stop = stop
         while not stop.is_set():
             try:
-                jobs = self.next_batch(stop)
-                if jobs:
-                    self.process(jobs)
-                else:
+                if not self.step(stop):
                     self.queue.wait_for_new(1.0)
             except Exception:  # the job store itself failing: keep going, jobs stay recorded
                 LOG.exception("worker error; pausing before the next batch")
@@ -79,10 +113,23 @@ class Worker:
             if self.output_blocked:
                 self.output_blocked = False
                 stop.wait(OUTPUT_RETRY_S)
+        self.put_back_long_job()
+
+    def step(self, stop: threading.Event) -> bool:
+        """One unit of work: a batch of waiting jobs, else one step of the long job in hand.
+        Returns False when there was nothing to do."""
+        jobs = self.next_batch(stop)
+        if jobs:
+            self.process(jobs)
+            return True
+        if self.long is not None:
+            self.advance_long_job()
+            return True
+        return False
 
     def next_batch(self, stop: threading.Event) -> list[Job]:
         """Claim up to ``batch_size`` jobs, waiting up to ``max_wait_s`` for more to arrive."""
-        jobs = self.queue.claim(self.settings.batch_size)
+        jobs = self.queue.claim(self.settings.batch_size, exclude=self._later)
         if not jobs:
             return jobs
         deadline = time.monotonic() + self.settings.max_wait_s
@@ -91,20 +138,30 @@ class Worker:
             if left <= 0:
                 break
             self.queue.wait_for_new(left)
-            jobs += self.queue.claim(self.settings.batch_size - len(jobs))
+            jobs += self.queue.claim(self.settings.batch_size - len(jobs), exclude=self._later)
         return jobs
 
     def process(self, jobs: list[Job]) -> None:
-        """Read, reconstruct and write one batch of claimed jobs."""
+        """Read one batch of claimed jobs; reconstruct and write the short ones, take a long
+        one in hand (or put it back for later when one is in hand already)."""
         loaded: list[tuple[Job, LeadInput]] = []
         for job in jobs:
             try:
-                loaded.append((job, self.load(job)))
+                inp = self.load(job)
             except InputError as exc:
                 self.reject(job, str(exc))
+                continue
             except Exception as exc:  # an unexpected reader failure is still the input's problem
                 LOG.exception("%s: unexpected error while reading", job.tag)
                 self.reject(job, f"unreadable input ({type(exc).__name__}: {wire(exc)})")
+                continue
+            if self.reconstructor.count_windows(inp.signal_uv.size, inp.fs) <= LONG_JOB_WINDOWS:
+                loaded.append((job, inp))
+            elif self.long is None:
+                self.take_long_job(job, inp)
+            else:
+                self.queue.release(job.id)
+                self._later.add(job.id)
         if not loaded:
             return
         t0 = time.perf_counter()
@@ -118,6 +175,49 @@ class Worker:
                 self.reject(job, f"reconstruction failed ({type(result).__name__}: {wire(result)})")
             else:
                 self.write(job, inp, result)
+
+    def take_long_job(self, job: Job, inp: LeadInput) -> None:
+        self.long = _LongJob(job, inp, self.reconstructor.start([inp.signal_uv], [inp.fs]), time.monotonic())
+        LOG.info("%s: long input (%.0f s of ECG, %d model windows): worked on in steps, other jobs in between",
+                 job.tag, inp.signal_uv.size / inp.fs, self.long.task.total)
+
+    def advance_long_job(self) -> None:
+        """One forward batch of the long job in hand; write it when it is complete."""
+        long = self.long
+        try:
+            long.task.step(self.reconstructor.batch_size)
+            result = long.task.results()[0] if long.task.finished else None
+        except Exception as exc:  # the model failing on this record: its problem, not the service's
+            LOG.exception("%s: reconstruction failed", long.job.tag)
+            self.finish_long_job()
+            self.reject(long.job, f"reconstruction failed ({type(exc).__name__}: {wire(exc)})")
+            return
+        now = time.monotonic()
+        if result is None:
+            percent = 100 * long.task.done // long.task.total
+            if percent >= long.logged + PROGRESS_LOG_STEP:
+                long.logged = percent - percent % PROGRESS_LOG_STEP
+                LOG.info("%s: %d%% (%d of %d windows) in %.0f s", long.job.tag, percent, long.task.done,
+                         long.task.total, now - long.started)
+            return
+        LOG.info("%s: long input reconstructed in %.1f s", long.job.tag, now - long.started)
+        self.finish_long_job()
+        self.write(long.job, long.inp, result)
+        del result, long
+        release_freed_memory()
+
+    def finish_long_job(self) -> None:
+        """Let go of the long job in hand; the ones put back meanwhile may be claimed again."""
+        self.long = None
+        self._later.clear()
+
+    def put_back_long_job(self) -> None:
+        """At a stop: the long job in hand goes back to ``waiting`` (done again at the next start)."""
+        if self.long is not None:
+            LOG.info("%s: stopped at %d of %d windows; it starts again at the next start", self.long.job.tag,
+                     self.long.task.done, self.long.task.total)
+            self.queue.release(self.long.job.id)
+            self.finish_long_job()
 
     def load(self, job: Job) -> LeadInput:
         """Read and check a job's input lead (sidecar honoured for .npy). Raises InputError.

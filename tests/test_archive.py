@@ -149,7 +149,7 @@ def test_reconstruct_calls_are_grouped_by_window_count(tiny_reconstructor, tmp_p
     calls = []
     real = tiny_reconstructor.reconstruct_batch
     monkeypatch.setattr(tiny_reconstructor, "reconstruct_batch",
-                        lambda leads, fs: calls.append([x.size for x in leads]) or real(leads, fs))
+                        lambda leads, fs, *rest: calls.append([x.size for x in leads]) or real(leads, fs, *rest))
     results = convert_batch(items, tiny_reconstructor, ConvertSettings(), max_windows=7)
     assert [r.status for r in results] == ["converted"] * 6
     windows = [[tiny_reconstructor.count_windows(n, 500.0) for n in call] for call in calls]

@@ -293,3 +293,26 @@ def test_reconstructor_output_round_trips(tiny_reconstructor, shared_data: Path,
     back = read_back(paths)
     np.testing.assert_allclose(back[0], lead.signal_uv, atol=0.5)  # the input lead, kept
     assert np.max(np.abs(back - leads)) <= 0.5 + 1e-4
+
+
+def test_an_invalid_uid_source_is_still_linked_in_the_original_attributes(shared_data: Path, tmp_path: Path) -> None:
+    """Issue 11 item 9: the ECG Toolkit file's UIDs (`...091000.`, `...091000..1`) cannot be
+    written as UIDs; the result keeps them, as received, where DICOM keeps values that do not
+    conform to their VR, and stays dciodvfy-clean."""
+    leads, fs, source = real_12_leads(shared_data / TOOLKIT)
+    path = write_ecg_dicom(tmp_path, "toolkit", leads, fs, VERSION, "I", source, HASH)[0]
+    assert_valid(path)
+    ds = pydicom.dcmread(path)
+    kept = {}
+    for item in ds.OriginalAttributesSequence:
+        assert item.ReasonForTheAttributeModification == "CORRECT" and item.ModifyingSystem == "ecg-dicom"
+        [nonconforming] = item.NonconformingModifiedAttributesSequence
+        pointer = nonconforming.get("SelectorSequencePointer")
+        key = (pydicom.datadict.keyword_for_tag(pointer) if pointer is not None else None,
+               pydicom.datadict.keyword_for_tag(nonconforming.SelectorAttribute))
+        kept[key] = nonconforming.NonconformingDataElementValue.rstrip(b"\0").decode()
+    assert kept == {(None, "StudyInstanceUID"): str(source.StudyInstanceUID),
+                    ("ReferencedInstanceSequence", "ReferencedSOPInstanceUID"): str(source.SOPInstanceUID)}
+    valid = write_ecg_dicom(tmp_path, "mortara", *real_12_leads(shared_data / MORTARA)[:2], VERSION, "I",
+                            real_12_leads(shared_data / MORTARA)[2], HASH)[0]
+    assert "OriginalAttributesSequence" not in pydicom.dcmread(valid)      # nothing replaced: nothing kept

@@ -33,9 +33,9 @@ def site(tmp_path, tiny_reconstructor):
     calls = []
     original = tiny_reconstructor.reconstruct_batch
 
-    def spy(leads, fs):
+    def spy(leads, fs, *args, **kwargs):
         calls.append(len(leads))
-        return original(leads, fs)
+        return original(leads, fs, *args, **kwargs)
 
     tiny_reconstructor.reconstruct_batch = spy
     worker = Worker(queue, spool, tiny_reconstructor, folders, WorkerSettings(batch_size=8, max_wait_s=0.0),
@@ -216,3 +216,50 @@ def test_a_rejection_carries_the_note_ingest_left(site, tmp_path):
     reason = (folders.rejected / "x.reason.txt").read_text()
     assert "no NUMPY magic" in reason and "taken 2.5 s before it" in reason
     assert queue.get(job_id).reason == reason.strip()
+
+
+def test_a_long_input_does_not_hold_short_ones_back(site):
+    """Issue 11 item 6: a 10-minute input is worked on a forward batch at a time; a short
+    job that arrives meanwhile is done before it, and the long result is what one pass gives."""
+    from ecg_dicom.worker import LONG_JOB_WINDOWS
+
+    folders, queue, spool, worker, calls = site
+    long_lead = synthetic_lead(seconds=600.0, seed=5)
+    long_id = spool.store_bytes(npy_bytes(long_lead), "long.npy", "test")
+    worker.step(threading.Event())
+    assert worker.long is not None and worker.long.task.total > LONG_JOB_WINDOWS
+    short_id = spool.store_bytes(npy_bytes(synthetic_lead(seed=6)), "short.npy", "test")
+    worker.step(threading.Event())
+    assert queue.get(short_id).state == "done" and queue.get(long_id).state == "processing"
+    steps = 0
+    while worker.long is not None:
+        assert worker.step(threading.Event())
+        steps += 1
+    assert steps > 3
+    assert queue.get(long_id).state == "done"
+    np.testing.assert_array_equal(np.load(folders.output / "long.npy"),
+                                  worker.reconstructor.reconstruct(long_lead.astype(np.float64), 500.0))
+
+
+def test_a_stop_puts_the_long_job_in_hand_back(site):
+    folders, queue, spool, worker, _ = site
+    long_id = spool.store_bytes(npy_bytes(synthetic_lead(seconds=600.0)), "long.npy", "test")
+    worker.step(threading.Event())
+    worker.step(threading.Event())
+    assert worker.long is not None and queue.get(long_id).state == "processing"
+    stop = threading.Event()
+    stop.set()
+    worker.run(stop)
+    assert worker.long is None and queue.get(long_id).state == "waiting"
+    assert spool.path(queue.get(long_id)).is_file()
+
+
+def test_a_second_long_input_waits_for_the_first(site):
+    folders, queue, spool, worker, _ = site
+    first = spool.store_bytes(npy_bytes(synthetic_lead(seconds=300.0, seed=1)), "a.npy", "test")
+    second = spool.store_bytes(npy_bytes(synthetic_lead(seconds=300.0, seed=2)), "b.npy", "test")
+    worker.step(threading.Event())
+    assert worker.long.job.id == first and queue.get(second).state == "waiting"
+    while queue.get(second).state != "done":
+        assert worker.step(threading.Event())
+    assert queue.get(first).state == "done"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch
 from ecg_dicom.core.checkpoint import Checkpoint, load_checkpoint
 from ecg_dicom.core.preprocess import highpass, model_features, resample_fs
 from ecg_dicom.leads import LEADS_12, assemble_12_leads
+
+# forward passes per chunk when reconstruct_batch runs a ReconstructionTask (bounds memory)
+CHUNK_BATCHES = 8
 
 
 @dataclass
@@ -91,56 +94,37 @@ class Reconstructor:
         """(N,) µV at ``fs`` Hz -> (12, N) float32 µV."""
         return self.reconstruct_batch([lead_uv], [fs])[0].leads
 
-    def reconstruct_batch(self, leads_uv: Sequence[np.ndarray], fs: Sequence[float]) -> list[Reconstruction]:
+    def start(self, leads_uv: Sequence[np.ndarray], fs: Sequence[float]) -> "ReconstructionTask":
+        """A :class:`ReconstructionTask` for these records: run it a chunk at a time with
+        :meth:`ReconstructionTask.step` (bounded memory, a stop or other work between chunks)."""
+        return ReconstructionTask(self, leads_uv, fs)
+
+    def reconstruct_batch(self, leads_uv: Sequence[np.ndarray], fs: Sequence[float],
+                          progress: Callable[[int, int], None] | None = None) -> list[Reconstruction]:
         """Reconstruct several records in shared forward passes.
 
         leads_uv: each (N_i,) µV (already checked, see ``check_single_lead``); fs: Hz each.
+        The windows are predicted :data:`CHUNK_BATCHES` forward passes at a time, so memory
+        stays bounded whatever the records' lengths; ``progress(done, total)`` (model
+        windows) is called after each chunk.
         """
-        pre = self.checkpoint.preprocessing
-        window, hop = pre.window, pre.hop
-        resampled = [resample_fs(np.asarray(x, np.float64), f, pre.fs) for x, f in zip(leads_uv, fs)]
-        if pre.highpass_hz:
-            resampled = [highpass(x, pre.fs, pre.highpass_hz) for x in resampled]
-        windows, owners = [], []
-        for rec, x in enumerate(resampled):
-            padded = np.pad(x, (0, max(0, window - x.size)), mode="edge")
-            for start in window_starts(x.size, window, hop):
-                windows.append(padded[start:start + window])
-                owners.append((rec, start))
-        means, log_vars = self._predict(np.stack(windows))
-        weights = overlap_weights(window)
-        results = []
-        for rec, x in enumerate(resampled):
-            n_model = max(x.size, window)
-            acc = np.zeros((means.shape[1], n_model))
-            var_acc = np.zeros_like(acc)
-            norm = np.zeros(n_model)
-            for k, (owner, start) in enumerate(owners):
-                if owner != rec:
-                    continue
-                acc[:, start:start + window] += means[k] * weights
-                if log_vars is not None:
-                    var_acc[:, start:start + window] += np.exp(log_vars[k]) * weights
-                norm[start:start + window] += weights
-            pred_mv = (acc / norm)[:, :x.size]
-            n_out = np.asarray(leads_uv[rec]).size
-            pred_uv = resample_fs(pred_mv, pre.fs, fs[rec], length=n_out) * 1000.0
-            results.append(Reconstruction(
-                leads=self._assemble(np.asarray(leads_uv[rec], np.float64), pred_uv),
-                sigma=None if log_vars is None
-                else np.sqrt((var_acc / norm)[:, :x.size].mean(axis=1)) * 1000.0,
-            ))
-        return results
+        task = self.start(leads_uv, fs)
+        while not task.finished:
+            task.step(CHUNK_BATCHES * self.batch_size)
+            if progress is not None:
+                progress(task.done, task.total)
+        return task.results()
 
-    def reconstruct_isolated(self, leads_uv: Sequence[np.ndarray],
-                             fs: Sequence[float]) -> list[Reconstruction | Exception]:
+    def reconstruct_isolated(self, leads_uv: Sequence[np.ndarray], fs: Sequence[float],
+                             progress: Callable[[int, int], None] | None = None
+                             ) -> list[Reconstruction | Exception]:
         """:meth:`reconstruct_batch`, but a record that makes it fail fails alone.
 
         Tries the whole batch in one call; if that raises, each record on its own, and
         returns the exception in the place of the record it came from.
         """
         try:
-            return list(self.reconstruct_batch(leads_uv, fs))
+            return list(self.reconstruct_batch(leads_uv, fs, progress))
         except Exception as exc:  # noqa: BLE001 - handed back to the caller, per record
             if len(leads_uv) == 1:
                 return [exc]
@@ -180,3 +164,75 @@ class Reconstructor:
         out = assemble_12_leads(lead_i, lead_ii, predicted[1:])
         out[LEADS_12.index(self.input_lead)] = lead_in.astype(np.float32)
         return out
+
+
+class ReconstructionTask:
+    """The model windows of one or more records, predicted a chunk at a time.
+
+    :meth:`Reconstructor.reconstruct_batch` runs one to the end. A caller that must stay
+    responsive (the service's worker between jobs, a progress bar) calls :meth:`step`
+    itself: only one chunk of windows is in memory at a time, beside each record's
+    accumulators ((leads, N) float64 at the model's rate), and stopping between chunks
+    loses nothing but the work done. Results are the same as in one pass: the windows go
+    through the model in the same forward batches, in the same order.
+    """
+
+    def __init__(self, reconstructor: Reconstructor, leads_uv: Sequence[np.ndarray], fs: Sequence[float]) -> None:
+        pre = reconstructor.checkpoint.preprocessing
+        self.reconstructor = reconstructor
+        self._window = pre.window
+        self._leads = [np.asarray(x, np.float64) for x in leads_uv]
+        self._fs = [float(f) for f in fs]
+        self._resampled = [resample_fs(x, f, pre.fs) for x, f in zip(self._leads, self._fs)]
+        if pre.highpass_hz:
+            self._resampled = [highpass(x, pre.fs, pre.highpass_hz) for x in self._resampled]
+        self._padded = [np.pad(x, (0, max(0, self._window - x.size)), mode="edge") for x in self._resampled]
+        self._order = [(rec, start) for rec, x in enumerate(self._resampled)
+                       for start in window_starts(x.size, pre.window, pre.hop)]
+        self._weights = overlap_weights(pre.window)
+        self._acc: list[np.ndarray | None] = [None] * len(self._leads)
+        self._var: list[np.ndarray | None] = [None] * len(self._leads)
+        self._norm = [np.zeros(max(x.size, pre.window)) for x in self._resampled]
+        self.total = len(self._order)
+        self.done = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    def step(self, max_windows: int) -> int:
+        """Predict the next ``max_windows`` windows (best a multiple of the batch size);
+        returns how many were done."""
+        chunk = self._order[self.done:self.done + max_windows]
+        if not chunk:
+            return 0
+        window = self._window
+        means, log_vars = self.reconstructor._predict(
+            np.stack([self._padded[rec][start:start + window] for rec, start in chunk]))
+        for k, (rec, start) in enumerate(chunk):
+            if self._acc[rec] is None:
+                self._acc[rec] = np.zeros((means.shape[1], self._norm[rec].size))
+                self._var[rec] = np.zeros_like(self._acc[rec]) if log_vars is not None else None
+            self._acc[rec][:, start:start + window] += means[k] * self._weights
+            if log_vars is not None:
+                self._var[rec][:, start:start + window] += np.exp(log_vars[k]) * self._weights
+            self._norm[rec][start:start + window] += self._weights
+        self.done += len(chunk)
+        return len(chunk)
+
+    def results(self) -> list[Reconstruction]:
+        """One :class:`Reconstruction` per record, in order (after the last :meth:`step`)."""
+        if not self.finished:
+            raise RuntimeError(f"{self.total - self.done} of {self.total} windows not predicted yet")
+        pre = self.reconstructor.checkpoint.preprocessing
+        results = []
+        for rec, x in enumerate(self._resampled):
+            acc, var, norm = self._acc[rec], self._var[rec], self._norm[rec]
+            pred_uv = resample_fs((acc / norm)[:, :x.size], pre.fs, self._fs[rec], length=self._leads[rec].size)
+            pred_uv *= 1000.0
+            results.append(Reconstruction(
+                leads=self.reconstructor._assemble(self._leads[rec], pred_uv),
+                sigma=None if var is None else np.sqrt((var / norm)[:, :x.size].mean(axis=1)) * 1000.0,
+            ))
+            self._acc[rec] = self._var[rec] = None   # done with: free them before the next record's
+        return results

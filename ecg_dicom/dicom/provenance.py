@@ -12,6 +12,8 @@ same deterministic way.
   its sidecar's patient and study keywords (``attributes``, validated in
   :mod:`ecg_dicom.sidecar`), else a study derived from the input; without a PatientID it is
   marked as an unknown patient (see :func:`mark_unknown_patient`).
+- A source's invalid UIDs (which cannot be copied or referenced as UIDs) are kept as
+  received in the *Original Attributes Sequence* (:func:`original_invalid_uids`).
 - Equipment: we are the manufacturer; *Contributing Equipment Sequence* names the model
   and its version as Processing Equipment and, when the source names it, the cart as
   Acquisition Equipment (so a page drawn from our object alone can say which device).
@@ -31,6 +33,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DT, validate_value
 
@@ -253,7 +256,58 @@ def common_attributes(source: Dataset | None, content_hash: str | None, model_ve
     equipment.PurposeOfReferenceCodeSequence = Sequence([code_item("109102", "DCM", "Processing Equipment")])
     acquisition = acquisition_equipment(source, attributes, format_dt(now))
     common.ContributingEquipmentSequence = Sequence([equipment] if acquisition is None else [equipment, acquisition])
+    original = original_invalid_uids(source, format_dt(now))
+    if original:
+        common.OriginalAttributesSequence = Sequence(original)
     return common
+
+
+def _nonconforming(tag: str, value: str, sequence: str | None) -> Dataset:
+    """A Nonconforming Modified Attributes item: ``tag`` (inside ``sequence``'s first item)
+    held ``value``, which does not conform to its VR (kept byte for byte, as OB)."""
+    item = Dataset()
+    if sequence is not None:
+        item.SelectorSequencePointer = Tag(sequence)
+        item.SelectorSequencePointerItems = 1
+    item.SelectorAttribute = Tag(tag)
+    item.SelectorValueNumber = 1
+    data = value.encode("ascii", "replace")
+    item.NonconformingDataElementValue = data + b"\0" * (len(data) % 2)
+    return item
+
+
+def original_invalid_uids(source: Dataset | None, when: str) -> list[Dataset]:
+    """Original Attributes Sequence items (PS3.3 C.12.1) that keep the source's invalid UIDs.
+
+    A UID that is not valid cannot be written as a UID without making our object invalid
+    (dciodvfy: "Empty component"), so the result goes into a replacement study and carries
+    no Referenced Instance Sequence item. The link to the source is kept the way DICOM
+    provides for values that do not conform to their VR: one item per replaced value, its
+    *Nonconforming Modified Attributes Sequence* holding the source's value as received
+    (the Study Instance UID we would have copied; the Referenced SOP Instance UID we would
+    have referenced), reason CORRECT. A PACS or a script can read them and relate the
+    result to its source; dciodvfy validates them.
+    """
+    if source is None:
+        return []
+    replaced = []
+    study = source.get("StudyInstanceUID")
+    if study and not valid_uid(study):
+        replaced.append(_nonconforming("StudyInstanceUID", str(study), None))
+    instance = source.get("SOPInstanceUID")
+    if instance and not valid_uid(instance):
+        replaced.append(_nonconforming("ReferencedSOPInstanceUID", str(instance), "ReferencedInstanceSequence"))
+    items = []
+    for nonconforming in replaced:
+        item = Dataset()
+        item.ModifiedAttributesSequence = Sequence([Dataset()])
+        item.NonconformingModifiedAttributesSequence = Sequence([nonconforming])
+        item.AttributeModificationDateTime = when
+        item.ModifyingSystem = MANUFACTURER
+        item.SourceOfPreviousValues = ""
+        item.ReasonForTheAttributeModification = "CORRECT"
+        items.append(item)
+    return items
 
 
 def set_series(ds: Dataset, modality: str, series_uid: str, number: int, description: str) -> None:

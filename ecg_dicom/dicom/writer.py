@@ -26,7 +26,11 @@ version, and a *Waveform Annotation* says the same in words. A source whose Stud
 UID is not a valid UID (e.g. the ECG Toolkit example's ``…091000.``) cannot be copied
 without making our object invalid: the result goes into a replacement study whose UID is
 derived from the invalid one (so every result from that source study lands together), and
-a warning is logged; an invalid source SOP Instance UID is likewise left unreferenced.
+a warning is logged; an invalid source SOP Instance UID cannot be referenced either. Both
+values are kept, as received, in the *Original Attributes Sequence* (*Nonconforming Modified
+Attributes*, the DICOM place for values that do not conform to their VR; see
+:func:`ecg_dicom.dicom.provenance.original_invalid_uids`), so that PACS or a script can
+still relate the result to its source; dciodvfy stays clean.
 A ``.npy`` input (no source) takes its Patient and Study attributes from its sidecar's DICOM
 keywords (:mod:`ecg_dicom.sidecar`, validated there): with a Study Instance UID the result
 joins that study; without one it gets a new study derived from the input (Study ID: the
@@ -47,7 +51,7 @@ twice gives the same SOP Instance UIDs and a replay never duplicates an object a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
@@ -181,7 +185,19 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
                        source: Dataset | None, content_hash: str | None,
                        now: datetime | None = None, attributes: Mapping[str, str] | None = None,
                        quality_text: str | None = None, sigma_uv: dict[str, float] | None = None) -> list[Dataset]:
-    """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction.
+    """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction
+    (:func:`iter_ecg_datasets`, all at once)."""
+    return list(iter_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash, now, attributes,
+                                  quality_text, sigma_uv))
+
+
+def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input_lead: str,
+                      source: Dataset | None, content_hash: str | None,
+                      now: datetime | None = None, attributes: Mapping[str, str] | None = None,
+                      quality_text: str | None = None,
+                      sigma_uv: dict[str, float] | None = None) -> Iterator[Dataset]:
+    """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction, one part at a
+    time (an hour-long record is ~110 objects: only one is built in memory at once).
 
     Parameters
     ----------
@@ -199,13 +215,15 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
     sigma_uv : the model's RMS uncertainty (µV) per lead not measured, written into each
         channel's derivation description ("...; sigma 85 uV").
 
-    Returns
-    -------
-    list of Dataset
+    Yields
+    ------
+    Dataset
         One object, or several split in time when the record exceeds 16 384 samples
         per channel at the written rate; each with File Meta Information.
     """
-    leads_uv = np.asarray(leads_uv, dtype=np.float64)
+    leads_uv = np.asarray(leads_uv)
+    if leads_uv.dtype.kind not in "fiu":
+        raise ValueError(f"leads_uv must be numeric, got {leads_uv.dtype}")
     if leads_uv.ndim != 2 or leads_uv.shape[0] != len(LEADS_12) or leads_uv.shape[1] == 0:
         raise ValueError(f"leads_uv must be (12, N) with N > 0, got {leads_uv.shape}")
     if not np.all(np.isfinite(leads_uv)):
@@ -238,7 +256,6 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
         common.ReferencedInstanceSequence = Sequence([reference])
 
     acquired = acquisition_start(source, now, attributes)
-    datasets = []
     for number, (start, stop) in enumerate(parts, start=1):
         ds = Dataset()
         ds.update(common)
@@ -247,7 +264,7 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
         ds.SOPInstanceUID = derived_uid("instance", anchor, model_version, input_lead, f"{number}/{len(parts)}")
         ds.InstanceNumber = number
         ds.AcquisitionDateTime = format_dt(acquired + timedelta(seconds=start / fs_out))
-        segment = leads_uv[:, start:stop]
+        segment = np.asarray(leads_uv[:, start:stop], dtype=np.float64)
         ds.WaveformSequence = Sequence([
             _multiplex_group([input_lead], segment[[LEADS_12.index(input_lead)]], fs_out,
                              "DERIVED" if resampled else "ORIGINAL", "INPUT LEAD", [input_derivation]),
@@ -258,8 +275,7 @@ def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, inpu
             _annotation(1, f"Lead {input_lead} as acquired (the model's input).{part_text}"),
             _annotation(2, notice + part_text),
         ] + ([_annotation(1, quality_text[:1024])] if quality_text else []))
-        datasets.append(add_file_meta(ds))
-    return datasets
+        yield add_file_meta(ds)
 
 
 def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: float,
@@ -275,11 +291,10 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = dicom_file_names(stem, np.shape(leads_uv)[-1], fs)
-    datasets = build_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash,
-                                  attributes=attributes, quality_text=quality_text, sigma_uv=sigma_uv)
-    assert len(names) == len(datasets), "dicom_file_names and build_ecg_datasets disagree on the parts"
+    datasets = iter_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash,
+                                 attributes=attributes, quality_text=quality_text, sigma_uv=sigma_uv)
     paths = []
-    for name, ds in zip(names, datasets):
+    for name, ds in zip(names, datasets, strict=True):
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         paths.append(write_bytes_atomic(out_dir / name, buffer.getvalue()))
