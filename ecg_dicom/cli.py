@@ -1,13 +1,5 @@
-"""Command line: argparse only. Each subcommand hands its Namespace to the module that owns it.
-
-    ecg-dicom convert  INPUT_DIR OUTPUT_DIR   one-lead .npy / DICOM (a tree) -> 12-lead .npy / DICOM
-    ecg-dicom train    --out CKPT             reproduce the shipped weights
-    ecg-dicom ensemble --out CKPT MEMBER...   combine trained checkpoints into one
-    ecg-dicom evaluate DATA                   per-lead r, RMSE (µV), std ratio vs linear baselines
-    ecg-dicom plot     RESULT [--out F.pdf]   the 12-lead page of a result (.npy + .json, or .dcm)
-    ecg-dicom serve    --config site.yaml     the DICOM service
-    ecg-dicom status   --config site.yaml     queue counts
-"""
+"""Command line (argparse). Each subcommand hands its Namespace to the module that owns it
+(:data:`_COMMANDS`); what ``ecg-dicom --help`` shows is :data:`DESCRIPTION`."""
 
 from __future__ import annotations
 
@@ -19,6 +11,20 @@ from typing import Sequence
 from ecg_dicom import __version__
 from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
 
+DESCRIPTION = """\
+Reconstruct a 12-lead ECG from one lead (I or II), in files or as a DICOM service.
+
+  ecg-dicom convert  IN OUT                   one-lead .npy / DICOM files -> 12-lead .npy / DICOM
+  ecg-dicom serve     --config SITE.yaml      the service: C-STORE listener + watched folder -> PACS
+  ecg-dicom status    --config SITE.yaml      is it running, its queue, recent rejections and dead letters
+  ecg-dicom redeliver --config SITE.yaml ...  send results to the PACS again
+  ecg-dicom plot      RESULT                  the 12-lead page of a result (PDF or PNG)
+  ecg-dicom train / ensemble / evaluate       reproduce and measure the model
+
+From a source checkout, after `make serve` or `make install`: .venv/bin/ecg-dicom ...
+Help on one command: ecg-dicom COMMAND --help
+AI-reconstructed leads are an estimate, not for diagnosis."""
+
 # subcommand -> module whose ``run(args) -> int`` carries it out
 _COMMANDS = {
     "convert": "ecg_dicom.convert",
@@ -28,6 +34,7 @@ _COMMANDS = {
     "plot": "ecg_dicom.report.plot",
     "serve": "ecg_dicom.service",
     "status": "ecg_dicom.status",
+    "redeliver": "ecg_dicom.redeliver",
 }
 
 
@@ -41,16 +48,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecg-dicom", description=__doc__,
+    parser = argparse.ArgumentParser(prog="ecg-dicom", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ecg-dicom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a folder of one-lead ECGs to 12-lead ECGs")
-    p.add_argument("input_dir")
-    p.add_argument("output_dir")
-    p.add_argument("--fs", type=float, default=500.0, help="sampling rate of .npy inputs, Hz (default 500)")
-    p.add_argument("--units", choices=("uV", "mV"), default="uV", help="units of .npy inputs (default uV)")
+    p.add_argument("input_dir", help="folder (tree) of one-lead inputs: .npy (+ <stem>.json sidecar) and DICOM")
+    p.add_argument("output_dir", help="where the results go, in the same layout")
+    p.add_argument("--fs", type=float, default=500.0,
+                   help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default 500)")
+    p.add_argument("--units", choices=("uV", "mV"), default="uV",
+                   help="units of .npy inputs without a sidecar saying otherwise (default uV)")
     p.add_argument("--format", choices=("npy", "dicom", "both"), default="npy", dest="output_format",
                    help="what to write per input (default npy)")
     p.add_argument("--confidence", action="store_true",
@@ -72,16 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a checkpoint from real WFDB records and/or synthetic ECGs")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I")
+    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I", help="the lead the model takes")
     p.add_argument("--real", nargs="*", default=[], help="folders of WFDB 12-lead records (searched recursively)")
     p.add_argument("--exclude-db", nargs="*", default=[], help="database folder names to leave out (held out)")
     p.add_argument("--synthetic", type=int, default=0, help="number of deepfake-ecg records to generate and use")
     p.add_argument("--synthetic-dir", default=None, help="cache folder for generated synthetic records")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="passes of --steps-per-epoch batches (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, crops and augmentation")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the record-wise validation split (default 0: the same held-out records for every --seed)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--init", default=None, help="checkpoint to start from (fine-tuning)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (weights are reproducible for a fixed thread count)")
@@ -123,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="combine checkpoints trained by `train` into one averaged checkpoint")
     p.add_argument("members", nargs="+", help="checkpoint files (at least two models in all)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I")
+    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I", help="the lead the members take")
 
     p = sub.add_parser("evaluate", help="per-lead r / RMSE (µV) / std ratio vs linear baselines")
     p.add_argument("data", nargs="+", help="folders of WFDB records or of (12, N) µV .npy arrays")
@@ -141,9 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", choices=("A4", "Letter"), default="A4", help="page size (default A4)")
     p.add_argument("--dpi", type=int, default=150, help="resolution of a PNG (default 150)")
 
-    for name, text in (("serve", "run the DICOM service"), ("status", "print queue counts")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--config", required=True, help="site YAML file")
+    config_help = "the site YAML file (e.g. config/site.yaml)"
+    p = sub.add_parser("serve", help="run the DICOM service (C-STORE listener, watched folder, delivery to PACS)")
+    p.add_argument("--config", required=True, help=config_help)
+
+    p = sub.add_parser("status", help="is the service running; its queue; recent rejections and dead letters")
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("jobs", nargs="*", type=int, metavar="JOB",
+                   help="show these jobs in full: origin, name, state, reason and the result files they made")
+    p.add_argument("--recent", type=int, default=10, help="how many recent rejections / dead letters to list (10)")
+    p.add_argument("--json", action="store_true", help="print it as one JSON object")
+
+    p = sub.add_parser("redeliver", help="send results to the PACS again (made before it was configured, "
+                                         "or dead-lettered before a fault was fixed)")
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids (see ecg-dicom status)")
+    p.add_argument("--dead-letter", action="store_true", help="every dead-lettered job")
+    p.add_argument("--since", metavar="WHEN",
+                   help="jobs changed since WHEN: 2026-12-01, 2026-12-01T18:00, or 90m / 2h / 3d / 1w ago;"
+                        " alone: done and dead-lettered jobs")
     return parser
 
 

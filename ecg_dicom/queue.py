@@ -317,6 +317,16 @@ class JobQueue:
             "UPDATE jobs SET attempts = attempts + 1, next_attempt = ?, reason = ?, updated = ? WHERE id = ?",
             (next_attempt, reason, time.time(), job_id))
 
+    def redeliver(self, job_ids: list[int]) -> int:
+        """Send ``done`` or ``dead`` jobs' results again: back to ``delivering`` with a fresh
+        retry schedule (due now); returns how many were changed."""
+        now = time.time()
+        cur = self._db.executemany(
+            "UPDATE jobs SET state = 'delivering', attempts = 0, next_attempt = ?, deliver_since = ?, reason = NULL, "
+            "updated = ? WHERE id = ? AND state IN ('done', 'dead')", [(now, now, now, i) for i in job_ids])
+        self._to_deliver.set()
+        return cur.rowcount
+
     def dead(self, job_id: int, reason: str) -> None:
         self._set(job_id, "dead", reason)
 

@@ -38,6 +38,7 @@ from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.scp import start_scp
 from ecg_dicom.ingest.watcher import FolderWatcher
 from ecg_dicom.inputs import QUALITY_LISTENERS
+from ecg_dicom.lock import ServiceLock
 from ecg_dicom.monitor import Monitor
 from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
@@ -98,6 +99,16 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
 
 def _serve(settings: Settings, stop: threading.Event) -> int:
     log_effective(settings, LOG)
+    lock = ServiceLock(settings.folders.work)
+    lock.acquire({"ae_title": settings.ae_title, "listen": f"{settings.listen.host}:{settings.listen.port}",
+                  "config": str(settings.source or "")})
+    try:
+        return _serve_locked(settings, stop)
+    finally:
+        lock.release()
+
+
+def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     folders = settings.folders
     # matplotlib (the report page) keeps its font cache in the work folder: never in $HOME or /tmp
     os.environ.setdefault("MPLCONFIGDIR", str(folders.work / "matplotlib"))

@@ -1,28 +1,157 @@
-"""``ecg-dicom status --config site.yaml``: job counts of the service's durable queue."""
+"""``ecg-dicom status --config site.yaml [JOB ...]``: is the service running, what is in its
+job store, and what went wrong lately.
+
+Whether the service runs is read from the lock it holds in the work folder
+(:mod:`ecg_dicom.lock`: right after kill -9 too), and, when the configuration has an
+``http`` section, from its ``/health`` endpoint. Then one ``<state>: <count>`` line per job
+state, and the most recent rejections and dead letters with their reasons. With job ids,
+each job in full: where it came from, under which name, its state and the files it
+produced (the job -> result files mapping). ``--json`` prints the same as one JSON object.
+Everything printed from the wire or a dropped file's name is escaped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from typing import Any
 
-from ecg_dicom.config import load_config_or_report
-from ecg_dicom.queue import JobQueue
+from ecg_dicom.config import Settings, load_config_or_report
+from ecg_dicom.lock import running_service
+from ecg_dicom.queue import Job, JobQueue
 
 # state in the store -> how it is printed
 LABELS = {"waiting": "waiting", "processing": "processing", "delivering": "delivering", "done": "done",
           "rejected": "rejected", "dead": "dead-lettered"}
+RECENT = 10
+HEALTH_TIMEOUT_S = 3.0
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print one ``<state>: <count>`` line per state; 2 for a bad configuration."""
+    """Print the status; 0, or 1 when a job asked for does not exist, 2 for a bad configuration."""
     settings = load_config_or_report(args.config, "status")
     if settings is None:
         return 2
     queue = JobQueue(settings.folders.queue_db)
     try:
-        counts = queue.counts()
+        report = collect(settings, queue, getattr(args, "jobs", None) or [], getattr(args, "recent", RECENT))
     finally:
         queue.close()
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=1))
+    else:
+        print_report(report, settings)
+    return 1 if report.get("unknown_jobs") else 0
+
+
+def collect(settings: Settings, queue: JobQueue, job_ids: list[int], recent: int = RECENT) -> dict[str, Any]:
+    """Everything ``status`` prints, as plain data."""
+    service = running_service(settings.folders.work)
+    report: dict[str, Any] = {"service": {"running": service is not None, **(service or {})}}
+    health = _health(settings)
+    if health is not None:
+        report["health"] = health
+    report["counts"] = {LABELS[state]: n for state, n in queue.counts().items()}
+    if job_ids:
+        found = {i: queue.find(i) for i in job_ids}
+        report["jobs"] = [_job_dict(job) for job in found.values() if job is not None]
+        report["unknown_jobs"] = [i for i, job in found.items() if job is None]
+    else:
+        report["recent_rejections"] = [_job_dict(job) for job in queue.recent("rejected", recent)]
+        report["recent_dead_letters"] = [_job_dict(job) for job in queue.recent("dead", recent)]
+    return report
+
+
+def print_report(report: dict[str, Any], settings: Settings) -> None:
+    service = report["service"]
+    if service["running"]:
+        since = _when(service["started"]) if "started" in service else "?"
+        print(f"service:       running (pid {service.get('pid', '?')}, since {since}, "
+              f"listening on {service.get('listen', '?')})")
+    else:
+        print(f"service:       NOT RUNNING (no ecg-dicom serve holds {settings.folders.work}/service.lock)")
+    if "health" in report:
+        print(f"health:        {report['health']}")
+    counts = report["counts"]
     width = max(len(label) for label in LABELS.values())
-    for state, label in LABELS.items():
-        print(f"{label + ':':<{width + 1}} {counts[state]}")
-    return 0
+    for label, n in counts.items():
+        note = ""
+        if not service["running"] and n and label in ("waiting", "processing", "delivering"):
+            note = "  (the service is not running: resumed at its next start)"
+        print(f"{label + ':':<{width + 1}} {n}{note}")
+    for job in report.get("jobs", []):
+        print()
+        print(f"job {job['id']}: {LABELS[job['state']]}, from {job['origin']}"
+              + (f" as {_escape(job['source_name'])!s}" if job["source_name"] else "")
+              + f", arrived {_when(job['created'])}, last change {_when(job['updated'])}")
+        if job["outputs"]:
+            print(f"  files ({settings.folders.output}): {' '.join(_escape(o) for o in job['outputs'])}")
+        if job["reason"]:
+            print(f"  reason: {_escape(job['reason'])}")
+        if job["state"] == "delivering" and job["attempts"]:
+            print(f"  delivery attempts: {job['attempts']}, next {_when(job['next_attempt'])}")
+    for unknown in report.get("unknown_jobs", []):
+        print(f"\njob {unknown}: no such job", file=sys.stderr)
+    for key, title in (("recent_rejections", "rejected"), ("recent_dead_letters", "dead-lettered")):
+        jobs = report.get(key)
+        if not jobs:
+            continue
+        print(f"\nlast {len(jobs)} {title} (newest first; ecg-dicom status JOB for one in full):")
+        for job in jobs:
+            name = _escape(job["source_name"] or job["name"])
+            print(f"  job {job['id']:<6} {_when(job['updated'])}  {name}: {_escape(job['reason'] or '?')}")
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "state": job.state, "origin": job.origin, "name": job.name, "stem": job.stem,
+            "source_name": job.source_name, "outputs": list(job.outputs), "reason": job.reason,
+            "attempts": job.attempts, "next_attempt": job.next_attempt, "created": job.created,
+            "updated": job.updated}
+
+
+def _health(settings: Settings) -> str | None:
+    """What the service's ``/health`` says, when the configuration has an ``http`` section."""
+    http = getattr(settings, "http", None)
+    if http is None:
+        return None
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+    url = f"http://{host}:{http.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as rsp:
+            body = rsp.read(200).decode("utf-8", "replace").strip().splitlines()
+            return f"{rsp.status} {body[0] if body else ''} ({url})"
+    except urllib.error.HTTPError as exc:
+        return f"{exc.code} not ready ({url})"
+    except (OSError, ValueError) as exc:
+        return f"no answer ({getattr(exc, 'reason', exc)}; {url})"
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _escape(text: str) -> str:
+    """Control characters (from the wire, from a file name) shown as escapes, never acted on."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def since_timestamp(text: str, now: float | None = None) -> float:
+    """``2026-12-01``, ``2026-12-01T18:00``, ``2026-12-01 18:00:05`` (local time) or a span
+    back from now (``90m``, ``2h``, ``3d``, ``1w``) -> Unix time. Raises ValueError."""
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    text = text.strip()
+    if text[-1:].lower() in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1].lower()]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a date/time (2026-12-01, 2026-12-01T18:00) nor a span "
+                         "back from now (90m, 2h, 3d, 1w)") from None

@@ -234,11 +234,23 @@ def write_config(folder: Path, checkpoint: Path, pacs: dict | None = None, **ove
     return path
 
 
+def ecg_dicom(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m ecg_dicom ARGS`` (the CLI as a user runs it)."""
+    return subprocess.run([sys.executable, "-m", "ecg_dicom", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def status_counts(config: Path) -> dict[str, int]:
-    """What ``ecg-dicom status --config`` prints, as {label: count}."""
-    out = subprocess.run([sys.executable, "-m", "ecg_dicom", "status", "--config", str(config)],
-                         capture_output=True, text=True, timeout=120, check=True)
-    return {k.strip(): int(v) for k, v in (line.split(":") for line in out.stdout.splitlines())}
+    """The job counts ``ecg-dicom status --config`` prints, as {label: count}."""
+    out = ecg_dicom("status", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    labels = ("waiting", "processing", "delivering", "done", "rejected", "dead-lettered")
+    counts = {}
+    for line in out.stdout.splitlines():
+        label, _, value = line.partition(":")
+        if label in labels:
+            counts[label] = int(value.split()[0])
+    return counts
 
 
 class Service:
