@@ -9,7 +9,15 @@ import os
 import numpy as np
 import pytest
 from conftest import synthetic_lead
-from peers import PACS_AET, Orthanc, Service, ecg_dicom, storescu, wait_for, write_config
+from peers import (
+    PACS_AET,
+    Orthanc,
+    Service,
+    ecg_dicom,
+    storescu,
+    wait_for,
+    write_config,
+)
 from pydicom import dcmread
 
 pytestmark = pytest.mark.slow
