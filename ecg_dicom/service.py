@@ -85,6 +85,28 @@ def setup_logging(level: str) -> None:
     """One line per event on stderr, every line through the one safe formatter
     (:mod:`ecg_dicom.logsafe`: wire values escaped, patient data never logged)."""
     logsafe.install(level, sys.stderr)
+    # pynetdicom warns twice about one non-conformant UID in a request: once is enough
+    logging.getLogger("pynetdicom").addFilter(RepeatFilter(window_s=5.0))
+
+
+class RepeatFilter(logging.Filter):
+    """Drops a record whose message was already logged (among the last ``remember`` ones;
+    within ``window_s`` seconds of it, when given)."""
+
+    def __init__(self, remember: int = 1000, window_s: float | None = None) -> None:
+        super().__init__()
+        self.remember, self.window_s = remember, window_s
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        with self._lock:
+            last = self._seen.pop(message, None)
+            self._seen[message] = record.created
+            if len(self._seen) > self.remember:
+                del self._seen[next(iter(self._seen))]
+        return last is None or (self.window_s is not None and record.created - last > self.window_s)
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:

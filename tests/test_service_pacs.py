@@ -4,6 +4,7 @@ is a real 12-lead ECG file."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -158,3 +159,16 @@ def test_statuses_from_a_real_association(site, answering_scp, code, state):
         assert f"0x{code:04X}" in (folders.dead_letter / "r.reason.txt").read_text()
     if state == "delivering":
         assert_retry_scheduled(job)
+
+
+def test_a_split_result_is_logged_in_one_short_line(site, answering_scp, caplog):
+    """Issue 11 item 9: an hour-long result is ~110 objects; its delivery line stays short."""
+    folders, queue, job_id = site
+    names = [f"r_{i:03d}.dcm" for i in range(1, 111)]
+    for name in names:
+        shutil.copy(folders.output / "r.dcm", folders.output / name)
+    queue._db.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (json.dumps(["r.npy", *names]), job_id))
+    with caplog.at_level("INFO", logger="ecg_dicom.pacs"):
+        assert deliver_once(folders, queue, answering_scp.port).state == "done"
+    [line] = [r.getMessage() for r in caplog.records if "delivered to" in r.getMessage()]
+    assert "110 x status 0x0000" in line and len(line) < 120

@@ -263,3 +263,11 @@ def test_a_second_long_input_waits_for_the_first(site):
     while queue.get(second).state != "done":
         assert worker.step(threading.Event())
     assert queue.get(first).state == "done"
+
+
+def test_the_service_says_how_to_declare_millivolts(site):
+    """Issue 11 item 9: the hint names the sidecar's `units`, the service's way to say it."""
+    folders, queue, spool, worker, _ = site
+    spool.store_bytes(npy_bytes(synthetic_lead() / 1000), "mv.npy", "test")
+    run_once(worker)
+    assert '"units": "mV" in the .npy\'s <stem>.json sidecar' in (folders.rejected / "mv.reason.txt").read_text()

@@ -119,7 +119,8 @@ def check_single_lead(array: np.ndarray, fs: float, units: str = "uV") -> np.nda
     if p2p < MIN_PEAK_TO_PEAK_UV:
         raise InputError(
             f"peak-to-peak {p2p:.3g} µV is below {MIN_PEAK_TO_PEAK_UV:g} µV: not an ECG in {units}"
-            " (mV given as µV? then use --units mV)"
+            " (mV given as µV? then say so: \"units\": \"mV\" in the .npy's <stem>.json sidecar,"
+            " or convert --units mV)"
         )
     if p2p > MAX_PEAK_TO_PEAK_UV:
         raise InputError(

@@ -71,6 +71,14 @@ def classify_status(status: Dataset | None) -> tuple[Outcome, str]:
     return Outcome.PERMANENT, f"{text} (failure)"
 
 
+def _summary(texts: list[str]) -> str:
+    """``status 0x0000`` x 110 -> ``110 x status 0x0000``: one short line for a split result."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        counts[text] = counts.get(text, 0) + 1
+    return ", ".join(text if n == 1 else f"{n} x {text}" for text, n in counts.items())
+
+
 def backoff_s(attempts: int, pacs: Pacs, rng: random.Random) -> float:
     """Seconds to wait before the next try after ``attempts`` failed tries (>= 1)."""
     base = min(pacs.retry_max_s, pacs.retry_initial_s * 2.0 ** (attempts - 1))
@@ -174,7 +182,7 @@ class Delivery:
                 worst = outcome
             elif "warning" in text:
                 LOG.warning("%s: PACS answered %s, counted as delivered", job.tag, text)
-        return worst, ", ".join(texts) or "no DICOM output"
+        return worst, _summary(texts) or "no DICOM output"
 
     def _retry(self, job: Job, reason: str) -> None:
         metrics.PACS_FAILURES.labels("transient").inc()
