@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -176,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ecg-dicom``; returns the process exit status."""
     args = build_parser().parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except BrokenPipeError:  # `ecg-dicom status ... | head`: the reader has gone, and that is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -90,7 +90,10 @@ def print_report(report: dict[str, Any], settings: Settings) -> None:
               + (f" as {_escape(job['source_name'])!s}" if job["source_name"] else "")
               + f", arrived {_when(job['created'])}, last change {_when(job['updated'])}")
         if job["outputs"]:
-            print(f"  files ({settings.folders.output}): {' '.join(_escape(o) for o in job['outputs'])}")
+            files = [_escape(o) for o in job["outputs"]]
+            if len(files) > 8:  # a split hour: ~110 parts; --json lists them all
+                files = [*files[:3], "…", *files[-2:], f"({len(job['outputs'])} files)"]
+            print(f"  files ({settings.folders.output}): {' '.join(files)}")
         if job["reason"]:
             print(f"  reason: {_escape(job['reason'])}")
         if job["state"] == "delivering" and job["attempts"]:

@@ -17,8 +17,6 @@ starts again at the next start.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import shutil
@@ -36,6 +34,7 @@ from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
 from ecg_dicom.inputs import LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 from ecg_dicom.logsafe import strip_wire, wire
+from ecg_dicom.memory import release_freed_memory
 from ecg_dicom.outputs.results import result_file_names, write_outputs
 from ecg_dicom.queue import Job, JobQueue
 
@@ -56,16 +55,6 @@ class _LongJob:
     task: ReconstructionTask
     started: float
     logged: int = 0
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by numpy/torch back to the system (glibc keeps it in its arenas
-    otherwise, so the service's RSS would stay at its peak after a long input)."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
-        pass
 
 
 class Worker:

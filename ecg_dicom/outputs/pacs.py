@@ -40,6 +40,7 @@ from ecg_dicom import metrics
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
 from ecg_dicom.files import write_reason
+from ecg_dicom.memory import release_freed_memory
 from ecg_dicom.queue import Job, JobQueue
 from ecg_dicom.tls import client_context
 
@@ -143,6 +144,8 @@ class Delivery:
         try:
             for job in jobs:
                 outcome, text = self._send_job(assoc, job)
+                if len(job.outputs) > 2:  # a split result: ~110 objects read for an hour
+                    release_freed_memory()
                 if outcome is Outcome.DELIVERED:
                     self.queue.delivered(job.id)
                     metrics.JOBS_FINISHED.labels("done").inc()
