@@ -160,9 +160,12 @@ class TestCommands:
         queue.reject(job.id, "bad")
         queue.close()
         assert status.run(argparse.Namespace(config=str(cfg))) == 0
-        lines = dict(line.split(":") for line in capsys.readouterr().out.splitlines())
-        assert {k: int(v) for k, v in lines.items()} == {
+        out = capsys.readouterr().out
+        counts = {label: int(value.split()[0]) for label, _, value in (line.partition(":") for line in out.splitlines())
+                  if label in status.LABELS.values()}
+        assert counts == {
             "waiting": 2, "processing": 0, "delivering": 0, "done": 0, "rejected": 1, "dead-lettered": 0}
+        assert out.startswith("service:       NOT RUNNING") and "job 1 " in out and ": bad" in out
 
     def test_status_bad_config_exits_2(self, tmp_path, capsys):
         cfg = write(tmp_path, with_(MINIMAL, "bogus", 1))
