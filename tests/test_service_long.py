@@ -69,7 +69,7 @@ def test_an_hour_long_input_holds_nothing_back_and_sigterm_in_its_middle_is_clea
         leads = np.load(svc.output / f"{job['stem']}.npy", mmap_mode="r")
         assert leads.shape == (12, hour.size)
         np.testing.assert_allclose(leads[0, :1000], hour[:1000], atol=1e-3)
-        dicom_parts = [name for name in job["outputs"] if name.endswith(".dcm")]
+        dicom_parts = [name for name in job["outputs"] if re.fullmatch(r".*_\d{3}\.dcm", name)]
         assert len(dicom_parts) == 110 and all((svc.output / name).is_file() for name in dicom_parts)
         assert re.search(r": [1-9][0-9]% \(\d+ of 1439 windows\)", svc.log_text())
         assert "long input reconstructed" in svc.log_text()

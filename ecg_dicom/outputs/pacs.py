@@ -144,7 +144,7 @@ class Delivery:
         try:
             for job in jobs:
                 outcome, text = self._send_job(assoc, job)
-                if len(job.outputs) > 2:  # a split result: ~110 objects read for an hour
+                if sum(name.endswith(".dcm") for name in job.outputs) > 3:  # a split result: ~110 for an hour
                     release_freed_memory()
                 if outcome is Outcome.DELIVERED:
                     self.queue.delivered(job.id)
