@@ -319,7 +319,8 @@ def test_the_watched_folder_waits_while_the_backlog_is_at_high_water(tmp_path):
     queue = JobQueue(tmp_path / "work" / "queue.sqlite3")
     spool = Spool(tmp_path / "work" / "spool", queue)
     queue.add("a" * 16, "earlier", "scp", "x")          # one job waiting: the backlog is at 1
-    watcher = FolderWatcher(inbox, spool, WatcherSettings(stable_s=0.1, rescan_s=0.1), high_water=1)
+    watcher = FolderWatcher(inbox, spool, WatcherSettings(stable_s=0.1, rescan_s=0.1, sidecar_wait_s=0.0),
+                            high_water=1)   # no wait for a sidecar: taken as soon as the backlog allows
     (inbox / "new.npy").write_bytes(b"x" * 10)
     watcher.notify(inbox / "new.npy", complete=True)
     assert watcher.take_ready() == 0 and (inbox / "new.npy").exists() and watcher.paused
