@@ -35,6 +35,7 @@ system-deps:
 	fi
 
 test: system-deps $(STAMP)
+	$(PY) -m ruff check ecg_dicom tests bench
 	$(PY) -m pytest -q -rs
 
 serve: $(STAMP)

@@ -19,7 +19,6 @@ The seed is fixed (``FUZZ_SEED`` overrides it), so a failure can be replayed.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -32,7 +31,7 @@ import pydicom
 import pytest
 import wfdb
 from peers import CART_AET, SERVICE_AET, Service, echoscu, wait_for, write_config
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
 import crafted

@@ -22,7 +22,7 @@ import crafted
 from ecg_dicom import metrics
 from ecg_dicom.config import load_config
 from ecg_dicom.ingest import Spool
-from ecg_dicom.ingest.scp import OUT_OF_RESOURCES, TOO_LARGE, start_scp
+from ecg_dicom.ingest.scp import TOO_LARGE, start_scp
 from ecg_dicom.queue import JobQueue
 
 pytestmark = pytest.mark.slow
