@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 DEBS    := dcmtk orthanc dicom3tools poppler-utils
 
-.PHONY: all install system-deps test test-fast serve bench clean
+.PHONY: all install system-deps test test-fast serve bench export clean
 
 all: test
 
@@ -43,9 +43,16 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/inference.py
+	$(PY) bench/busy.py
+	$(PY) bench/quality.py
 	$(PY) bench/service.py
 	$(PY) bench/convert_ray.py
 	$(PY) bench/backpressure.py
+
+# After new weights land in ecg_dicom/weights/: the fast path's graphs follow them
+export: $(STAMP)
+	$(VENV)/bin/ecg-dicom export --input-lead I
+	$(VENV)/bin/ecg-dicom export --input-lead II
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

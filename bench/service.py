@@ -8,7 +8,9 @@ Measures in one run on this machine, with real peers on loopback:
      by Orthanc vs the bare inference time of the same ECG in-process, medians (target <= 1.5x);
   3. resident memory of `serve`: idle after start, and peak under the burst.
 Uses the shipped lead-I checkpoint when present, else the default model config, randomly
-initialised (same size, same speed).
+initialised (same size, same speed); service and bare inference both on ``--precision``
+(default fast: the .onnx beside the checkpoint, exported to a temporary copy first when
+there is none).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pynetdicom import AE
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from common import fast_checkpoint  # noqa: E402
 from peers import PACS_AET, Orthanc, Service, StoreSCP, storescu, wait_for, write_config  # noqa: E402
 
 from ecg_dicom.core.checkpoint import (  # noqa: E402
@@ -90,9 +94,9 @@ def checkpoint_path(arg: str | None, tmp: Path) -> tuple[Path, str]:
     return path, "default config, random weights (no shipped checkpoint yet)"
 
 
-def bare_inference_s(ckpt: Path, repeats: int) -> tuple[float, float]:
+def bare_inference_s(ckpt: Path, repeats: int, precision: str, threads: int) -> tuple[float, float]:
     """Median seconds to reconstruct the ECG in-process (model loaded), and to read + reconstruct it."""
-    rec = Reconstructor.from_checkpoint(ckpt, input_lead="I")
+    rec = Reconstructor.from_checkpoint(ckpt, input_lead="I", precision=precision, threads=threads)
     lead = load_lead(ECG, "I")
     rec.reconstruct(lead.signal_uv, lead.fs)  # warm-up
     model, total = [], []
@@ -112,14 +116,18 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=4,
                         help="concurrent storescu processes (one storescu alone is slower than either listener)")
     parser.add_argument("--latency-runs", type=int, default=5, help="single ECGs timed end to end (default 5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, service and bare alike (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="model threads, service and bare alike (default 1)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped lead I, else random)")
+    parser.add_argument("--precision", choices=("fast", "fp32"), default="fast",
+                        help="model path of the service and of bare inference (default fast)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp_name:
         tmp = Path(tmp_name)
         ckpt, ckpt_text = checkpoint_path(args.checkpoint, tmp)
-        print(f"checkpoint: {ckpt_text}; torch threads {args.threads} (service and bare inference)")
+        if args.precision == "fast":
+            ckpt = fast_checkpoint(ckpt, tmp)
+        print(f"checkpoint: {ckpt_text}; {args.precision}, {args.threads} model thread(s) (service and bare inference)")
         burst = copies(ECG, tmp / "burst", args.n)
         singles = copies(ECG, tmp / "single", args.latency_runs)
 
@@ -130,7 +138,8 @@ def main() -> None:
         with Orthanc(tmp / "orthanc") as pacs:
             cfg = write_config(tmp / "site", ckpt, pacs={"ae_title": PACS_AET, "host": "127.0.0.1",
                                                          "port": pacs.dicom_port},
-                               worker={"batch_size": 8, "max_wait_s": 0.02}, torch_threads=args.threads)
+                               worker={"batch_size": 8, "max_wait_s": 0.02}, torch_threads=args.threads,
+                               precision=args.precision)
             svc = Service(cfg)
             svc.start(timeout=180)
             try:
@@ -160,8 +169,7 @@ def main() -> None:
                 svc.stop()
             finally:
                 svc.kill9()
-        torch.set_num_threads(args.threads)
-        t_bare, t_read_bare = bare_inference_s(ckpt, 3 * args.latency_runs)
+        t_bare, t_read_bare = bare_inference_s(ckpt, 3 * args.latency_runs, args.precision, args.threads)
 
     rate_dcmtk, rate_ours = args.n / t_dcmtk, args.n / t_ours
     latency = statistics.median(latencies)

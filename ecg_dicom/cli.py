@@ -31,6 +31,7 @@ _COMMANDS = {
     "convert": "ecg_dicom.convert",
     "train": "ecg_dicom.training.train",
     "ensemble": "ecg_dicom.training.ensemble",
+    "export": "ecg_dicom.core.export",
     "evaluate": "ecg_dicom.training.evaluate",
     "plot": "ecg_dicom.report.plot",
     "serve": "ecg_dicom.service",
@@ -46,6 +47,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="checkpoint file (default: the one shipped for --input-lead)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--precision", choices=("fast", "fp32"), default="fast",
+                   help="fast: the checkpoint's ONNX export (int8 weights, ONNX Runtime) when it matches the"
+                        " checkpoint (default); fp32: the checkpoint itself in exact fp32 (torch)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="model threads (default: $ECG_DICOM_THREADS, else one per CPU; no spin-waiting)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("members", nargs="+", help="checkpoint files (at least two models in all)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I", help="the lead the members take")
+
+    p = sub.add_parser("export", help="write the ONNX graph of a checkpoint beside it (the fast path)")
+    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the one shipped for --input-lead)")
+    p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
+                   help="weights of the LSTM and matrix products in the graph (default int8)")
+    p.add_argument("--out", default=None, help="where to write it (default: beside the checkpoint, .onnx)")
 
     p = sub.add_parser("evaluate", help="per-lead r / RMSE (µV) / std ratio vs linear baselines")
     p.add_argument("data", nargs="+", help="folders of WFDB records or of (12, N) µV .npy arrays")

@@ -259,8 +259,12 @@ class Settings:
     pacs: Pacs | None = None
     checkpoint: ConfigPath | None = None
     device: StrictStr = "cpu"
-    # intra-op threads of torch; 1 keeps latency steady on a shared machine (more threads than
-    # idle cores makes each forward pass many times slower), raise it on a dedicated server
+    # fast: the checkpoint's ONNX export (int8 weights, ONNX Runtime, no torch loaded) when it
+    # was made from these weights; fp32: the checkpoint itself in exact fp32 (torch)
+    precision: Literal["fast", "fp32"] = "fast"
+    # intra-op threads of the model (ONNX Runtime or torch); 1 keeps latency steady on a shared
+    # machine (more threads than idle cores makes each forward pass many times slower), raise it
+    # on a dedicated server
     torch_threads: Count = 1
     worker: Worker = field(default_factory=Worker)
     watcher: Watcher = field(default_factory=Watcher)

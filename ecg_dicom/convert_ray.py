@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from ecg_dicom.archive import ArchiveItem
 from ecg_dicom.convert import (
@@ -57,7 +56,7 @@ TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 # Ray puts its sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store,
 # and a Unix socket path may not exceed 107 bytes.
 MAX_TEMP_DIR_CHARS = 40
-THREADS_PER_WORKER = 1  # one core per actor: processes scale better than torch's intra-op threads
+THREADS_PER_WORKER = 1  # one core per actor: processes scale better than intra-op threads
 # A batch whose worker process dies (killed, out of memory, a crash in native code) is tried
 # again on a fresh worker this many times; then its inputs are reported as not converted
 # and the job goes on (Ray Data's default would retry it forever).
@@ -83,9 +82,9 @@ class BatchConverter:
     """
 
     def __init__(self, checkpoint: str | None, input_lead: str, device: str, batch_size: int,
-                 settings: dict[str, Any], threads: int = THREADS_PER_WORKER) -> None:
-        torch.set_num_threads(threads)
-        self.reconstructor = Reconstructor.from_checkpoint(checkpoint, input_lead, device, batch_size)
+                 settings: dict[str, Any], threads: int = THREADS_PER_WORKER, precision: str = "fast") -> None:
+        self.reconstructor = Reconstructor.from_checkpoint(checkpoint, input_lead, device, batch_size,
+                                                           precision=precision, threads=threads)
         self.settings = ConvertSettings(**settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -170,12 +169,13 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
                     checkpoint: str | Path | None = None, input_lead: str = "I", device: str = "cpu",
                     batch_size: int = 32, num_workers: int | None = None,
                     files_per_batch: int = FILES_PER_BATCH, exclude: tuple[Path, ...] = (),
-                    converter: type = BatchConverter) -> ConvertReport:
+                    converter: type = BatchConverter, precision: str = "fast") -> ConvertReport:
     """Convert every input below ``input_dir`` on the connected Ray cluster (see :func:`ray_session`).
 
     Same inputs, results, reasons and skip-what-is-done rule as
     :func:`ecg_dicom.convert.convert_folder`. ``num_workers`` actors (default: one per CPU
-    of the cluster), each with one CPU and one torch thread, take ``files_per_batch``
+    of the cluster), each with one CPU and one model thread (``precision`` as in
+    :meth:`Reconstructor.from_checkpoint`), take ``files_per_batch``
     inputs at a time (fewer when the archive is small), ``batch_size`` windows per forward
     pass. Rejected inputs are named on stderr as their rows arrive. An input whose batch's
     worker died :data:`BATCH_RETRIES` + 1 times is rejected with that reason by the driver.
@@ -201,7 +201,7 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
             converter,
             fn_constructor_kwargs={"checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
                                    "input_lead": input_lead, "device": device, "batch_size": batch_size,
-                                   "settings": asdict(settings)},
+                                   "settings": asdict(settings), "precision": precision},
             batch_size=per_batch,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -233,7 +233,7 @@ def run_ray(args: argparse.Namespace) -> int:
         if args.num_workers is not None and args.num_workers < 1:
             raise EcgDicomError("--num-workers must be at least 1")
         # Loaded here once to fail early (exit 2) on a bad checkpoint; each worker loads its own.
-        Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, "cpu")
+        Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, "cpu", precision=args.precision, threads=1)
         settings = ConvertSettings(args.fs, args.units, args.output_format, args.confidence,
                                    args.paper if getattr(args, "report", False) else None)
         local = args.address is None
@@ -242,7 +242,8 @@ def run_ray(args: argparse.Namespace) -> int:
         with ray_session(args.address, temp_dir, cpus) as temp:
             report = convert_archive(args.input_dir, args.output_dir, settings, args.checkpoint,
                                      args.input_lead, args.device, args.batch_size, args.num_workers,
-                                     files_per_batch=args.batch_size, exclude=(temp,) if temp is not None else ())
+                                     files_per_batch=args.batch_size, exclude=(temp,) if temp is not None else (),
+                                     precision=args.precision)
     except EcgDicomError as exc:
         print(f"ecg-dicom convert: {exc}", file=sys.stderr)
         return 2

@@ -6,24 +6,26 @@ judged the same way whichever door it came in by.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from pydicom import Dataset
 
 from ecg_dicom.core.preprocess import check_single_lead
 from ecg_dicom.core.quality import QualityReport, assess_quality
 from ecg_dicom.errors import InputError, SignalQualityError
+from ecg_dicom.files import file_sha256
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
 from ecg_dicom.logsafe import wire
 from ecg_dicom.sidecar import Sidecar, read_sidecar
+
+if TYPE_CHECKING:  # pydicom is imported only when a DICOM input is read (~0.3 s)
+    from pydicom import Dataset
 
 NPY_MAGIC = b"\x93NUMPY"
 DICOM_MAGIC_OFFSET = 128
@@ -56,15 +58,6 @@ class LeadInput:
     kind: str
     sidecar: Sidecar | None = None
     quality: QualityReport | None = None
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def refuse_links(path: str | Path) -> None:

@@ -28,7 +28,6 @@ import time
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ecg_dicom import logsafe, metrics
 from ecg_dicom.config import Settings, load_config_or_report, log_effective
@@ -143,12 +142,12 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     LOG.info("job store %s: %d interrupted jobs requeued, %d spool files recovered, %d leftovers removed; %s",
              folders.queue_db, requeued, recovered, removed, _counts_text(queue.counts()))
 
-    torch.set_num_threads(settings.torch_threads)
     reconstructor = Reconstructor.from_checkpoint(settings.checkpoint, input_lead=settings.input_lead,
-                                                  device=settings.device)
-    reconstructor.reconstruct(WARM_UP_LEAD_UV, WARM_UP_FS)  # first call pays torch's lazy set-up
-    LOG.info("model %s loaded (input lead %s, device %s, %d threads)", reconstructor.model_version,
-             reconstructor.input_lead, settings.device, torch.get_num_threads())
+                                                  device=settings.device, precision=settings.precision,
+                                                  threads=settings.torch_threads)
+    reconstructor.reconstruct(WARM_UP_LEAD_UV, WARM_UP_FS)  # first call pays the runtime's lazy set-up
+    LOG.info("model %s loaded (input lead %s, %s on %s, %d threads)", reconstructor.model_version,
+             reconstructor.input_lead, reconstructor.precision, settings.device, settings.torch_threads)
 
     # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
     worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None,

@@ -32,11 +32,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import pydicom
-from pydicom.datadict import dictionary_VR
-from pydicom.uid import UID
-from pydicom.valuerep import DA, DT, TM, validate_value
-
 from ecg_dicom.core.preprocess import UNIT_TO_UV
 from ecg_dicom.errors import InputError
 from ecg_dicom.leads import canonical_lead_name
@@ -52,7 +47,7 @@ ACQUISITION_KEYS = ("AcquisitionDateTime", "InstitutionName", "Manufacturer", "M
                     "DeviceSerialNumber")
 DICOM_KEYS = PATIENT_KEYS + STUDY_KEYS + ACQUISITION_KEYS
 KNOWN_KEYS = RECORDING_KEYS + DICOM_KEYS
-_DATE_TIME_PARSERS = {"DA": DA, "TM": TM, "DT": DT}
+_DATE_TIME_VRS = ("DA", "TM", "DT")
 _TEXT_VRS = ("LT", "ST", "UT")  # may hold line breaks; the others may not hold any control character
 
 
@@ -156,6 +151,11 @@ def parse_sidecar(params: Any) -> Sidecar:
 
 def _check_attribute(keyword: str, value: Any) -> str:
     """``value`` as the DICOM text of ``keyword``; raises InputError naming the key, not the value."""
+    import pydicom  # here, not at the top: a .npy without patient keys does not pay its ~0.3 s import
+    from pydicom.datadict import dictionary_VR
+    from pydicom.uid import UID
+    from pydicom.valuerep import DA, DT, TM, validate_value
+
     vr = dictionary_VR(keyword)
     if not isinstance(value, str):
         raise InputError(f"sidecar .json: {keyword} must be a string ({vr}), got {type(value).__name__}")
@@ -166,8 +166,8 @@ def _check_attribute(keyword: str, value: Any) -> str:
         raise InputError(f"sidecar .json: {keyword} holds a control character")
     try:
         validate_value(vr, value, pydicom.config.RAISE)
-        if vr in _DATE_TIME_PARSERS:
-            _DATE_TIME_PARSERS[vr](value)
+        if vr in _DATE_TIME_VRS:
+            {"DA": DA, "TM": TM, "DT": DT}[vr](value)
     except ValueError:
         raise InputError(f"sidecar .json: {keyword} is not a valid {vr} value{_FORMATS.get(vr, '')}") from None
     if vr == "UI" and not UID(value).is_valid:

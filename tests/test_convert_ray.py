@@ -168,7 +168,7 @@ def test_resume_after_the_driver_is_killed_converts_only_what_is_missing(ray_ins
     assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
 
     items = find_inputs(inp, out)
-    settings = ConvertSettings().marker_settings(Reconstructor.from_checkpoint(None, "I"))
+    settings = ConvertSettings().marker_settings(Reconstructor.from_checkpoint(None, "I", precision="fast"))
     done_before = {item.name for item in items if is_done(item, settings)}
     assert 0 < len(done_before) < len(items), "the kill did not land half-way"
 

@@ -1,20 +1,22 @@
 """One self-describing checkpoint file: weights, model config, preprocessing, provenance.
 
 Saved with ``torch.save`` and read with ``torch.load(weights_only=True)``: only tensors
-and plain containers, never arbitrary pickled objects.
+and plain containers, never arbitrary pickled objects. torch is imported when a
+checkpoint is read or written, not with this module (the header dataclasses serve the
+torch-free ONNX path too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ecg_dicom.core.model import BiLSTMAttentionModel, EnsembleModel, ModelConfig
 from ecg_dicom.errors import CheckpointError
 from ecg_dicom.leads import learned_leads
+
+if TYPE_CHECKING:
+    from ecg_dicom.core.model import BiLSTMAttentionModel, EnsembleModel
 
 CHECKPOINT_FORMAT = "ecg-dicom-checkpoint"
 # 1: one model (model_config + state_dict); 2: also ensembles (members: [{model_config, state_dict}])
@@ -23,7 +25,6 @@ READABLE_FORMAT_VERSIONS = (1, 2)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 REQUIRED_KEYS = ("format", "format_version", "model_version", "input_lead", "output_leads",
                  "preprocessing", "training")
-Model = BiLSTMAttentionModel | EnsembleModel
 
 
 def shipped_checkpoint_path(input_lead: str) -> Path:
@@ -50,9 +51,10 @@ class Preprocessing:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model in eval mode plus everything that describes it."""
+    """A loaded checkpoint: the model in eval mode plus everything that describes it
+    (``model`` is None for the header of an ONNX export, see :mod:`ecg_dicom.core.runners`)."""
 
-    model: Model
+    model: BiLSTMAttentionModel | EnsembleModel | None
     input_lead: str
     output_leads: tuple[str, ...]
     model_version: str
@@ -63,7 +65,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model: Model,
+    model: BiLSTMAttentionModel | EnsembleModel,
     input_lead: str,
     model_version: str,
     preprocessing: Preprocessing,
@@ -74,6 +76,10 @@ def save_checkpoint(
 
     An :class:`EnsembleModel` is stored as its members' configs and weights.
     """
+    import torch
+
+    from ecg_dicom.core.model import BiLSTMAttentionModel
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -102,6 +108,10 @@ def load_checkpoint(path: str | Path | None = None, input_lead: str = "I",
     another format version, another input lead, missing keys, or weights that do not fit
     the stored model config.
     """
+    import torch
+
+    from ecg_dicom.core.model import EnsembleModel
+
     path = Path(path) if path is not None else shipped_checkpoint_path(input_lead)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -151,6 +161,8 @@ def _weights(model: BiLSTMAttentionModel) -> dict[str, Any]:
 
 def _build_member(part: Any, path: Path) -> BiLSTMAttentionModel:
     """Rebuild one model from its stored config and weights (see :func:`_weights`)."""
+    from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
+
     if not isinstance(part, dict) or "model_config" not in part or "state_dict" not in part:
         raise CheckpointError(f"{path} lacks model_config or state_dict")
     model = BiLSTMAttentionModel(ModelConfig(**part["model_config"]))

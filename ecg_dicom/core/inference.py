@@ -1,24 +1,29 @@
 """Reconstructor: one lead in µV at any rate and length -> 12 leads in µV, batched.
 
-Loads the checkpoint once; cuts each record into overlapping model windows, runs them in
-batches under ``torch.inference_mode``, stitches the windows with overlap weights (no
-seams), brings the prediction back to the input's rate and length, copies the input lead
-through unchanged and computes the four limb leads exactly.
+Loads the model once; cuts each record into overlapping model windows, runs them in
+batches (:mod:`ecg_dicom.core.runners`: ONNX Runtime on the exported graph by default,
+exact fp32 torch on request), stitches the windows with overlap weights (no seams), brings
+the prediction back to the input's rate and length, copies the input lead through
+unchanged and computes the four limb leads exactly.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-from ecg_dicom.core.checkpoint import Checkpoint, load_checkpoint
+from ecg_dicom.core.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint_path
 from ecg_dicom.core.preprocess import highpass, model_features, resample_fs
+from ecg_dicom.core.runners import PRECISIONS, ModelRunner, OnnxRunner, TorchRunner, onnx_path_for
+from ecg_dicom.errors import CheckpointError
+from ecg_dicom.files import file_sha256
 from ecg_dicom.leads import LEADS_12, assemble_12_leads
 
+LOG = logging.getLogger(__name__)
 # forward passes per chunk when reconstruct_batch runs a ReconstructionTask (bounds memory)
 CHUNK_BATCHES = 8
 
@@ -53,29 +58,85 @@ def overlap_weights(window: int) -> np.ndarray:
 
 
 class Reconstructor:
-    """Reconstruct 12 leads from one, with a checkpoint loaded once.
+    """Reconstruct 12 leads from one, with a model loaded once.
 
     Parameters
     ----------
     checkpoint : Checkpoint
-        From :func:`ecg_dicom.core.checkpoint.load_checkpoint`.
+        From :func:`ecg_dicom.core.checkpoint.load_checkpoint` (or the header of an ONNX
+        export, whose ``model`` is None, together with its ``runner``).
     device : str
-        Torch device, ``"cpu"`` by default.
+        Torch device, ``"cpu"`` by default (torch runner only).
     batch_size : int
         Windows per forward pass.
+    runner : ModelRunner, optional
+        What runs the network; default: the checkpoint's torch model in fp32.
     """
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: str = "cpu", batch_size: int = 32,
+                 runner: ModelRunner | None = None, threads: int | None = None) -> None:
         self.checkpoint = checkpoint
-        self.device = torch.device(device)
+        self.device = device
         self.batch_size = int(batch_size)
-        self.model = checkpoint.model.to(self.device).eval()
+        self.model = checkpoint.model
+        self.runner = runner or TorchRunner(checkpoint.model, device, batch_size, threads,
+                                            checkpoint.preprocessing.window)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, input_lead: str = "I",
-                        device: str = "cpu", batch_size: int = 32) -> "Reconstructor":
-        """Load ``path`` (or the shipped checkpoint for ``input_lead``) and wrap it."""
-        return cls(load_checkpoint(path, input_lead=input_lead, device=device), device, batch_size)
+                        device: str = "cpu", batch_size: int = 32, precision: str = "fp32",
+                        threads: int | None = None) -> "Reconstructor":
+        """Load ``path`` (or the shipped checkpoint for ``input_lead``) and wrap it.
+
+        ``precision="fast"``: run the ONNX export beside the checkpoint (``x.onnx`` beside
+        ``x.pt``, see ``ecg-dicom export``) when there is one made from exactly these weights,
+        without importing torch; else log why and run the checkpoint in fp32.
+        ``precision="fp32"``: the checkpoint's torch model (the reference). ``threads``:
+        the runtime's threads (default: :func:`ecg_dicom.core.runners.default_threads`
+        for ONNX Runtime, torch's own setting for torch).
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "fast" and device == "cpu":
+            runner, why = cls._fast_runner(Path(path) if path is not None else shipped_checkpoint_path(input_lead),
+                                           batch_size, threads)
+            if runner is not None:
+                if runner.header.input_lead != input_lead:
+                    raise CheckpointError(f"{runner.path} is a model for input lead {runner.header.input_lead},"
+                                          f" not {input_lead}")
+                return cls(runner.header.checkpoint(), device, batch_size, runner=runner)
+            LOG.warning("%s; running the checkpoint in exact fp32 (slower)", why)
+        return cls(load_checkpoint(path, input_lead=input_lead, device=device), device, batch_size, threads=threads)
+
+    @staticmethod
+    def _fast_runner(checkpoint_path: Path, batch_size: int,
+                     threads: int | None) -> tuple[OnnxRunner | None, str]:
+        """An :class:`OnnxRunner` on the export of ``checkpoint_path`` if there is one made
+        from these very weights (the sha256 it records), else (None, why not)."""
+        exported = onnx_path_for(checkpoint_path)
+        if not checkpoint_path.is_file():
+            raise CheckpointError(f"checkpoint {checkpoint_path} does not exist")
+        if not exported.is_file():
+            return None, f"no {exported.name} beside {checkpoint_path.name} (`ecg-dicom export` makes it)"
+        runner = OnnxRunner(exported, threads=threads, batch_size=max(batch_size, 64))
+        if runner.header.source_sha256 != file_sha256(checkpoint_path):
+            return None, (f"{exported.name} was exported from other weights than {checkpoint_path.name}"
+                          " (run `ecg-dicom export` again)")
+        return runner, ""
+
+    def single_threaded_copy(self) -> "Reconstructor | None":
+        """The same model with a runtime of its own on one thread, for a worker process
+        forked from this one (a runtime's thread pool does not survive a fork); None when the
+        model runs in torch (its OpenMP threads make forking unsafe)."""
+        if not isinstance(self.runner, OnnxRunner):
+            return None
+        runner = OnnxRunner(self.runner.path, threads=1, batch_size=self.runner.batch_size)
+        return Reconstructor(self.checkpoint, self.device, self.batch_size, runner=runner)
+
+    @property
+    def precision(self) -> str:
+        """What runs the network, in words (``"torch fp32"``, ``"onnxruntime int8"``...)."""
+        return self.runner.name
 
     @property
     def input_lead(self) -> str:
@@ -140,20 +201,11 @@ class Reconstructor:
         """Model FLOPs to reconstruct one record of ``seconds`` (any input rate): the number
         of windows :meth:`reconstruct_batch` cuts it into times the FLOPs of one window."""
         pre = self.checkpoint.preprocessing
-        return self.count_windows(int(round(seconds * pre.fs)), pre.fs) * float(self.model.flops(pre.window))
+        return self.count_windows(int(round(seconds * pre.fs)), pre.fs) * self.runner.flops_per_window
 
     def _predict(self, windows_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(W, L) µV windows -> (W, leads, L) mV means and log-variances (or None)."""
-        feats = model_features(windows_uv)
-        means, log_vars = [], []
-        with torch.inference_mode():
-            for i in range(0, len(feats), self.batch_size):
-                batch = torch.from_numpy(feats[i:i + self.batch_size]).to(self.device)
-                mean, log_var = self.model(batch)
-                means.append(mean.float().cpu().numpy())
-                if log_var is not None:
-                    log_vars.append(log_var.float().cpu().numpy())
-        return np.concatenate(means), (np.concatenate(log_vars) if log_vars else None)
+        return self.runner.predict(model_features(windows_uv))
 
     def _assemble(self, lead_in: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Input lead (N,) and predicted (7, N) µV -> (12, N) float32, input copied exactly."""

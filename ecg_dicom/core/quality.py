@@ -34,6 +34,7 @@ this machine against 2 s for scipy.signal, paid by every ``convert`` and every s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -129,15 +130,25 @@ class QualityReport:
 
 
 # --- filters and detectors ------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def _butter_sos(order: int, band: float | tuple[float, float], btype: str, fs: float) -> np.ndarray:
+    """A Butterworth design, made once per rate (designing costs as much as filtering 10 s)."""
+    sos = sps.butter(order, list(band) if isinstance(band, tuple) else band, btype=btype, fs=fs, output="sos")
+    return sos
+
+
+@functools.lru_cache(maxsize=64)
+def _notch(f0: float, fs: float) -> tuple[np.ndarray, np.ndarray]:
+    return sps.iirnotch(f0, 10.0, fs)
+
+
 def _bandpass(x: np.ndarray, fs: float, lo: float, hi: float, order: int = 2) -> np.ndarray:
     hi = min(hi, 0.45 * fs)
-    sos = sps.butter(order, [lo, hi], btype="bandpass", fs=fs, output="sos")
-    return sps.sosfiltfilt(sos, x)
+    return sps.sosfiltfilt(_butter_sos(order, (lo, hi), "bandpass", fs), x)
 
 
 def _highpass(x: np.ndarray, fs: float, cutoff: float, order: int = 4) -> np.ndarray:
-    sos = sps.butter(order, cutoff, btype="highpass", fs=fs, output="sos")
-    return sps.sosfiltfilt(sos, x)
+    return sps.sosfiltfilt(_butter_sos(order, cutoff, "highpass", fs), x)
 
 
 def detect_r_peaks(x_uv: np.ndarray, fs: float) -> np.ndarray:
@@ -178,7 +189,7 @@ def _notch_mains(x: np.ndarray, fs: float) -> np.ndarray:
     """``x`` without 50 and 60 Hz lines (zero-phase notches), so mains is not counted as EMG."""
     for f0 in (50.0, 60.0):
         if f0 < 0.48 * fs:
-            b, a = sps.iirnotch(f0, 10.0, fs)
+            b, a = _notch(f0, float(fs))
             x = sps.filtfilt(b, a, x)
     return x
 

@@ -13,6 +13,9 @@ MDC_CODES: dict[str, str] = {
     "V1": "2:3", "V2": "2:4", "V3": "2:5", "V4": "2:6", "V5": "2:7", "V6": "2:8",
 }
 
+# how our results name the model (Manufacturer's Model Name, the result's .json)
+MODEL_NAME = "ecg-dicom BiLSTM+Attention 12-lead reconstruction"
+
 TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
 AMBULATORY_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.3"

@@ -38,12 +38,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DT, validate_value
 
 from ecg_dicom import __version__
+from ecg_dicom.dicom.codes import MODEL_NAME
 from ecg_dicom.logsafe import uid_hash
 
 logger = logging.getLogger("ecg_dicom.dicom.writer")
 
 MANUFACTURER = "ecg-dicom"
-MODEL_NAME = "ecg-dicom BiLSTM+Attention 12-lead reconstruction"
 NOT_FOR_DIAGNOSIS = "AI-reconstructed 12-lead ECG - NOT FOR DIAGNOSIS"
 
 # Patient, Patient Study and General Study attributes copied from the source; the type-2

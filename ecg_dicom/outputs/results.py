@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
-from ecg_dicom.dicom.provenance import MODEL_NAME, header_fields
-from ecg_dicom.dicom.writer import dicom_file_names, write_ecg_dicom
+from ecg_dicom.dicom.codes import MODEL_NAME
 from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
 from ecg_dicom.leads import LEADS_12, lead_uncertainties, learned_leads
@@ -58,6 +57,8 @@ def result_file_names(stem: str, n_samples: int, fs: float, output_format: str, 
     if output_format in ("npy", "both"):
         names.append(f"{stem}.npy")
     if output_format in ("dicom", "both"):
+        from ecg_dicom.dicom.writer import dicom_file_names  # pydicom (~0.3 s) only when DICOM is written
+
         names += dicom_file_names(stem, n_samples, fs)
     names.append(f"{stem}.json")
     if confidence:
@@ -80,8 +81,12 @@ def uid_anchor_hash(item: LeadInput) -> str:
 def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor) -> dict:
     """The ``<stem>.json`` of a result (the input sidecar's keys where they mean the same)."""
     attributes = dict(item.sidecar.attributes) if item.sidecar is not None else {}
-    header = header_fields(item.dataset) if item.dataset is not None else \
-        {k: str(v) for k, v in attributes.items() if k in HEADER_KEYS and v}
+    if item.dataset is not None:
+        from ecg_dicom.dicom.provenance import header_fields  # pydicom: only for DICOM inputs
+
+        header = header_fields(item.dataset)
+    else:
+        header = {k: str(v) for k, v in attributes.items() if k in HEADER_KEYS and v}
     sigma = lead_uncertainties(recon.sigma, reconstructor.input_lead) if recon.sigma is not None else None
     return {
         "fs": float(item.fs),
@@ -113,6 +118,8 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
         written.append(write_npy_atomic(output_dir / f"{stem}.npy", recon.leads))
     waveforms: list[Path] = []
     if output_format in ("dicom", "both"):
+        from ecg_dicom.dicom.writer import write_ecg_dicom  # pydicom (~0.3 s) only when DICOM is written
+
         waveforms = write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
                                     reconstructor.input_lead, item.dataset, anchor, attributes,
                                     quality_text=quality_text, sigma_uv=meta["sigma_uv"])
