@@ -21,6 +21,7 @@ Reconstruct a 12-lead ECG from one lead (I or II), in files or as a DICOM servic
   ecg-dicom redeliver --config SITE.yaml ...  send results to the PACS again
   ecg-dicom plot      RESULT                  the 12-lead page of a result (PDF or PNG)
   ecg-dicom train / ensemble / evaluate       reproduce and measure the model
+  ecg-dicom export    [--checkpoint CKPT]     the fast path's ONNX graph of a checkpoint, beside it
 
 From a source checkout, after `make serve` or `make install`: .venv/bin/ecg-dicom ...
 Help on one command: ecg-dicom COMMAND --help
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I", help="the lead the members take")
 
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint beside it (the fast path)")
-    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I")
+    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I",
+                   help="the lead the checkpoint takes (default I)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the one shipped for --input-lead)")
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                    help="weights of the LSTM and matrix products in the graph (default int8)")
