@@ -252,7 +252,9 @@ def trained_on(reconstructor: Reconstructor, records: Sequence[Record]) -> list[
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ecg-dicom evaluate``."""
     try:
-        rec = Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, args.device, args.batch_size)
+        rec = Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, args.device, args.batch_size,
+                                            precision=getattr(args, "precision", "fp32"),
+                                            threads=getattr(args, "threads", None))
         baselines = load_baselines(rec, args.baseline_data)
         try:
             records = select_records(args.data, args.fs, args.patient_fold)
