@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=5, help="single ECGs timed end to end (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="model threads, service and bare alike (default 1)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default: shipped lead I, else random)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="the service without the 12-lead page (report.enabled false): what the page costs")
     parser.add_argument("--precision", choices=("fast", "fp32"), default="fast",
                         help="model path of the service and of bare inference (default fast)")
     args = parser.parse_args()
@@ -127,7 +129,8 @@ def main() -> None:
         ckpt, ckpt_text = checkpoint_path(args.checkpoint, tmp)
         if args.precision == "fast":
             ckpt = fast_checkpoint(ckpt, tmp)
-        print(f"checkpoint: {ckpt_text}; {args.precision}, {args.threads} model thread(s) (service and bare inference)")
+        print(f"checkpoint: {ckpt_text}; {args.precision}, {args.threads} model thread(s) (service and bare inference);"
+              f" report page {'off' if args.no_report else 'on'}")
         burst = copies(ECG, tmp / "burst", args.n)
         singles = copies(ECG, tmp / "single", args.latency_runs)
 
@@ -139,7 +142,8 @@ def main() -> None:
             cfg = write_config(tmp / "site", ckpt, pacs={"ae_title": PACS_AET, "host": "127.0.0.1",
                                                          "port": pacs.dicom_port},
                                worker={"batch_size": 8, "max_wait_s": 0.02}, torch_threads=args.threads,
-                               precision=args.precision)
+                               precision=args.precision,
+                               report={"enabled": False} if args.no_report else None)
             svc = Service(cfg)
             svc.start(timeout=180)
             try:

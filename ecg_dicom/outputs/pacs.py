@@ -1,4 +1,6 @@
-"""Delivery of results to PACS: a C-STORE SCU, one association per batch of jobs.
+"""Delivery of results to PACS: a C-STORE SCU; the running service keeps its association
+open between batches and releases it after ``IDLE_RELEASE_S`` without work (a new
+association per result cost a round of A-ASSOCIATE negotiation each time).
 
 What a status means (dicom-notes, "SCU"):
 
@@ -48,6 +50,7 @@ LOG = logging.getLogger("ecg_dicom.pacs")
 WARNING_STATUSES = (0xB000, 0xB006, 0xB007)
 REJECTED_PERMANENT = 1
 ERROR_PAUSE_S = 5.0
+IDLE_RELEASE_S = 2.0  # an association kept open for the next results is released after this long unused
 
 
 class Outcome(Enum):
@@ -111,26 +114,45 @@ class Delivery:
         self.ae.connection_timeout = pacs.timeout_s
         # DICOM TLS: the PACS's certificate checked against pacs.tls.ca and its host name
         self.tls_args = (client_context(pacs.tls), pacs.host) if pacs.tls is not None else None
+        self._open = None  # the association kept open between batches by run(), and when it was last used
+        self._last_used = 0.0
 
     def run(self, stop: threading.Event) -> None:
         """Deliver due jobs until ``stop`` is set; the association in hand is finished first."""
-        while not stop.is_set():
-            try:
-                jobs = self.queue.due(time.time(), self.batch_size)
-                if jobs:
-                    self.deliver(jobs)
+        try:
+            while not stop.is_set():
+                try:
+                    jobs = self.queue.due(time.time(), self.batch_size)
+                    if jobs:
+                        self.deliver(jobs, keep_open=True)
+                        continue
+                except Exception:  # job store or dead-letter folder failing: keep going, jobs stay recorded
+                    LOG.exception("delivery error; pausing")
+                    self._release()
+                    stop.wait(ERROR_PAUSE_S)
                     continue
-            except Exception:  # job store or dead-letter folder failing: keep going, jobs stay recorded
-                LOG.exception("delivery error; pausing")
-                stop.wait(ERROR_PAUSE_S)
-                continue
-            nxt = self.queue.next_due()
-            self.queue.wait_for_delivery(1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time())))
+                if self._open is not None and time.monotonic() - self._last_used > IDLE_RELEASE_S:
+                    self._release()
+                nxt = self.queue.next_due()
+                wait = 1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time()))
+                self.queue.wait_for_delivery(min(wait, IDLE_RELEASE_S) if self._open is not None else wait)
+        finally:
+            self._release()
 
-    def deliver(self, jobs: list[Job]) -> None:
-        """One association for ``jobs``; each job ends delivered, retried later, or dead."""
-        assoc = self.ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title,
-                                  tls_args=self.tls_args)
+    def _release(self) -> None:
+        """Release the association kept open, if any."""
+        assoc, self._open = self._open, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+
+    def deliver(self, jobs: list[Job], keep_open: bool = False) -> None:
+        """One association for ``jobs`` (the one kept open, while it still is, else a new one);
+        each job ends delivered, retried later, or dead. ``keep_open``: keep the association
+        for the next call instead of releasing it."""
+        assoc, self._open = self._open, None
+        if assoc is None or not assoc.is_established:
+            assoc = self.ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title,
+                                      tls_args=self.tls_args)
         if not assoc.is_established:
             if assoc.is_rejected and getattr(assoc.acceptor.primitive, "result", None) == REJECTED_PERMANENT:
                 reason = "association rejected permanently by PACS (check AE titles / PACS config)"
@@ -157,7 +179,9 @@ class Delivery:
                 else:
                     self._retry(job, text)
         finally:
-            if assoc.is_established:
+            if keep_open and assoc.is_established:
+                self._open, self._last_used = assoc, time.monotonic()
+            elif assoc.is_established:
                 assoc.release()
 
     def _send_job(self, assoc, job: Job) -> tuple[Outcome, str]:
