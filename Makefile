@@ -44,6 +44,7 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/busy.py
+	$(PY) bench/fast_quality.py
 	$(PY) bench/quality.py
 	$(PY) bench/service.py
 	$(PY) bench/convert_ray.py

@@ -3,12 +3,12 @@
 Measures in one run on this machine, on the same N inputs (lead I of real PTB-XL records,
 laid out as PTB-XL lays them out; the 100 Hz records brought to 500 Hz with the product's
 own linear resampling, so that one --fs fits all), with the shipped lead-I checkpoint:
-  1. ECG/s of the single-process engine (`convert_folder`: one process, torch using every
-     core) vs `--engine ray` (a local Ray instance, one single-threaded worker per core),
+  1. ECG/s of the single engine (`convert_folder` on the fast path: one single-threaded
+     worker process per core) vs `--engine ray` (a local Ray instance, one single-threaded worker per core),
      as the Ray engine's overhead (target <= 15 %); both for the conversion alone and end to
      end (Ray's start-up and each worker's model load included; the single engine's model
      load included);
-  2. the per-core rate: a Ray worker's ECG/s vs the single engine's with one torch thread
+  2. the per-core rate: a Ray worker's ECG/s vs the single engine's in one process on one thread
      (Ray's own overhead per core; the figure the README's cluster estimate uses);
   3. that both engines wrote the same results (.npy within 0.5 µV).
 """
@@ -23,38 +23,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import wfdb
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import make_archive  # noqa: E402
 
 from ecg_dicom.convert import ConvertSettings, convert_folder  # noqa: E402
 from ecg_dicom.convert_ray import convert_archive, local_cpus, ray_session  # noqa: E402
 from ecg_dicom.core.inference import Reconstructor  # noqa: E402
-from ecg_dicom.core.preprocess import resample_fs  # noqa: E402
-
-PTBXL = REPO.parent / "shared" / "data" / "ecg12" / "ptbxl"
-FS = 500.0
-
-
-def make_archive(root: Path, n: int) -> int:
-    """Write lead I (µV, 500 Hz) of the first ``n`` PTB-XL records under ``root`` in PTB-XL's
-    layout (records500/00000/00001_hr.npy, ...); repeats records if there are fewer."""
-    headers = sorted(PTBXL.glob("records*/*/*.hea"))
-    if not headers:
-        raise SystemExit(f"no PTB-XL records under {PTBXL}")
-    for i in range(n):
-        header = headers[i % len(headers)]
-        record = wfdb.rdrecord(str(header.with_suffix("")), channel_names=["I"])
-        lead_uv = record.p_signal[:, 0] * (1000.0 if record.units[0].lower() == "mv" else 1.0)
-        lead_uv = resample_fs(np.nan_to_num(lead_uv), record.fs, FS)
-        target = root / header.relative_to(PTBXL).with_suffix(".npy")
-        if i >= len(headers):
-            target = target.with_name(f"{target.stem}_copy{i // len(headers)}.npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, lead_uv.astype(np.float32))
-    return n
 
 
 def max_difference(a: Path, b: Path) -> tuple[int, float]:
@@ -71,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1000, help="inputs in the archive")
     parser.add_argument("--workers", type=int, default=local_cpus(), help="Ray workers (one core each)")
-    parser.add_argument("--threads", type=int, default=local_cpus(), help="torch threads of the single engine")
+    parser.add_argument("--threads", type=int, default=local_cpus(),
+                        help="worker processes (one thread each) of the single engine")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="inputs per batch and windows per forward pass (both engines)")
     args = parser.parse_args()
@@ -83,18 +62,19 @@ def main() -> None:
         print(f"archive: {args.n} inputs (lead I of PTB-XL records, 10 s at 500 Hz) written in "
               f"{time.perf_counter() - t0:.1f} s")
 
-        torch.set_num_threads(args.threads)
+        # both engines on the default (fast) path: the single engine's worker processes, and
+        # the same engine in one process on one thread (the per-core baseline of a Ray worker)
         t0 = time.perf_counter()
-        reconstructor = Reconstructor.from_checkpoint(None, "I", batch_size=args.batch_size)
+        reconstructor = Reconstructor.from_checkpoint(None, "I", batch_size=args.batch_size, precision="fast",
+                                                      threads=1)
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        single = convert_folder(root / "in", root / "single", reconstructor, batch_size=args.batch_size)
+        single = convert_folder(root / "in", root / "single", reconstructor, batch_size=args.batch_size,
+                                workers=args.threads)
         t_single = time.perf_counter() - t0
-        torch.set_num_threads(1)  # the same engine on one core: the per-core baseline of a Ray worker
         t0 = time.perf_counter()
         convert_folder(root / "in", root / "single-1", reconstructor, batch_size=args.batch_size)
         t_single_1 = time.perf_counter() - t0
-        torch.set_num_threads(args.threads)
 
         t0 = time.perf_counter()
         with ray_session(temp_dir=None, num_cpus=args.workers):
@@ -112,11 +92,12 @@ def main() -> None:
     rate_single, rate_single_e2e = n_ok / t_single, n_ok / (t_single + t_load)
     rate_ray, rate_ray_e2e = n_ok / t_ray, n_ok / (t_ray + t_start)
     print(f"converted {n_ok}, rejected {len(single.failed)} (by both engines)")
-    print(f"single process  : {rate_single:7.2f} ECG/s ({args.threads} torch threads; model load {t_load:.1f} s)")
+    print(f"single engine   : {rate_single:7.2f} ECG/s ({args.threads} worker processes x 1 thread;"
+          f" model load {t_load:.1f} s)")
     print(f"--engine ray    : {rate_ray:7.2f} ECG/s ({args.workers} workers x 1 thread, incl. their start-up;"
           f" Ray start {t_start:.1f} s)")
     print(f"per core        : {rate_ray / args.workers:7.2f} ECG/s per Ray worker vs {n_ok / t_single_1:.2f} ECG/s"
-          " for the single engine with 1 torch thread")
+          " for the single engine in one process, 1 thread")
     print(f"OVERHEAD ray vs single, conversion = {1 - rate_ray / rate_single:+.1%} (target <= 15%)")
     print(f"OVERHEAD ray vs single, end to end = {1 - rate_ray_e2e / rate_single_e2e:+.1%} (target <= 15%)")
     per_core = 1 - rate_ray / args.workers / (n_ok / t_single_1)

@@ -152,6 +152,18 @@ def test_a_stale_export_is_not_used(tmp_path: Path, caplog) -> None:
     assert "no m.onnx beside m.pt" in caplog.text
 
 
+def test_a_records_result_does_not_depend_on_the_records_beside_it() -> None:
+    """int8 activation scales come from one window alone: the same input, the same output,
+    whatever else is converted with it (dynamic quantisation over a batch moved it 20 µV)."""
+    fast = Reconstructor.from_checkpoint(None, "I", precision="fast")
+    leads = [synthetic_lead(10.0, seed=seed) * scale for seed, scale in ((0, 1.0), (1, 3.0), (2, 0.3), (3, 8.0))]
+    alone = fast.reconstruct_batch(leads[:1], [500.0])[0]
+    for others in (leads[1:2], leads[2:], leads[1:]):
+        together = fast.reconstruct_batch([leads[0], *others], [500.0] * (1 + len(others)))[0]
+        np.testing.assert_array_equal(together.leads, alone.leads)
+        np.testing.assert_array_equal(together.sigma, alone.sigma)
+
+
 def test_onnx_runtime_threads_do_not_spin(monkeypatch) -> None:
     from ecg_dicom.core.runners import usable_cpus
 
