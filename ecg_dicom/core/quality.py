@@ -38,10 +38,8 @@ import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import ndimage
-from scipy import signal as sps
 
-GATE_VERSION = "quality-gate 1"
+GATE_VERSION = "quality-gate 2"
 
 
 @dataclass(frozen=True)
@@ -129,26 +127,237 @@ class QualityReport:
         return cls(str(data.get("status", "ok")), flags, dict(data.get("measures", {})))
 
 
-# --- filters and detectors ------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _butter_sos(order: int, band: float | tuple[float, float], btype: str, fs: float) -> np.ndarray:
-    """A Butterworth design, made once per rate (designing costs as much as filtering 10 s)."""
-    sos = sps.butter(order, list(band) if isinstance(band, tuple) else band, btype=btype, fs=fs, output="sos")
-    return sos
+# --- zero-phase filtering in the frequency domain -------------------------------------------
+# Every band the gate looks at is cut from one FFT of the lead: a zero-phase (forward-backward)
+# IIR filter's response is |H(f)|², which for a Butterworth design is known in closed form, so
+# multiplying the spectrum by it and transforming back gives what scipy's sosfiltfilt gives,
+# up to the ends of the record (tested against scipy). One rfft plus one irfft per band, in
+# numpy, instead of two passes of a recursive filter per section.
+_PAD_S = 0.5  # odd extension at each end (filtfilt's edge handling, long enough for a 5 Hz edge)
+
+
+@functools.lru_cache(maxsize=512)
+def _fast_length(n: int) -> int:
+    """The smallest 5-smooth number (2^a 3^b 5^c) >= n: a length pocketfft transforms fast."""
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _tan_ratio(freqs: np.ndarray, fs: float) -> np.ndarray:
+    """tan(π f / fs): the bilinear transform's (pre-warped) analog frequency, up to a scale."""
+    return np.tan(np.pi * np.minimum(freqs, 0.5 * fs) / fs)
 
 
 @functools.lru_cache(maxsize=64)
-def _notch(f0: float, fs: float) -> tuple[np.ndarray, np.ndarray]:
-    return sps.iirnotch(f0, 10.0, fs)
+def _response(kind: str, params: tuple[float, ...], fs: float, length: int) -> np.ndarray:
+    """|H(f)|² on the rfft grid of ``length`` samples at ``fs`` Hz: the magnitude response of
+    the zero-phase filter (applied forward and backward) that scipy designs as
+
+    ``("bandpass", (order, lo, hi))``: ``butter(order, [lo, hi], "bandpass", fs=fs)``;
+    ``("highpass", (order, cutoff))``: ``butter(order, cutoff, "highpass", fs=fs)``;
+    ``("notch", (f0, q))``: ``iirnotch(f0, q, fs)``.
+    Read-only (cached).
+    """
+    freqs = np.arange(length // 2 + 1) * fs / length
+    t = _tan_ratio(freqs, fs)
+    if kind == "bandpass":
+        order, lo, hi = params
+        t_lo, t_hi = np.tan(np.pi * lo / fs), np.tan(np.pi * hi / fs)
+        num = (t * (t_hi - t_lo)) ** (2 * order)          # Butterworth LP -> BP: W = (t² - t_lo t_hi) / (t bw)
+        out = num / (num + (t * t - t_lo * t_hi) ** (2 * order))
+    elif kind == "highpass":
+        order, cutoff = params
+        num = t ** (2 * order)
+        out = num / (num + np.tan(np.pi * cutoff / fs) ** (2 * order))
+    elif kind == "notch":
+        f0, q = params
+        w0 = 2 * np.pi * f0 / fs
+        beta = np.tan(w0 / q / 2)                           # iirnotch: -3 dB bandwidth f0 / q
+        gain = 1.0 / (1.0 + beta)
+        z = np.exp(-1j * 2 * np.pi * freqs / fs)
+        b = gain * (1 - 2 * np.cos(w0) * z + z * z)
+        a = 1 - 2 * gain * np.cos(w0) * z + (2 * gain - 1) * z * z
+        out = np.abs(b / a) ** 2                            # forward and backward: |H|²
+    else:
+        raise ValueError(kind)
+    out.setflags(write=False)
+    return out
 
 
-def _bandpass(x: np.ndarray, fs: float, lo: float, hi: float, order: int = 2) -> np.ndarray:
-    hi = min(hi, 0.45 * fs)
-    return sps.sosfiltfilt(_butter_sos(order, (lo, hi), "bandpass", fs), x)
+class _Spectrum:
+    """One lead's spectrum, from which zero-phase band-limited copies are cut.
+
+    The lead is extended at both ends by odd reflection (as filtfilt does), a straight line
+    joining the two ends is taken off (every band here has a high-pass edge, which a line
+    does not pass) so the circular transform sees no jump, and zero-padded to a fast length.
+    """
+
+    def __init__(self, x: np.ndarray, fs: float) -> None:
+        n = x.size
+        pad = min(n - 1, int(_PAD_S * fs))
+        ext = np.concatenate([2 * x[0] - x[pad:0:-1], x, 2 * x[-1] - x[-2:-pad - 2:-1]])
+        ext -= np.linspace(ext[0], ext[-1], ext.size)
+        self.n, self.pad, self.fs = n, pad, float(fs)
+        self.length = _fast_length(ext.size)
+        self.spectrum = np.fft.rfft(ext, self.length)
+
+    def band(self, *responses: tuple[str, tuple[float, ...]]) -> np.ndarray:
+        """The lead through the zero-phase filters ``responses`` (see :func:`_response`): (N,)."""
+        spec = self.spectrum
+        for kind, params in responses:
+            spec = spec * _response(kind, params, self.fs, self.length)
+        return np.fft.irfft(spec, self.length)[self.pad:self.pad + self.n]
+
+    def bandpass(self, lo: float, hi: float, order: int = 2) -> np.ndarray:
+        return self.band(("bandpass", (order, lo, min(hi, 0.45 * self.fs))))
 
 
-def _highpass(x: np.ndarray, fs: float, cutoff: float, order: int = 4) -> np.ndarray:
-    return sps.sosfiltfilt(_butter_sos(order, cutoff, "highpass", fs), x)
+# --- small numpy helpers ----------------------------------------------------------------------
+def _run_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops) of the runs of True in a boolean array (stop exclusive)."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    return edges[::2], edges[1::2]
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of the runs of True in a boolean array."""
+    starts, stops = _run_bounds(mask)
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+def _cover(n: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """(n,) bool: True inside any of the spans [starts, stops) (clipped to the array)."""
+    if starts.size == 0:
+        return np.zeros(n, dtype=bool)
+    count = (np.bincount(np.clip(starts, 0, n), minlength=n + 1)
+             - np.bincount(np.clip(stops, 0, n), minlength=n + 1))
+    return np.cumsum(count[:n]) > 0
+
+
+def _sliding_swing(a: np.ndarray, width: int) -> np.ndarray:
+    """max - min of a[s:s + width] for every s in 0..N-width: (N - width + 1,).
+
+    van Herk / Gil–Werman: running maxima from both ends of blocks of ``width`` samples, so
+    O(N) whatever the width; maximum and minimum (the maximum of -a) in one pass.
+    """
+    n = a.size
+    blocks = -(-n // width)
+    padded = np.full((2, blocks * width), -np.inf)
+    padded[0, :n] = a
+    np.negative(a, out=padded[1, :n])
+    padded = padded.reshape(2, blocks, width)
+    prefix = np.maximum.accumulate(padded, axis=2).reshape(2, -1)
+    suffix = np.maximum.accumulate(padded[:, :, ::-1], axis=2)[:, :, ::-1].reshape(2, -1)
+    both = np.maximum(suffix[:, :n - width + 1], prefix[:, width - 1:n])
+    return both[0] + both[1]
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median, without its overhead for the handful of values it is often given here."""
+    if values.size > 32:
+        return float(np.median(values))
+    v = sorted(values.tolist())
+    k = len(v) // 2
+    return float(v[k]) if len(v) % 2 else (v[k - 1] + v[k]) / 2.0
+
+
+def _moving_mean(a: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average with mirrored ends (scipy.ndimage.uniform_filter1d's "reflect"
+    mode and centring): (N,) -> (N,)."""
+    left, right = width // 2, width - 1 - width // 2
+    padded = np.concatenate([a[left - 1::-1] if left else a[:0], a, a[:-right - 1:-1] if right else a[:0]])
+    c = np.concatenate(([0.0], np.cumsum(padded)))
+    return (c[width:] - c[:-width]) / width
+
+
+def _running_median(a: np.ndarray, size: int, chunk: int = 8192) -> np.ndarray:
+    """Centred running median of odd ``size``, ends extended by their edge values
+    (scipy.ndimage.median_filter's "nearest" mode): (N,) -> (N,). Bounded memory."""
+    if size <= 1:
+        return a.copy()
+    half = size // 2
+    padded = np.concatenate([np.full(half, a[0]), a, np.full(half, a[-1])])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, size)
+    out = np.empty(a.size)
+    for start in range(0, a.size, chunk):
+        out[start:start + chunk] = np.sort(windows[start:start + chunk], axis=1)[:, half]
+    return out
+
+
+def _local_maxima(a: np.ndarray) -> np.ndarray:
+    """Indices of local maxima (a flat top counts once, at its middle), as scipy's find_peaks."""
+    d = np.diff(a)
+    moves = np.flatnonzero(d)
+    if moves.size < 2:
+        return np.zeros(0, dtype=np.int64)
+    up = d[moves[:-1]] > 0
+    down = d[moves[1:]] < 0
+    k = np.flatnonzero(up & down)
+    return (moves[k] + 1 + moves[k + 1]) // 2
+
+
+def _thin_by_distance(peaks: np.ndarray, heights: np.ndarray, distance: int) -> np.ndarray:
+    """Keep the highest peaks first and drop any peak closer than ``distance`` samples to a
+    kept one (scipy's find_peaks ``distance``)."""
+    keep = np.ones(peaks.size, dtype=bool)
+    p = peaks.tolist()
+    for i in np.argsort(heights)[::-1].tolist():
+        if not keep[i]:
+            continue
+        j = i - 1
+        while j >= 0 and p[i] - p[j] < distance:
+            keep[j] = False
+            j -= 1
+        j = i + 1
+        while j < len(p) and p[j] - p[i] < distance:
+            keep[j] = False
+            j += 1
+    return peaks[keep]
+
+
+# --- detectors ---------------------------------------------------------------------------------
+def _r_peaks_in_band(band: np.ndarray, fs: float) -> np.ndarray:
+    """R peaks from the lead's 5–15 Hz band (see :func:`detect_r_peaks`)."""
+    n = band.size
+    energy = np.gradient(band) ** 2
+    integrated = _moving_mean(energy, max(1, int(round(0.15 * fs))))
+    block = int(2 * fs)
+    blocks = len(range(0, max(1, n - block // 2), block))
+    tiled = np.full(blocks * block, -np.inf)
+    stop = min(n, blocks * block)
+    tiled[:stop] = integrated[:stop]
+    level = _median(tiled.reshape(blocks, block).max(axis=1))
+    if level <= 0:
+        return np.zeros(0, dtype=int)
+    refractory = max(1, int(0.2 * fs))
+    peaks = _local_maxima(integrated)
+    peaks = peaks[integrated[peaks] >= 0.3 * level]
+    peaks = _thin_by_distance(peaks, integrated[peaks], refractory)
+    if peaks.size == 0:
+        return np.zeros(0, dtype=int)
+    half = max(1, int(0.075 * fs))
+    # each peak moved to the largest |band| within ±75 ms
+    idx = np.clip(peaks[:, None] + np.arange(-half, half)[None, :], 0, n - 1)
+    refined = np.unique(idx[np.arange(peaks.size), np.argmax(np.abs(band[idx]), axis=1)])
+    kept: list[int] = []
+    mag = np.abs(band)
+    for p in refined.tolist():  # refinement may bring two peaks closer than the refractory period
+        if kept and p - kept[-1] < refractory:
+            if mag[p] > mag[kept[-1]]:
+                kept[-1] = p
+            continue
+        kept.append(p)
+    return np.asarray(kept, dtype=int)
 
 
 def detect_r_peaks(x_uv: np.ndarray, fs: float) -> np.ndarray:
@@ -162,85 +371,51 @@ def detect_r_peaks(x_uv: np.ndarray, fs: float) -> np.ndarray:
     x = np.asarray(x_uv, dtype=np.float64)
     if x.size < int(fs):
         return np.zeros(0, dtype=int)
-    band = _bandpass(x - np.median(x), fs, 5.0, 15.0)
-    energy = np.gradient(band) ** 2
-    width = max(1, int(round(0.15 * fs)))
-    integrated = ndimage.uniform_filter1d(energy, width)
-    block = int(2 * fs)
-    maxima = [integrated[i:i + block].max() for i in range(0, max(1, integrated.size - block // 2), block)]
-    level = float(np.median(maxima))
-    if level <= 0:
-        return np.zeros(0, dtype=int)
-    refractory = max(1, int(0.2 * fs))
-    peaks, _ = sps.find_peaks(integrated, height=0.3 * level, distance=refractory)
-    half = max(1, int(0.075 * fs))
-    refined = np.unique([max(0, p - half) + int(np.argmax(np.abs(band[max(0, p - half):p + half]))) for p in peaks])
-    kept: list[int] = []
-    for p in refined.astype(int):  # refinement may bring two peaks closer than the refractory period
-        if kept and p - kept[-1] < refractory:
-            if abs(band[p]) > abs(band[kept[-1]]):
-                kept[-1] = p
-            continue
-        kept.append(p)
-    return np.asarray(kept, dtype=int)
+    return _r_peaks_in_band(_Spectrum(x, fs).bandpass(5.0, 15.0), fs)
 
 
-def _notch_mains(x: np.ndarray, fs: float) -> np.ndarray:
-    """``x`` without 50 and 60 Hz lines (zero-phase notches), so mains is not counted as EMG."""
-    for f0 in (50.0, 60.0):
-        if f0 < 0.48 * fs:
-            b, a = _notch(f0, float(fs))
-            x = sps.filtfilt(b, a, x)
-    return x
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) of the runs of True in a boolean array."""
-    padded = np.r_[False, mask, False].astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[::2], edges[1::2]))
-
-
-def _flat_mask(x: np.ndarray, fs: float, th: Thresholds) -> np.ndarray:
-    """Samples with no cardiac activity: constant runs, or dead 2 s windows of the QRS band."""
+def _flat_mask(x: np.ndarray, band: np.ndarray, fs: float, th: Thresholds) -> np.ndarray:
+    """Samples with no cardiac activity: constant runs, or dead 2 s windows of the QRS band
+    (``band``: the lead's 5–30 Hz band)."""
     n = x.size
-    dead = np.zeros(n, dtype=bool)
     same = np.abs(np.diff(x)) <= 1e-6 * max(1.0, float(np.ptp(x)))
-    for start, stop in _runs(same):
-        if (stop - start + 1) / fs >= th.flat_run_s:
-            dead[start:stop + 1] = True
-    band = _bandpass(x, fs, 5.0, 30.0)
+    starts, stops = _run_bounds(same)          # runs of equal neighbours: samples start..stop
+    long = (stops - starts + 1) / fs >= th.flat_run_s
+    dead = _cover(n, starts[long], stops[long] + 1)
     win = int(th.flat_window_s * fs)
     if n >= win:
-        # peak-to-peak of every window of ``win`` samples, each window marked dead as a whole
-        swing = ndimage.maximum_filter1d(band, win) - ndimage.minimum_filter1d(band, win)
-        centres = swing < th.flat_band_uv
-        centres[: win // 2] = centres[n - (win - 1) // 2:] = False  # windows running off the ends
-        dead |= ndimage.maximum_filter1d(centres.astype(np.uint8), win).astype(bool)
+        # windows band[s:s + win] that swing less than flat_band_uv, each marked dead as a whole
+        # (the span scipy's centred filters of an even width give: s + 1 .. s + win)
+        swing = _sliding_swing(band, win)
+        quiet = np.flatnonzero(swing < th.flat_band_uv)
+        if quiet.size:
+            lo = quiet + win // 2 - (win - 1) // 2
+            dead |= _cover(n, lo, quiet + 2 * (win // 2) + 1)
     return dead
 
 
-def _plateaus_at(x: np.ndarray, value: float, tol: float, step: float, span: float) -> tuple[int, int, int]:
-    """How an extreme ``value`` is reached: (sharp plateaus of >= 3 samples, sharp plateaus of
-    >= 2 samples, separate touches of any length).
+def _plateaus_at(x: np.ndarray, runs: tuple[np.ndarray, np.ndarray], value: float, step: float,
+                 span: float) -> tuple[int, int, int]:
+    """How an extreme ``value`` is reached, from the ``runs`` (starts, stops) of samples at it:
+    (sharp plateaus of >= 3 samples, sharp plateaus of >= 2 samples, separate touches of any
+    length).
 
-    A sharp plateau is a run of samples within ``tol`` of ``value`` entered and left by a jump
-    of at least 3 quantisation steps (``step``) and 3 % of the signal's range (``span``): what
-    an ADC rail does to a steep R wave, unlike the rounded top of a wave, whose neighbours
-    differ by a step or two. Touches count every run; at a low rate a clipped R wave may keep
-    a single sample at the rail, but several beats then share exactly the same extreme.
+    A sharp plateau is a run entered and left by a jump of at least 3 quantisation steps
+    (``step``) and 3 % of the signal's range (``span``): what an ADC rail does to a steep R
+    wave, unlike the rounded top of a wave, whose neighbours differ by a step or two. Touches
+    count every run; at a low rate a clipped R wave may keep a single sample at the rail, but
+    several beats then share exactly the same extreme.
     """
-    long = short = touches = 0
-    for a, b in _runs(np.abs(x - value) <= tol):
-        touches += 1
-        if b - a < 2:
-            continue
-        before = abs(x[a - 1] - value) if a > 0 else np.inf
-        after = abs(x[b] - value) if b < x.size else np.inf
-        if min(before, after) >= max(3 * step, 0.03 * span):
-            short += 1
-            long += b - a >= 3
-    return long, short, touches
+    starts, stops = runs
+    touches = int(starts.size)
+    wide = stops - starts >= 2
+    a, b = starts[wide], stops[wide]
+    if a.size == 0:
+        return 0, 0, touches
+    before = np.where(a > 0, np.abs(x[np.maximum(a - 1, 0)] - value), np.inf)
+    after = np.where(b < x.size, np.abs(x[np.minimum(b, x.size - 1)] - value), np.inf)
+    sharp = np.minimum(before, after) >= max(3 * step, 0.03 * span)
+    return int(np.count_nonzero(sharp & (b - a >= 3))), int(np.count_nonzero(sharp)), touches
 
 
 def _baseline(x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
@@ -248,15 +423,45 @@ def _baseline(x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
     step = max(1, int(fs // 50))
     small = x[: x.size - x.size % step].reshape(-1, step).mean(axis=1) if step > 1 else x
     rate = fs / step
-    first = ndimage.median_filter(small, size=max(1, int(0.2 * rate)) | 1, mode="nearest")
-    return ndimage.median_filter(first, size=max(1, int(0.6 * rate)) | 1, mode="nearest"), rate
+    first = _running_median(small, max(1, int(0.2 * rate)) | 1)
+    return _running_median(first, max(1, int(0.6 * rate)) | 1), rate
+
+
+@functools.lru_cache(maxsize=16)
+def _welch_window(nperseg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Periodic Hann window, centred time axis, and the windowed transforms of a constant and
+    of that time axis (what a segment's mean and slope contribute to its spectrum)."""
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nperseg) / nperseg)
+    t = np.arange(nperseg) - (nperseg - 1) / 2
+    return window, t, np.fft.rfft(window), np.fft.rfft(t * window)
+
+
+def _welch(x: np.ndarray, fs: float, nperseg: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Welch's power spectral density, µV²/Hz, as ``scipy.signal.welch(x, fs, nperseg=nperseg,
+    detrend="linear")`` (periodic Hann window, half overlap, a line fitted off each segment,
+    mean of the segments): returns (frequencies, psd)."""
+    hop = nperseg - nperseg // 2
+    segments = (x.size - nperseg // 2) // hop
+    window, t, of_mean, of_slope = _welch_window(nperseg)
+    views = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::hop][:segments]
+    total = np.zeros(nperseg // 2 + 1)
+    for start in range(0, segments, chunk):
+        seg = views[start:start + chunk]
+        # the segment's least-squares line, taken off in the frequency domain (transforms are linear)
+        spec = np.fft.rfft(seg * window, axis=1)
+        spec -= np.outer(seg.mean(axis=1), of_mean) + np.outer(seg @ t / (t @ t), of_slope)
+        total += (spec.real ** 2 + spec.imag ** 2).sum(axis=0)
+    psd = total / segments / (fs * float(window @ window))
+    psd[1:-1 if nperseg % 2 == 0 else None] *= 2
+    return np.arange(psd.size) * fs / nperseg, psd
 
 
 def _mains_uv(x: np.ndarray, fs: float) -> tuple[float | None, float | None]:
     """Largest 50/60 Hz line amplitude above its neighbourhood, µV RMS, and its frequency."""
     best: tuple[float | None, float | None] = (None, None)
-    nper = int(min(x.size, 4 * fs))
-    freqs, psd = sps.welch(x - np.mean(x), fs=fs, nperseg=nper, detrend="linear")
+    if fs <= 2 * (50.0 + 4.0):
+        return best
+    freqs, psd = _welch(x, fs, int(min(x.size, 4 * fs)))
     df = freqs[1] - freqs[0]
     for f0 in (50.0, 60.0):
         if fs <= 2 * (f0 + 4.0):
@@ -265,11 +470,16 @@ def _mains_uv(x: np.ndarray, fs: float) -> tuple[float | None, float | None]:
         near = ((freqs >= f0 - 6.0) & (freqs < f0 - 2.0)) | ((freqs > f0 + 2.0) & (freqs <= f0 + 6.0))
         if not line.any() or not near.any():
             continue
-        excess = float(np.sum(psd[line]) - np.median(psd[near]) * line.sum()) * df
+        excess = float(np.sum(psd[line]) - _median(psd[near]) * line.sum()) * df
         amp = float(np.sqrt(max(0.0, excess)))
         if best[0] is None or amp > best[0]:
             best = (amp, f0)
     return best
+
+
+def _mains_notches(fs: float) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """50 and 60 Hz notches (Q 10) where the rate carries them, so mains is not counted as EMG."""
+    return tuple(("notch", (f0, 10.0)) for f0 in (50.0, 60.0) if f0 < 0.48 * fs)
 
 
 def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHOLDS) -> QualityReport:
@@ -279,13 +489,18 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
     """
     x = np.asarray(x_uv, dtype=np.float64)
     n = x.size
+    fs = float(fs)
     duration = n / fs
-    m: dict[str, float | int | None] = {"duration_s": round(duration, 3), "fs_hz": float(fs)}
+    m: dict[str, float | int | None] = {"duration_s": round(duration, 3), "fs_hz": fs}
     flags: list[Flag] = []
+    spectrum = _Spectrum(x, fs)
+    x_max, x_min = float(x.max()), float(x.min())
+    span = x_max - x_min
 
     # flat line / lead off / held value
-    dead = _flat_mask(x, fs, th)
-    flat_s = float(dead.sum()) / fs
+    dead = _flat_mask(x, spectrum.bandpass(5.0, 30.0), fs, th)
+    dead_count = np.concatenate(([0], np.cumsum(dead)))
+    flat_s = float(dead_count[-1]) / fs
     m["flat_s"] = round(flat_s, 2)
     m["flat_fraction"] = round(flat_s / duration, 4)
     if flat_s / duration >= th.flat_reject_fraction:
@@ -295,10 +510,14 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
         flags.append(Flag("flat", "warn", f"flat line / lead off for {flat_s:.1f} s of {duration:.1f} s"))
 
     # clipping at the record's extremes
-    tol = 1e-6 * max(1.0, float(np.ptp(x)))
-    diffs = np.abs(np.diff(x))
-    step = float(np.percentile(diffs[diffs > tol], 10)) if np.any(diffs > tol) else tol
-    plateaus = [_plateaus_at(x, float(v), tol, step, float(np.ptp(x))) for v in (x.max(), x.min())]
+    tol = 1e-6 * max(1.0, span)
+    extremes = ((x_max, _run_bounds(x >= x_max - tol)), (x_min, _run_bounds(x <= x_min + tol)))
+    step = tol  # the quantisation step, needed only where a run at an extreme is 2 samples long
+    if any(np.any(stops - starts >= 2) for _, (starts, stops) in extremes):
+        diffs = np.abs(np.diff(x))
+        moving = diffs[diffs > tol]
+        step = float(np.percentile(moving, 10)) if moving.size else tol
+    plateaus = [_plateaus_at(x, runs, v, step, span) for v, runs in extremes]
     long_plateaus = max(p[0] for p in plateaus)
     short_plateaus = max(p[1] for p in plateaus)
     touches = max(p[2] for p in plateaus)
@@ -306,16 +525,17 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
     m["clip_touches"] = int(touches)
     if long_plateaus >= 1 or short_plateaus >= th.clip_plateaus or touches >= th.clip_touches:
         flags.append(Flag("clipping", "warn", f"clipped: {short_plateaus} flat-topped peak(s) at the"
-                                              f" signal's limit ({x.max() / 1000:.2f} / {x.min() / 1000:.2f} mV)"))
+                                              f" signal's limit ({x_max / 1000:.2f} / {x_min / 1000:.2f} mV)"))
 
     # R peaks and heart rate (on the live part of the record)
-    peaks = detect_r_peaks(x, fs)
+    peaks = _r_peaks_in_band(spectrum.bandpass(5.0, 15.0), fs) if n >= int(fs) else np.zeros(0, dtype=int)
     peaks = peaks[~dead[peaks]] if peaks.size else peaks
     m["beats"] = int(peaks.size)
-    rr = np.diff(peaks) / fs if peaks.size >= 2 else np.zeros(0)
-    if rr.size:  # an interval across a flat stretch is not an RR interval
-        rr = rr[[not dead[a:b].any() for a, b in zip(peaks[:-1], peaks[1:])]]
-    hr = float(60.0 / np.median(rr)) if rr.size else None
+    if peaks.size >= 2:  # an interval across a flat stretch is not an RR interval
+        rr = np.diff(peaks)[dead_count[peaks[1:]] == dead_count[peaks[:-1]]] / fs
+    else:
+        rr = np.zeros(0)
+    hr = 60.0 / _median(rr) if rr.size else None
     m["heart_rate_bpm"] = None if hr is None else round(hr, 1)
     live = duration - flat_s
     if hr is None and live >= 4.0:
@@ -325,18 +545,23 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
                                                 f" plausible {th.hr_min_bpm:g}-{th.hr_max_bpm:g})"))
 
     # high-frequency (EMG) noise between the QRS complexes, against the QRS amplitude
-    hf = _highpass(_notch_mains(x, fs), fs, 20.0) if fs > 50.0 else np.zeros_like(x)
-    quiet = ~dead
+    if fs > 50.0:
+        hf = spectrum.band(*_mains_notches(fs), ("highpass", (4, 20.0)))
+    else:
+        hf = np.zeros_like(x)
+    wide = spectrum.bandpass(0.5, 40.0)
     half = int(0.12 * fs)
-    wide = _bandpass(x, fs, 0.5, 40.0)
-    qrs_amp = []
-    for p in peaks:
-        quiet[max(0, p - half):p + half] = False
-        seg = wide[max(0, p - int(0.06 * fs)):p + int(0.06 * fs)]
-        qrs_amp.append(seg.max() - seg.min())
-    pool = hf[quiet] if quiet.sum() > fs else hf[~dead] if (~dead).sum() > fs else hf
+    quiet = ~dead & ~_cover(n, peaks - half, peaks + half) if peaks.size else ~dead
+    if peaks.size:
+        w = int(0.06 * fs)
+        idx = np.clip(peaks[:, None] + np.arange(-w, max(w, 1 - w))[None, :], 0, n - 1)
+        segs = wide[idx]
+        qrs = _median(segs.max(axis=1) - segs.min(axis=1))
+    else:
+        qrs = float(np.percentile(wide, 99) - np.percentile(wide, 1))
+    live_count = n - int(dead_count[-1])
+    pool = hf[quiet] if np.count_nonzero(quiet) > fs else hf[~dead] if live_count > fs else hf
     noise = float(1.4826 * np.median(np.abs(pool - np.median(pool))))
-    qrs = float(np.median(qrs_amp)) if qrs_amp else float(np.percentile(wide, 99) - np.percentile(wide, 1))
     m["emg_noise_uv"] = round(noise, 2)
     m["qrs_uv"] = round(qrs, 1)
     snr = 10 * np.log10((qrs ** 2 / 8) / noise ** 2) if noise > 0 else float("inf")
@@ -352,8 +577,9 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
     # baseline wander, steps and offset
     base, rate = _baseline(x, fs)
     win = int(10 * rate)
-    spans = [base[i:i + win] for i in range(0, max(1, base.size - win // 2), win)] or [base]
-    wander = max(float(np.ptp(s)) for s in spans if s.size) / 1000.0
+    starts = np.arange(0, max(1, base.size - win // 2), win)
+    stop = min(base.size, int(starts[-1]) + win)
+    wander = float(np.max(np.maximum.reduceat(base[:stop], starts) - np.minimum.reduceat(base[:stop], starts))) / 1000.0
     lag = max(1, int(0.2 * rate))
     jump = float(np.max(np.abs(base[lag:] - base[:-lag]))) / 1000.0 if base.size > lag else 0.0
     offset = float(np.median(x)) / 1000.0
