@@ -133,7 +133,9 @@ class QualityReport:
 # multiplying the spectrum by it and transforming back gives what scipy's sosfiltfilt gives,
 # up to the ends of the record (tested against scipy). One rfft plus one irfft per band, in
 # numpy, instead of two passes of a recursive filter per section.
-_PAD_S = 0.5  # odd extension at each end (filtfilt's edge handling, long enough for a 5 Hz edge)
+_PAD_S = 0.5  # extension at each end, so the ends' transients do not meet round the circle
+_ODD_PAD = 15  # of which an odd reflection as long as filtfilt's (3 x (2 x sections + 1))
+DETECTOR_HZ = 100.0  # the R-peak detector works on its 5–15 Hz band at fs / k >= this rate
 
 
 @functools.lru_cache(maxsize=512)
@@ -194,21 +196,40 @@ def _response(kind: str, params: tuple[float, ...], fs: float, length: int) -> n
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _omega(length: int, bins: int) -> np.ndarray:
+    """i sin(2π f / fs) on the first ``bins`` of an rfft of ``length``: the response of the
+    central difference (x[i + 1] - x[i - 1]) / 2 (np.gradient) at the lead's rate."""
+    out = 1j * np.sin(2 * np.pi * np.arange(bins) / length)
+    out.setflags(write=False)
+    return out
+
+
 class _Spectrum:
     """One lead's spectrum, from which zero-phase band-limited copies are cut.
 
-    The lead is extended at both ends by odd reflection (as filtfilt does), a straight line
-    joining the two ends is taken off (every band here has a high-pass edge, which a line
-    does not pass) so the circular transform sees no jump, and zero-padded to a fast length.
+    The lead is extended at both ends as filtfilt extends it (odd reflection of 15 samples,
+    then its steady state: the end value held), a straight line joining the two ends is taken
+    off (every band here has a high-pass edge, which a line does not pass) so the circular
+    transform sees no jump, and zero-padded to a fast length.
     """
 
     def __init__(self, x: np.ndarray, fs: float) -> None:
         n = x.size
-        pad = min(n - 1, int(_PAD_S * fs))
-        ext = np.concatenate([2 * x[0] - x[pad:0:-1], x, 2 * x[-1] - x[-2:-pad - 2:-1]])
+        # k: the decimation of :meth:`decimated`; the padding and the transform length are
+        # multiples of it, so sample j of a decimated band is sample j * k of the lead
+        self.k = k = max(1, int(fs // DETECTOR_HZ))
+        pad = -(-max(int(_PAD_S * fs), _ODD_PAD) // k) * k
+        odd = min(n - 1, _ODD_PAD)
+        ext = np.empty(n + 2 * pad)
+        ext[pad:pad + n] = x
+        ext[pad - odd:pad] = 2 * x[0] - x[odd:0:-1]
+        ext[pad + n:pad + n + odd] = 2 * x[-1] - x[-2:-odd - 2:-1]
+        ext[:pad - odd] = ext[pad - odd]
+        ext[pad + n + odd:] = ext[pad + n + odd - 1]
         ext -= np.linspace(ext[0], ext[-1], ext.size)
         self.n, self.pad, self.fs = n, pad, float(fs)
-        self.length = _fast_length(ext.size)
+        self.length = k * _fast_length(-(-ext.size // k))
         self.spectrum = np.fft.rfft(ext, self.length)
 
     def band(self, *responses: tuple[str, tuple[float, ...]]) -> np.ndarray:
@@ -220,6 +241,20 @@ class _Spectrum:
 
     def bandpass(self, lo: float, hi: float, order: int = 2) -> np.ndarray:
         return self.band(("bandpass", (order, lo, min(hi, 0.45 * self.fs))))
+
+    def decimated_bandpass(self, lo: float, hi: float, order: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`bandpass` at fs / k (:attr:`k`), for a band well below that rate's Nyquist
+        frequency (the spectrum cut there, a short inverse transform), and its slope as
+        np.gradient gives it at the lead's own rate (µV per sample). 2 x (ceil(N / k),)."""
+        short = self.length // self.k
+        bins = short // 2 + 1
+        response = _response("bandpass", (order, lo, min(hi, 0.45 * self.fs)), self.fs, self.length)
+        spec = self.spectrum[:bins] * response[:bins]
+        omega = _omega(self.length, bins)
+        both = np.fft.irfft(np.stack([spec, spec * omega]), short, axis=1) / self.k
+        start = self.pad // self.k
+        stop = start + -(-self.n // self.k)
+        return both[0, start:stop], both[1, start:stop]
 
 
 # --- small numpy helpers ----------------------------------------------------------------------
@@ -235,10 +270,22 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), stops.tolist()))
 
 
+def _sparse_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_run_bounds` for a mask with few True samples."""
+    at = np.flatnonzero(mask)
+    if at.size == 0:
+        return at, at
+    breaks = np.flatnonzero(np.diff(at) > 1)
+    return np.concatenate(([at[0]], at[breaks + 1])), np.concatenate((at[breaks] + 1, [at[-1] + 1]))
+
+
 def _cover(n: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """(n,) bool: True inside any of the spans [starts, stops) (clipped to the array)."""
-    if starts.size == 0:
-        return np.zeros(n, dtype=bool)
+    if starts.size < 64:
+        out = np.zeros(n, dtype=bool)
+        for a, b in zip(np.clip(starts, 0, n).tolist(), np.clip(stops, 0, n).tolist()):
+            out[a:b] = True
+        return out
     count = (np.bincount(np.clip(starts, 0, n), minlength=n + 1)
              - np.bincount(np.clip(stops, 0, n), minlength=n + 1))
     return np.cumsum(count[:n]) > 0
@@ -262,13 +309,45 @@ def _sliding_swing(a: np.ndarray, width: int) -> np.ndarray:
     return both[0] + both[1]
 
 
+def _may_be_quiet(a: np.ndarray, width: int, limit: float) -> bool:
+    """False when no window a[s:s + width] can swing less than ``limit``: a cheap screen
+    before :func:`_sliding_swing`. Each window holds whole blocks of width // 40 samples;
+    the swing of those blocks is a lower bound of the window's."""
+    block = max(1, width // 40)
+    blocks = a.size // block
+    inner = width // block - 1                 # whole blocks inside any window
+    if inner < 1 or blocks < inner + 1:
+        return True
+    tiles = a[:blocks * block].reshape(blocks, block)
+    highs = _running_extreme(tiles.max(axis=1)[1:], inner, np.maximum)
+    lows = _running_extreme(tiles.min(axis=1)[1:], inner, np.minimum)
+    starts = (a.size - width) // block + 1     # block indices k of the window starts
+    return bool(np.any(highs[:starts] - lows[:starts] < limit))
+
+
+def _running_extreme(a: np.ndarray, width: int, pick) -> np.ndarray:
+    """pick (np.maximum or np.minimum) over a[s:s + width] for every s: (N - width + 1,),
+    by doubling spans (log2(width) passes; for short arrays)."""
+    out, span = a, 1
+    while span * 2 <= width:
+        out = pick(out[:-span], out[span:])
+        span *= 2
+    if span < width:
+        out = pick(out[:out.size - (width - span)], out[width - span:])
+    return out
+
+
 def _median(values: np.ndarray) -> float:
-    """np.median, without its overhead for the handful of values it is often given here."""
-    if values.size > 32:
-        return float(np.median(values))
-    v = sorted(values.tolist())
-    k = len(v) // 2
-    return float(v[k]) if len(v) % 2 else (v[k - 1] + v[k]) / 2.0
+    """np.median of a 1-D array (the same value), without its overhead."""
+    size = values.size
+    k = size // 2
+    if size <= 32:
+        v = sorted(values.tolist())
+        return float(v[k]) if size % 2 else (v[k - 1] + v[k]) / 2.0
+    if size % 2:
+        return float(np.partition(values, k)[k])
+    part = np.partition(values, (k - 1, k))
+    return float((part[k - 1] + part[k]) / 2.0)
 
 
 def _moving_mean(a: np.ndarray, width: int) -> np.ndarray:
@@ -287,7 +366,7 @@ def _running_median(a: np.ndarray, size: int, chunk: int = 8192) -> np.ndarray:
         return a.copy()
     half = size // 2
     padded = np.concatenate([np.full(half, a[0]), a, np.full(half, a[-1])])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, size)
+    windows = np.lib.stride_tricks.as_strided(padded, (a.size, size), (padded.strides[0],) * 2, writeable=False)
     out = np.empty(a.size)
     for start in range(0, a.size, chunk):
         out[start:start + chunk] = np.sort(windows[start:start + chunk], axis=1)[:, half]
@@ -326,10 +405,11 @@ def _thin_by_distance(peaks: np.ndarray, heights: np.ndarray, distance: int) -> 
 
 
 # --- detectors ---------------------------------------------------------------------------------
-def _r_peaks_in_band(band: np.ndarray, fs: float) -> np.ndarray:
-    """R peaks from the lead's 5–15 Hz band (see :func:`detect_r_peaks`)."""
+def _r_peaks_in_band(band: np.ndarray, slope: np.ndarray, fs: float) -> np.ndarray:
+    """R peaks from the lead's 5–15 Hz band at ``fs`` and its time derivative ``slope`` (see
+    :func:`detect_r_peaks`), in samples of ``band``."""
     n = band.size
-    energy = np.gradient(band) ** 2
+    energy = slope * slope
     integrated = _moving_mean(energy, max(1, int(round(0.15 * fs))))
     block = int(2 * fs)
     blocks = len(range(0, max(1, n - block // 2), block))
@@ -360,6 +440,26 @@ def _r_peaks_in_band(band: np.ndarray, fs: float) -> np.ndarray:
     return np.asarray(kept, dtype=int)
 
 
+def _r_peaks(spectrum: _Spectrum) -> np.ndarray:
+    """R peaks of the lead behind ``spectrum``, in its samples (see :func:`detect_r_peaks`)."""
+    if spectrum.n < int(spectrum.fs):
+        return np.zeros(0, dtype=int)
+    k = spectrum.k
+    band, slope = spectrum.decimated_bandpass(5.0, 15.0)
+    peaks = _r_peaks_in_band(band, slope, spectrum.fs / k)
+    if k == 1 or peaks.size == 0:
+        return peaks
+    # back to the lead's rate: the vertex of a parabola through |band| around each peak
+    mag = np.abs(band)
+    inner = (peaks > 0) & (peaks < band.size - 1)
+    a, b, c = mag[np.maximum(peaks - 1, 0)], mag[peaks], mag[np.minimum(peaks + 1, band.size - 1)]
+    curve = a - 2 * b + c
+    offset = np.zeros(peaks.size)
+    ok = inner & (curve < 0)
+    offset[ok] = np.clip(0.5 * (a[ok] - c[ok]) / curve[ok], -0.5, 0.5)
+    return np.clip(np.rint((peaks + offset) * k).astype(int), 0, spectrum.n - 1)
+
+
 def detect_r_peaks(x_uv: np.ndarray, fs: float) -> np.ndarray:
     """Sample indices of R peaks (QRS complexes) in one lead: (N,) µV -> (beats,) int.
 
@@ -367,27 +467,37 @@ def detect_r_peaks(x_uv: np.ndarray, fs: float) -> np.ndarray:
     peaks at least 200 ms apart (300 bpm; a split QRS or a pacing spike is one beat) above 30 % of
     the median of the per-2-s maxima
     (robust to one huge artefact), each placed at the largest |band-passed| sample nearby.
+    The band is worked on at fs / k >= 100 Hz (``DETECTOR_HZ``; it holds nothing above
+    50 Hz) and each peak placed back at the lead's rate by parabolic interpolation.
     """
     x = np.asarray(x_uv, dtype=np.float64)
     if x.size < int(fs):
         return np.zeros(0, dtype=int)
-    return _r_peaks_in_band(_Spectrum(x, fs).bandpass(5.0, 15.0), fs)
+    return _r_peaks(_Spectrum(x, fs))
 
 
-def _flat_mask(x: np.ndarray, band: np.ndarray, fs: float, th: Thresholds) -> np.ndarray:
+def _flat_mask(x: np.ndarray, band: np.ndarray, fs: float, th: Thresholds, span: float) -> np.ndarray:
     """Samples with no cardiac activity: constant runs, or dead 2 s windows of the QRS band
-    (``band``: the lead's 5–30 Hz band)."""
+    (``band``: the lead's 5–30 Hz band; ``span``: the lead's peak-to-peak)."""
     n = x.size
-    same = np.abs(np.diff(x)) <= 1e-6 * max(1.0, float(np.ptp(x)))
-    starts, stops = _run_bounds(same)          # runs of equal neighbours: samples start..stop
-    long = (stops - starts + 1) / fs >= th.flat_run_s
-    dead = _cover(n, starts[long], stops[long] + 1)
+    same = np.abs(np.diff(x)) <= 1e-6 * max(1.0, span)
+    run = int(th.flat_run_s * fs) - 2          # (at most) the equal neighbours of a run long enough
+    half = run // 2
+    # a run of ``run`` equal neighbours holds an aligned block of ``half`` of them: look only then
+    if half >= 1 and not same[:same.size // half * half].reshape(-1, half).all(axis=1).any():
+        dead = np.zeros(n, dtype=bool)
+    else:
+        starts, stops = _run_bounds(same)      # runs of equal neighbours: samples start..stop
+        long = (stops - starts + 1) / fs >= th.flat_run_s
+        dead = _cover(n, starts[long], stops[long] + 1)
     win = int(th.flat_window_s * fs)
     if n >= win:
         # windows band[s:s + win] that swing less than flat_band_uv, each marked dead as a whole
         # (the span scipy's centred filters of an even width give: s + 1 .. s + win)
-        swing = _sliding_swing(band, win)
-        quiet = np.flatnonzero(swing < th.flat_band_uv)
+        if _may_be_quiet(band, win, th.flat_band_uv):
+            quiet = np.flatnonzero(_sliding_swing(band, win) < th.flat_band_uv)
+        else:
+            quiet = np.zeros(0, dtype=np.int64)
         if quiet.size:
             lo = quiet + win // 2 - (win - 1) // 2
             dead |= _cover(n, lo, quiet + 2 * (win // 2) + 1)
@@ -428,49 +538,65 @@ def _baseline(x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _welch_window(nperseg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Periodic Hann window, centred time axis, and the windowed transforms of a constant and
-    of that time axis (what a segment's mean and slope contribute to its spectrum)."""
+def _welch_plan(nperseg: int, fs: float) -> tuple:
+    """What the mains measure needs of a Welch spectrum with ``nperseg``-sample segments at
+    ``fs``: the periodic Hann window, the centred time axis, the bins it reads (lo:hi), the
+    windowed transforms of a constant and of the time axis over those bins (what a
+    segment's mean and slope contribute), and per mains frequency its line and neighbour bins
+    (indices from lo). Cached."""
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nperseg) / nperseg)
     t = np.arange(nperseg) - (nperseg - 1) / 2
-    return window, t, np.fft.rfft(window), np.fft.rfft(t * window)
-
-
-def _welch(x: np.ndarray, fs: float, nperseg: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Welch's power spectral density, µV²/Hz, as ``scipy.signal.welch(x, fs, nperseg=nperseg,
-    detrend="linear")`` (periodic Hann window, half overlap, a line fitted off each segment,
-    mean of the segments): returns (frequencies, psd)."""
-    hop = nperseg - nperseg // 2
-    segments = (x.size - nperseg // 2) // hop
-    window, t, of_mean, of_slope = _welch_window(nperseg)
-    views = np.lib.stride_tricks.sliding_window_view(x, nperseg)[::hop][:segments]
-    total = np.zeros(nperseg // 2 + 1)
-    for start in range(0, segments, chunk):
-        seg = views[start:start + chunk]
-        # the segment's least-squares line, taken off in the frequency domain (transforms are linear)
-        spec = np.fft.rfft(seg * window, axis=1)
-        spec -= np.outer(seg.mean(axis=1), of_mean) + np.outer(seg @ t / (t @ t), of_slope)
-        total += (spec.real ** 2 + spec.imag ** 2).sum(axis=0)
-    psd = total / segments / (fs * float(window @ window))
-    psd[1:-1 if nperseg % 2 == 0 else None] *= 2
-    return np.arange(psd.size) * fs / nperseg, psd
-
-
-def _mains_uv(x: np.ndarray, fs: float) -> tuple[float | None, float | None]:
-    """Largest 50/60 Hz line amplitude above its neighbourhood, µV RMS, and its frequency."""
-    best: tuple[float | None, float | None] = (None, None)
-    if fs <= 2 * (50.0 + 4.0):
-        return best
-    freqs, psd = _welch(x, fs, int(min(x.size, 4 * fs)))
-    df = freqs[1] - freqs[0]
+    freqs = np.arange(nperseg // 2 + 1) * fs / nperseg
+    lines = []
     for f0 in (50.0, 60.0):
         if fs <= 2 * (f0 + 4.0):
             continue
-        line = (freqs >= f0 - 1.0) & (freqs <= f0 + 1.0)
-        near = ((freqs >= f0 - 6.0) & (freqs < f0 - 2.0)) | ((freqs > f0 + 2.0) & (freqs <= f0 + 6.0))
-        if not line.any() or not near.any():
-            continue
-        excess = float(np.sum(psd[line]) - _median(psd[near]) * line.sum()) * df
+        line = np.flatnonzero((freqs >= f0 - 1.0) & (freqs <= f0 + 1.0))
+        near = np.flatnonzero(((freqs >= f0 - 6.0) & (freqs < f0 - 2.0)) | ((freqs > f0 + 2.0) & (freqs <= f0 + 6.0)))
+        if line.size and near.size:
+            lines.append((f0, line, near))
+    if not lines:
+        return window, t, 0, 0, None, None, []
+    lo = min(int(min(line.min(), near.min())) for _, line, near in lines)
+    hi = max(int(max(line.max(), near.max())) for _, line, near in lines) + 1
+    return (window, t, lo, hi, np.fft.rfft(window)[lo:hi], np.fft.rfft(t * window)[lo:hi],
+            [(f0, line - lo, near - lo) for f0, line, near in lines])
+
+
+def _welch_bins(x: np.ndarray, fs: float, nperseg: int, lo: int, hi: int, chunk: int = 64) -> np.ndarray:
+    """Bins lo:hi of Welch's power spectral density, µV²/Hz, as ``scipy.signal.welch(x, fs,
+    nperseg=nperseg, detrend="linear")`` gives them (periodic Hann window, half overlap, a
+    least-squares line taken off each segment, mean of the segments; 0 < lo, hi <= nperseg / 2)."""
+    window, t, _, _, of_mean, of_slope, _ = _welch_plan(nperseg, fs)
+    hop = nperseg - nperseg // 2
+    segments = (x.size - nperseg // 2) // hop
+    views = np.lib.stride_tricks.as_strided(x, (segments, nperseg), (hop * x.strides[0], x.strides[0]),
+                                            writeable=False)
+    total = np.zeros(hi - lo)
+    for start in range(0, segments, chunk):
+        seg = views[start:start + chunk]
+        # the segment's line comes off in the frequency domain (the transform is linear)
+        spec = np.fft.rfft(seg * window, axis=1)[:, lo:hi]
+        spec -= np.outer(seg.mean(axis=1), of_mean) + np.outer(seg @ t / (t @ t), of_slope)
+        total += (spec.real ** 2 + spec.imag ** 2).sum(axis=0)
+    return 2 * total / segments / (fs * float(window @ window))
+
+
+def _mains_uv(x: np.ndarray, fs: float) -> tuple[float | None, float | None]:
+    """Largest 50/60 Hz line amplitude above its neighbourhood in a Welch spectrum of 4 s
+    segments, µV RMS, and its frequency."""
+    best: tuple[float | None, float | None] = (None, None)
+    if fs <= 2 * (50.0 + 4.0):
+        return best
+    nperseg = int(min(x.size, 4 * fs))
+    plan = _welch_plan(nperseg, fs)
+    lo, hi, lines = plan[2], plan[3], plan[6]
+    if not lines:
+        return best
+    psd = _welch_bins(x, fs, nperseg, lo, hi)
+    df = fs / nperseg
+    for f0, line, near in lines:
+        excess = float(np.sum(psd[line]) - _median(psd[near]) * line.size) * df
         amp = float(np.sqrt(max(0.0, excess)))
         if best[0] is None or amp > best[0]:
             best = (amp, f0)
@@ -498,9 +624,9 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
     span = x_max - x_min
 
     # flat line / lead off / held value
-    dead = _flat_mask(x, spectrum.bandpass(5.0, 30.0), fs, th)
-    dead_count = np.concatenate(([0], np.cumsum(dead)))
-    flat_s = float(dead_count[-1]) / fs
+    dead = _flat_mask(x, spectrum.bandpass(5.0, 30.0), fs, th, span)
+    dead_samples = int(np.count_nonzero(dead))
+    flat_s = dead_samples / fs
     m["flat_s"] = round(flat_s, 2)
     m["flat_fraction"] = round(flat_s / duration, 4)
     if flat_s / duration >= th.flat_reject_fraction:
@@ -511,7 +637,7 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
 
     # clipping at the record's extremes
     tol = 1e-6 * max(1.0, span)
-    extremes = ((x_max, _run_bounds(x >= x_max - tol)), (x_min, _run_bounds(x <= x_min + tol)))
+    extremes = ((x_max, _sparse_runs(x >= x_max - tol)), (x_min, _sparse_runs(x <= x_min + tol)))
     step = tol  # the quantisation step, needed only where a run at an extreme is 2 samples long
     if any(np.any(stops - starts >= 2) for _, (starts, stops) in extremes):
         diffs = np.abs(np.diff(x))
@@ -528,13 +654,14 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
                                               f" signal's limit ({x_max / 1000:.2f} / {x_min / 1000:.2f} mV)"))
 
     # R peaks and heart rate (on the live part of the record)
-    peaks = _r_peaks_in_band(spectrum.bandpass(5.0, 15.0), fs) if n >= int(fs) else np.zeros(0, dtype=int)
-    peaks = peaks[~dead[peaks]] if peaks.size else peaks
-    m["beats"] = int(peaks.size)
-    if peaks.size >= 2:  # an interval across a flat stretch is not an RR interval
+    peaks = _r_peaks(spectrum)
+    rr = np.diff(peaks) / fs
+    if dead_samples and peaks.size:
+        peaks = peaks[~dead[peaks]]
+        dead_count = np.concatenate(([0], np.cumsum(dead)))
+        # an interval across a flat stretch is not an RR interval
         rr = np.diff(peaks)[dead_count[peaks[1:]] == dead_count[peaks[:-1]]] / fs
-    else:
-        rr = np.zeros(0)
+    m["beats"] = int(peaks.size)
     hr = 60.0 / _median(rr) if rr.size else None
     m["heart_rate_bpm"] = None if hr is None else round(hr, 1)
     live = duration - flat_s
@@ -551,7 +678,9 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
         hf = np.zeros_like(x)
     wide = spectrum.bandpass(0.5, 40.0)
     half = int(0.12 * fs)
-    quiet = ~dead & ~_cover(n, peaks - half, peaks + half) if peaks.size else ~dead
+    quiet = ~dead
+    for p in peaks.tolist():
+        quiet[max(0, p - half):p + half] = False
     if peaks.size:
         w = int(0.06 * fs)
         idx = np.clip(peaks[:, None] + np.arange(-w, max(w, 1 - w))[None, :], 0, n - 1)
@@ -559,9 +688,9 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
         qrs = _median(segs.max(axis=1) - segs.min(axis=1))
     else:
         qrs = float(np.percentile(wide, 99) - np.percentile(wide, 1))
-    live_count = n - int(dead_count[-1])
+    live_count = n - dead_samples
     pool = hf[quiet] if np.count_nonzero(quiet) > fs else hf[~dead] if live_count > fs else hf
-    noise = float(1.4826 * np.median(np.abs(pool - np.median(pool))))
+    noise = 1.4826 * _median(np.abs(pool - _median(pool)))
     m["emg_noise_uv"] = round(noise, 2)
     m["qrs_uv"] = round(qrs, 1)
     snr = 10 * np.log10((qrs ** 2 / 8) / noise ** 2) if noise > 0 else float("inf")
@@ -582,7 +711,7 @@ def assess_quality(x_uv: np.ndarray, fs: float, th: Thresholds = DEFAULT_THRESHO
     wander = float(np.max(np.maximum.reduceat(base[:stop], starts) - np.minimum.reduceat(base[:stop], starts))) / 1000.0
     lag = max(1, int(0.2 * rate))
     jump = float(np.max(np.abs(base[lag:] - base[:-lag]))) / 1000.0 if base.size > lag else 0.0
-    offset = float(np.median(x)) / 1000.0
+    offset = _median(x) / 1000.0
     m["baseline_wander_mv"] = round(wander, 3)
     m["baseline_step_mv"] = round(jump, 3)
     m["offset_mv"] = round(offset, 3)
