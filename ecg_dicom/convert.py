@@ -44,7 +44,7 @@ from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.runners import OnnxRunner, default_threads
 from ecg_dicom.errors import EcgDicomError, InputError
 from ecg_dicom.files import deferred_sync, sync_filesystem, write_reason
-from ecg_dicom.inputs import LeadInput, load_input
+from ecg_dicom.inputs import LeadInput, gate_many, load_input
 from ecg_dicom.logsafe import strip_wire
 from ecg_dicom.leads import learned_leads
 from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
@@ -132,8 +132,10 @@ def reject(item: ArchiveItem, reason: str) -> ItemResult:
 
 
 def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSettings) -> LeadInput:
-    """Read and check one input (raises InputError with the reason)."""
-    return load_input(item.source, reconstructor.input_lead, settings.fs, settings.units, sidecar_path(item.source))
+    """Read and check one input (raises InputError with the reason); the signal-quality gate
+    comes after, for the whole batch (:func:`ecg_dicom.inputs.gate_many`)."""
+    return load_input(item.source, reconstructor.input_lead, settings.fs, settings.units, sidecar_path(item.source),
+                      gated=False)
 
 
 def _window_groups(loaded: list[tuple[int, ArchiveItem, LeadInput]], reconstructor: Reconstructor,
@@ -214,6 +216,14 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
             log.exception("%s: unexpected error while reading", item.name)
             results[index] = reject(item, f"unreadable input ({type(exc).__name__}: {exc})")
             advance(1)
+    gated = []
+    for entry, refusal in zip(loaded, gate_many([lead for _, _, lead in loaded])):  # the batch at once
+        if refusal is None:
+            gated.append(entry)
+        else:
+            results[entry[0]] = reject(entry[1], str(refusal))
+            advance(1)
+    loaded = gated
     written: list[tuple[int, ArchiveItem, LeadInput]] = []
     with deferred_sync():
         for group in _window_groups(loaded, reconstructor, max_windows):

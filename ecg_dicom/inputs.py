@@ -12,12 +12,12 @@ import stat
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from ecg_dicom.core.preprocess import check_single_lead
-from ecg_dicom.core.quality import QualityReport, assess_quality
+from ecg_dicom.core.quality import QualityReport, assess_quality, assess_quality_many
 from ecg_dicom.errors import InputError, SignalQualityError
 from ecg_dicom.files import file_sha256
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
@@ -177,13 +177,14 @@ def incomplete_reason(path: str | Path) -> str | None:
 
 
 def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",
-              limits: Limits = DEFAULT_LIMITS) -> LeadInput:
+              limits: Limits = DEFAULT_LIMITS, gated: bool = True) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
 
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
     (its own sampling rate and units). Inputs beyond ``limits`` are refused before they are
-    decoded. The lead then passes the signal-quality gate (:func:`gate`). Raises
+    decoded. The lead then passes the signal-quality gate (:func:`gate`), unless ``gated`` is
+    False: then the caller gates it (:func:`gate_many`, for a batch). Raises
     :class:`InputError` (:class:`SignalQualityError` from the gate) with a one-line reason.
     """
     path = Path(path)
@@ -196,20 +197,24 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     if npy:
         signal = check_single_lead(read_npy_array(path, limits), fs, units)
         return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy",
-                         quality=gate(signal, fs))
+                         quality=gate(signal, fs) if gated else None)
     if dicom:
         from ecg_dicom.dicom.reader import read_dicom_lead
 
         lead = read_dicom_lead(path, input_lead, limits)
         signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
         return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom",
-                         quality=gate(signal, lead.fs))
+                         quality=gate(signal, lead.fs) if gated else None)
     raise InputError("neither a .npy array nor a DICOM file (no NUMPY magic, no DICM preamble)")
 
 
 def gate(signal_uv: np.ndarray, fs: float) -> QualityReport:
     """Run the signal-quality gate on a checked lead; raise SignalQualityError on "reject"."""
-    report = assess_quality(signal_uv, fs)
+    return _verdict(assess_quality(signal_uv, fs))
+
+
+def _verdict(report: QualityReport) -> QualityReport:
+    """Tell the listeners of a gate verdict; raise SignalQualityError on "reject"."""
     for listener in QUALITY_LISTENERS:
         try:
             listener(report)
@@ -220,21 +225,48 @@ def gate(signal_uv: np.ndarray, fs: float) -> QualityReport:
     return report
 
 
+def gate_many(leads: Sequence[LeadInput]) -> list[InputError | None]:
+    """The signal-quality gate of :func:`gate` on a batch of leads read with ``gated=False``,
+    measured together (:func:`ecg_dicom.core.quality.assess_quality_many`: ~2x less CPU per
+    10 s ECG than one at a time). Sets each accepted lead's ``quality``; returns, per lead,
+    None or the error that refuses it (a SignalQualityError; an InputError naming the failure
+    if the gate itself failed on that lead, which then costs no other lead)."""
+    try:
+        reports: list[QualityReport] | None = assess_quality_many([lead.signal_uv for lead in leads],
+                                                                   [lead.fs for lead in leads])
+    except Exception:  # noqa: BLE001 - one lead breaking the batch: gate each on its own
+        LOG.exception("signal-quality gate failed on a batch of %d; gating them one by one", len(leads))
+        reports = None
+    refusals: list[InputError | None] = []
+    for i, lead in enumerate(leads):
+        try:
+            lead.quality = _verdict(reports[i] if reports is not None else assess_quality(lead.signal_uv, lead.fs))
+            refusals.append(None)
+        except InputError as exc:
+            refusals.append(exc)
+        except Exception as exc:  # noqa: BLE001 - an unexpected gate failure is still the input's problem
+            LOG.exception("signal-quality gate failed")
+            refusals.append(InputError(f"signal-quality gate failed ({type(exc).__name__}: {exc})"))
+    return refusals
+
+
 def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",
-               sidecar: str | Path | None = None, limits: Limits = DEFAULT_LIMITS) -> LeadInput:
+               sidecar: str | Path | None = None, limits: Limits = DEFAULT_LIMITS,
+               gated: bool = True) -> LeadInput:
     """Read one input the way both doors (``serve``, ``convert``) read it: ``path`` plus its
     sidecar file ``sidecar`` (None or missing: no sidecar; see :func:`ecg_dicom.sidecar.sidecar_path`).
 
     The sidecar's ``fs`` and ``units`` replace the defaults ``fs`` and ``units`` (which apply
     to a ``.npy`` without one); its ``lead`` must be ``input_lead``, the lead the model
-    takes; its patient/study keys travel with the result. Raises :class:`InputError`.
+    takes; its patient/study keys travel with the result. ``gated``: see :func:`load_lead`.
+    Raises :class:`InputError`.
     """
     params = read_sidecar(sidecar)
     if params is None:
-        return load_lead(path, input_lead, fs, units, limits)
+        return load_lead(path, input_lead, fs, units, limits, gated)
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
-    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits)
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated)
     if item.kind != "npy":
         raise InputError("a sidecar .json belongs to a .npy input; this is a DICOM file, which carries "
                          "its own rate, lead and patient")
