@@ -41,8 +41,8 @@ def make_archive(root: Path, n: int, only_500hz: bool = False) -> int:
     return n
 
 
-# `ecg-dicom convert` with the signal-quality gate (issue 12) stubbed out, its scipy import
-# included: what the gate costs, for the benchmark's attribution only (the product has no switch)
+# `ecg-dicom convert` with the signal-quality gate (issue 12) stubbed out, its imports included:
+# what the gate costs, for the benchmark's attribution only (the product has no switch)
 _WITHOUT_GATE = """
 import sys, types
 class _Ok:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import (  # noqa: E402
+    FS,
     best_of,
     fast_checkpoint,
     load_average,
@@ -40,6 +41,7 @@ from common import (  # noqa: E402
     timed_convert,
 )
 
+from ecg_dicom.convert import FILES_PER_BATCH  # noqa: E402
 from ecg_dicom.core.checkpoint import shipped_checkpoint_path  # noqa: E402
 from ecg_dicom.core.inference import Reconstructor  # noqa: E402
 from ecg_dicom.core.preprocess import model_features  # noqa: E402
@@ -78,6 +80,26 @@ def model_rate(predict, features: np.ndarray, repeats: int = 3) -> float:
     """Windows/s of bare forward passes over ``features`` (best of ``repeats``)."""
     predict(features[:8])
     return len(features) / best_of(repeats, lambda: _timed(predict, features))
+
+
+def gate_cpu_ms(files: list[Path], batch: int = FILES_PER_BATCH, repeats: int = 3) -> tuple[float, float]:
+    """CPU ms per ECG of the signal-quality gate alone on ``files`` (best of ``repeats``): in
+    ``convert``'s batches (assess_quality_many) and one lead at a time (assess_quality, as
+    ``serve`` runs it)."""
+    from ecg_dicom.core.quality import assess_quality, assess_quality_many
+
+    leads = [np.load(f).astype(np.float64) for f in files]
+    fs = [FS] * len(leads)
+
+    def cpu(fn) -> float:
+        t0 = time.process_time()
+        fn()
+        return time.process_time() - t0
+
+    batched = best_of(repeats, lambda: cpu(lambda: [assess_quality_many(leads[i:i + batch], fs[i:i + batch])
+                                                    for i in range(0, len(leads), batch)]))
+    single = best_of(repeats, lambda: cpu(lambda: [assess_quality(x, FS) for x in leads]))
+    return 1000 * batched / len(leads), 1000 * single / len(leads)
 
 
 def _timed(fn, arg) -> float:
@@ -151,10 +173,13 @@ def main() -> None:
         counter = iter(range(1000))
         fp32 = args.n / best_of(args.runs, lambda: timed_convert(tmp / "in", tmp / f"o{next(counter)}",
                                                                *ckpt_args, "--precision", "fp32"))
-        fast = args.n / best_of(args.runs, lambda: timed_convert(tmp / "in", tmp / f"o{next(counter)}", *ckpt_args))
+        # with and without the gate alternately, so that both see the same load
+        gated, ungated = [], []
+        for _ in range(args.runs):
+            gated.append(timed_convert(tmp / "in", tmp / f"o{next(counter)}", *ckpt_args))
+            ungated.append(timed_convert(tmp / "in", tmp / f"o{next(counter)}", *ckpt_args, gate=False))
+        fast, no_gate = args.n / min(gated), args.n / min(ungated)
         load_fast = load_average()
-        no_gate = args.n / best_of(args.runs, lambda: timed_convert(tmp / "in", tmp / f"o{next(counter)}", *ckpt_args,
-                                                                  gate=False))
 
         reconstructor = Reconstructor.from_checkpoint(fast_ckpt, "I", precision="fast")
         pre = reconstructor.checkpoint.preprocessing
@@ -164,6 +189,7 @@ def main() -> None:
         limits = matmul_limits(cpus)
         runner = OnnxRunner(onnx_path_for(fast_ckpt), threads=cpus)
         ort_int8 = model_rate(runner.predict, features) / windows_per_ecg
+        gate_batched_ms, gate_single_ms = gate_cpu_ms(files)
 
         print(f"\ncheckpoint {checkpoint} ({reconstructor.model_version}): window {pre.window} at {pre.fs:g} Hz,"
               f" hop {pre.hop}, {windows_per_ecg:g} windows per 10 s ECG; fast path: {reconstructor.precision}")
@@ -171,7 +197,11 @@ def main() -> None:
         print(f"  1. seed-style loop (torch fp32, batch 1)      : {seed:8.1f} ECG/s  ({args.seed_n} inputs, in-process)")
         print(f"  2. batched fp32 (`convert --precision fp32`)  : {fp32:8.1f} ECG/s  (whole process)")
         print(f"  3. optimized (`convert`, the default)         : {fast:8.1f} ECG/s  (whole process; target >= 200)")
-        print(f"     (the same without the signal-quality gate, its scipy import included: {no_gate:.1f} ECG/s)")
+        print(f"     (the same with the signal-quality gate stubbed out, runs alternating: {no_gate:.1f} ECG/s;"
+              f" with / without = {fast / no_gate:.2f}x, the gate {1000 * (1 / fast - 1 / no_gate):+.2f} ms"
+              f" wall per ECG)")
+        print(f"     (the gate alone: {gate_batched_ms:.2f} ms CPU per ECG in convert's batches of {FILES_PER_BATCH},"
+              f" {gate_single_ms:.2f} ms one lead at a time as serve runs it)")
         print(f"  RATIOS: optimized / seed-style = {fast / seed:.1f}x, optimized / batched fp32 = {fast / fp32:.1f}x,"
               f" batched fp32 / seed-style = {fp32 / seed:.2f}x")
         print(f"  FLOPs per 10 s ECG = {flops / 1e6:.0f} MFLOP")
