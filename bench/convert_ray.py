@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from common import make_archive  # noqa: E402
 
-from ecg_dicom.convert import ConvertSettings, convert_folder  # noqa: E402
-from ecg_dicom.convert_ray import convert_archive, local_cpus, ray_session  # noqa: E402
+from ecg_dicom.convert.batch import ConvertSettings, convert_folder  # noqa: E402
+from ecg_dicom.convert.ray_engine import convert_archive, local_cpus, ray_session  # noqa: E402
 from ecg_dicom.core.inference import Reconstructor  # noqa: E402
 
 

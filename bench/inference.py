@@ -41,7 +41,7 @@ from common import (  # noqa: E402
     timed_convert,
 )
 
-from ecg_dicom.convert import FILES_PER_BATCH  # noqa: E402
+from ecg_dicom.convert.batch import FILES_PER_BATCH  # noqa: E402
 from ecg_dicom.core.checkpoint import shipped_checkpoint_path  # noqa: E402
 from ecg_dicom.core.inference import Reconstructor  # noqa: E402
 from ecg_dicom.core.preprocess import model_features  # noqa: E402

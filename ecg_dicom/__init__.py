@@ -22,7 +22,7 @@ _PUBLIC = {
     "ModelConfig": "ecg_dicom.core.model",
     "min_max_scale": "ecg_dicom.core.preprocess",
     "resample_signal": "ecg_dicom.core.preprocess",
-    "process_and_save_npy_files": "ecg_dicom.convert",
+    "process_and_save_npy_files": "ecg_dicom.convert.batch",
     "Reconstructor": "ecg_dicom.core.inference",
 }
 

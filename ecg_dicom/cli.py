@@ -29,15 +29,15 @@ AI-reconstructed leads are an estimate, not for diagnosis."""
 
 # subcommand -> module whose ``run(args) -> int`` carries it out
 _COMMANDS = {
-    "convert": "ecg_dicom.convert",
+    "convert": "ecg_dicom.convert.batch",
     "train": "ecg_dicom.training.train",
     "ensemble": "ecg_dicom.training.ensemble",
     "export": "ecg_dicom.core.export",
     "evaluate": "ecg_dicom.training.evaluate",
     "plot": "ecg_dicom.report.plot",
-    "serve": "ecg_dicom.service",
-    "status": "ecg_dicom.status",
-    "redeliver": "ecg_dicom.redeliver",
+    "serve": "ecg_dicom.service.app",
+    "status": "ecg_dicom.service.status",
+    "redeliver": "ecg_dicom.service.redeliver",
 }
 
 

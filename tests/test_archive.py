@@ -14,9 +14,9 @@ import pydicom
 import pytest
 from conftest import synthetic_lead
 
-from ecg_dicom.archive import find_inputs, is_done, output_stems
+from ecg_dicom.convert.archive import find_inputs, is_done, output_stems
 from ecg_dicom.cli import main
-from ecg_dicom.convert import ConvertSettings, convert_batch, convert_folder
+from ecg_dicom.convert.batch import ConvertSettings, convert_batch, convert_folder
 
 CART = "dicom/12lead/mortara_eli250_waveform_ecg.dcm"
 

@@ -28,7 +28,7 @@ def test_the_service_logs_a_pydicom_warning_once(shared_data):
     import textwrap
 
     script = textwrap.dedent(f"""
-        from ecg_dicom.service import setup_logging
+        from ecg_dicom.service.app import setup_logging
         setup_logging("INFO")
         import numpy as np
         from ecg_dicom.inputs import load_lead

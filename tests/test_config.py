@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecg_dicom import status
+from ecg_dicom.service import status
 from ecg_dicom.config import load_config
 from ecg_dicom.errors import ConfigError
 from ecg_dicom.queue import JobQueue

@@ -10,7 +10,7 @@ import scipy.io
 from conftest import synthetic_lead
 
 from ecg_dicom.cli import main
-from ecg_dicom.convert import process_and_save_npy_files
+from ecg_dicom.convert.batch import process_and_save_npy_files
 from ecg_dicom.core.checkpoint import load_checkpoint
 
 ALIVECOR = ("A00001", "A00004", "A00205")

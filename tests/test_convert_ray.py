@@ -21,10 +21,10 @@ import pydicom
 import pytest
 from conftest import synthetic_lead
 
-from ecg_dicom.archive import find_inputs, is_done
+from ecg_dicom.convert.archive import find_inputs, is_done
 from ecg_dicom.cli import main
-from ecg_dicom.convert import ConvertSettings, convert_folder
-from ecg_dicom.convert_ray import BatchConverter, convert_archive, ray_session
+from ecg_dicom.convert.batch import ConvertSettings, convert_folder
+from ecg_dicom.convert.ray_engine import BatchConverter, convert_archive, ray_session
 from ecg_dicom.core.inference import Reconstructor
 
 pytestmark = pytest.mark.ray

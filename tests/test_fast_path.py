@@ -193,7 +193,7 @@ def test_default_convert_imports_neither_torch_nor_pydicom(tmp_path: Path) -> No
 
 def test_convert_syncs_once_per_batch_and_markers_come_after_their_results(tmp_path, monkeypatch,
                                                                           tiny_reconstructor) -> None:
-    import ecg_dicom.convert as convert_module
+    import ecg_dicom.convert.batch as convert_module
     import ecg_dicom.files as files
 
     inp = tmp_path / "in"

@@ -250,7 +250,7 @@ def test_a_symlink_dropped_into_the_watched_folder_is_refused_unread(tmp_path, t
     from ecg_dicom.ingest import Spool
     from ecg_dicom.ingest.watcher import FolderWatcher
     from ecg_dicom.queue import JobQueue
-    from ecg_dicom.worker import Worker
+    from ecg_dicom.service.worker import Worker
 
     folders = Folders(tmp_path / "in", tmp_path / "out", tmp_path / "work")
     for folder in (folders.watch, folders.output, folders.rejected):

@@ -14,7 +14,7 @@ from pydicom import dcmread
 from scipy import signal as sps
 from scipy.io import loadmat
 
-from ecg_dicom.convert import convert_folder
+from ecg_dicom.convert.batch import convert_folder
 from ecg_dicom.core.quality import assess_quality, detect_r_peaks
 from ecg_dicom.errors import SignalQualityError
 from ecg_dicom.inputs import QUALITY_LISTENERS, load_lead
@@ -199,7 +199,7 @@ def test_both_doors_reject_with_the_reason_and_keep_the_warnings(tmp_path, ptbxl
 
 
 def test_verdicts_are_counted_on_metrics(ptbxl):
-    from ecg_dicom import metrics
+    from ecg_dicom.service import metrics
 
     x, fs = ptbxl
     t = np.arange(x.size) / fs

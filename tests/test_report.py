@@ -18,7 +18,7 @@ from pydicom import dcmread
 from scipy import signal as sps
 
 from ecg_dicom.cli import main
-from ecg_dicom.convert import convert_folder
+from ecg_dicom.convert.batch import convert_folder
 from ecg_dicom.dicom.codes import ENCAPSULATED_PDF_STORAGE
 from ecg_dicom.dicom.pdf import read_pdf_dicom
 from ecg_dicom.leads import LEADS_12

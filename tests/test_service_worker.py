@@ -14,7 +14,7 @@ from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.ingest import Spool
 from ecg_dicom.queue import JobQueue
-from ecg_dicom.worker import Worker
+from ecg_dicom.service.worker import Worker
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -221,7 +221,7 @@ def test_a_rejection_carries_the_note_ingest_left(site, tmp_path):
 def test_a_long_input_does_not_hold_short_ones_back(site):
     """Issue 11 item 6: a 10-minute input is worked on a forward batch at a time; a short
     job that arrives meanwhile is done before it, and the long result is what one pass gives."""
-    from ecg_dicom.worker import LONG_JOB_WINDOWS
+    from ecg_dicom.service.worker import LONG_JOB_WINDOWS
 
     folders, queue, spool, worker, calls = site
     long_lead = synthetic_lead(seconds=600.0, seed=5)

@@ -1,6 +1,6 @@
 """``ecg-dicom convert``: a tree of one-lead inputs -> 12-lead ``.npy`` and/or DICOM files.
 
-Inputs are found recursively (:func:`ecg_dicom.archive.find_inputs`), and their results
+Inputs are found recursively (:func:`ecg_dicom.convert.archive.find_inputs`), and their results
 written under the output folder with the same relative layout. Inputs are read and checked
 one by one (a bad file gets a reason file and the others go on), converted in shared
 batches (:func:`convert_batch`, also what each Ray worker runs with ``--engine ray``), and
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from ecg_dicom import __version__
-from ecg_dicom.archive import ArchiveItem, clear_done, find_inputs, is_done, mark_done
+from ecg_dicom.convert.archive import ArchiveItem, clear_done, find_inputs, is_done, mark_done
 from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.runners import OnnxRunner, default_threads
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     failed, 2 on setup errors."""
     started = time.perf_counter()
     if getattr(args, "engine", "single") == "ray":
-        from ecg_dicom.convert_ray import run_ray
+        from ecg_dicom.convert.ray_engine import run_ray
 
         return run_ray(args)
     try:

@@ -21,9 +21,9 @@ import sys
 
 from ecg_dicom.config import Settings, load_config_or_report
 from ecg_dicom.files import REASON_SUFFIX
-from ecg_dicom.lock import running_service
+from ecg_dicom.service.lock import running_service
 from ecg_dicom.queue import Job, JobQueue
-from ecg_dicom.status import since_timestamp
+from ecg_dicom.service.status import since_timestamp
 
 REDELIVERABLE = ("done", "dead")
 

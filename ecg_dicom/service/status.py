@@ -2,7 +2,7 @@
 job store, and what went wrong lately.
 
 Whether the service runs is read from the lock it holds in the work folder
-(:mod:`ecg_dicom.lock`: right after kill -9 too), and, when the configuration has an
+(:mod:`ecg_dicom.service.lock`: right after kill -9 too), and, when the configuration has an
 ``http`` section, from its ``/health`` endpoint. Then one ``<state>: <count>`` line per job
 state, and the most recent rejections and dead letters with their reasons. With job ids,
 each job in full: where it came from, under which name, its state and the files it
@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from ecg_dicom.config import Settings, load_config_or_report
-from ecg_dicom.lock import running_service
+from ecg_dicom.service.lock import running_service
 from ecg_dicom.queue import Job, JobQueue
 
 # state in the store -> how it is printed

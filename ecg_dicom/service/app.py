@@ -29,7 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from ecg_dicom import logsafe, metrics
+from ecg_dicom import logsafe
+from ecg_dicom.service import metrics
 from ecg_dicom.config import Settings, load_config_or_report, log_effective
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import CheckpointError, ConfigError
@@ -37,11 +38,11 @@ from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.scp import start_scp
 from ecg_dicom.ingest.watcher import FolderWatcher
 from ecg_dicom.inputs import QUALITY_LISTENERS
-from ecg_dicom.lock import ServiceLock
-from ecg_dicom.monitor import Monitor
+from ecg_dicom.service.lock import ServiceLock
+from ecg_dicom.service.monitor import Monitor
 from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
-from ecg_dicom.worker import Worker
+from ecg_dicom.service.worker import Worker
 
 LOG = logging.getLogger("ecg_dicom.service")
 DRAIN_S = 3.0        # how long open associations may go on after a stop request

@@ -1,8 +1,8 @@
 """``ecg-dicom convert --engine ray``: the same conversion on Ray Data, on one machine or a cluster.
 
-The driver finds the inputs (:func:`ecg_dicom.archive.find_inputs`) and makes a Ray Dataset
+The driver finds the inputs (:func:`ecg_dicom.convert.archive.find_inputs`) and makes a Ray Dataset
 of their paths; ``map_batches`` hands batches of paths to a pool of :class:`BatchConverter`
-actors, each of which loads the model once and runs :func:`ecg_dicom.convert.convert_batch`
+actors, each of which loads the model once and runs :func:`ecg_dicom.convert.batch.convert_batch`
 (the single-process engine's own batch step: skip what is done, read, reconstruct in
 groups of model windows, write atomically, reason files for refused inputs). Only paths
 and one short status row per input travel through Ray's object store; signals and results
@@ -36,8 +36,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ecg_dicom.archive import ArchiveItem
-from ecg_dicom.convert import (
+from ecg_dicom.convert.archive import ArchiveItem
+from ecg_dicom.convert.batch import (
     FILES_PER_BATCH,
     ConvertReport,
     ConvertSettings,
@@ -173,7 +173,7 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
     """Convert every input below ``input_dir`` on the connected Ray cluster (see :func:`ray_session`).
 
     Same inputs, results, reasons and skip-what-is-done rule as
-    :func:`ecg_dicom.convert.convert_folder`. ``num_workers`` actors (default: one per CPU
+    :func:`ecg_dicom.convert.batch.convert_folder`. ``num_workers`` actors (default: one per CPU
     of the cluster), each with one CPU and one model thread (``precision`` as in
     :meth:`Reconstructor.from_checkpoint`), take ``files_per_batch``
     inputs at a time (fewer when the archive is small), ``batch_size`` windows per forward
