@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--down-channels", type=int, help="width of the strided conv feeding the LSTM (the stem's)")
     size.add_argument("--head-channels", type=int, help="width of the full-rate head (the stem's)")
     size.add_argument("--head-kernel", type=int, help="kernel of the full-rate head convolution (5)")
+    size.add_argument("--upsample", choices=("transposed", "linear"),
+                      help="LSTM rate back to the model rate: transposed conv (default) or 1x1 conv + linear")
 
     p = sub.add_parser("ensemble", help="combine checkpoints trained by `train` into one averaged checkpoint")
     p.add_argument("members", nargs="+", help="checkpoint files (at least two models in all)")

@@ -82,7 +82,9 @@ def test_checkpoint_is_small_and_self_describing(tmp_path):
 
 
 @pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(stem_channels=16, down_channels=64, head_channels=16,
-                                                               stride=10, head_kernel=3, stem_kernel=5)])
+                                                               stride=10, head_kernel=3, stem_kernel=5),
+                                    ModelConfig(stem_channels=16, down_channels=64, head_channels=16, stride=10,
+                                                upsample="linear")])
 def test_flop_count_follows_the_config(config: ModelConfig) -> None:
     """The convolutions' count equals torch's own FLOP counter; the first shipped model's
     window costs the ~356 MFLOP its model card and issue 13 state."""

@@ -31,6 +31,10 @@ class ModelConfig:
     down_channels: width of the strided convolution that feeds the LSTM (0: stem_channels).
     head_channels: width of the full-rate head convolution and of the upsampled LSTM
     features it reads beside the stem's (0: stem_channels); head_kernel: its kernel.
+    upsample: how the LSTM rate is brought back to the model rate: "transposed" (a
+    transposed convolution with kernel = stride, the first models'; at stride 10 it leaves
+    a visible ripple at the LSTM rate) or "linear" (a 1x1 convolution at the LSTM rate, then
+    linear interpolation: smooth, and a tenth of the FLOPs).
     The defaults are the first shipped models'; the full-rate convolutions cost most of
     the FLOPs (see :meth:`BiLSTMAttentionModel.flops`), so a cheaper model narrows them.
     """
@@ -48,6 +52,7 @@ class ModelConfig:
     down_channels: int = 0
     head_channels: int = 0
     head_kernel: int = 5
+    upsample: str = "transposed"
 
     @property
     def lstm_input(self) -> int:
@@ -107,7 +112,12 @@ class BiLSTMAttentionModel(nn.Module):
             dropout=config.dropout if config.lstm_layers > 1 else 0.0,
         )
         self.attention = Attention(2 * h, config.heads, config.dropout)
-        self.up = nn.ConvTranspose1d(2 * h, e, kernel_size=config.stride, stride=config.stride)
+        if config.upsample == "transposed":
+            self.up = nn.ConvTranspose1d(2 * h, e, kernel_size=config.stride, stride=config.stride)
+        elif config.upsample == "linear":
+            self.up = nn.Conv1d(2 * h, e, kernel_size=1)
+        else:
+            raise ValueError(f"upsample must be 'transposed' or 'linear', got {config.upsample!r}")
         self.head = nn.Sequential(
             nn.Conv1d(e + c, e, kernel_size=kh, padding=kh // 2), nn.GELU(),
             nn.Conv1d(e, config.n_leads * (2 if config.variance_head else 1), kernel_size=1),
@@ -126,6 +136,8 @@ class BiLSTMAttentionModel(nn.Module):
         z = self.attention(z).transpose(1, 2)
         # N x 2H x T
         z = self.up(z)
+        if self.config.upsample == "linear":
+            z = nn.functional.interpolate(z, scale_factor=self.config.stride, mode="linear", align_corners=False)
         # N x C x L
         out = self.head(torch.cat([z, skip], dim=1))
         # N x leads(x2) x L
@@ -148,7 +160,7 @@ class BiLSTMAttentionModel(nn.Module):
         out_ch = cfg.n_leads * (2 if cfg.variance_head else 1)
         conv = 2 * length * cfg.stem_kernel * (cfg.in_features * c + c * c)   # full-rate stem
         conv += 2 * t * s * c * d                                              # strided down
-        conv += 2 * length * 2 * h * e                                         # transposed up
+        conv += 2 * (length if cfg.upsample == "transposed" else t) * 2 * h * e  # up to the model rate
         conv += 2 * length * (cfg.head_kernel * (e + c) * e + e * out_ch)      # full-rate head
         lstm, inp = 0.0, d
         for _ in range(cfg.lstm_layers):

@@ -263,6 +263,17 @@ def read_wfdb_record(header: str | Path, database: str | None = None) -> Record:
                   labels=diagnostic_classes(rec.comments or [], database, scp))
 
 
+def find_record(root: str | Path, name: str) -> Record:
+    """The record called ``name`` ("<database>/<record>", as :class:`Record` names it, e.g.
+    ``ptbxl/00002_hr``) under ``root`` (the folder holding the database folders), wherever
+    the database's own layout keeps it. Raises ``FileNotFoundError`` when there is none."""
+    database, _, stem = name.partition("/")
+    for header in sorted((Path(root) / database).rglob(f"{stem}.hea")):
+        if database_of(header) == database:
+            return read_wfdb_record(header)
+    raise FileNotFoundError(f"no record {name!r} under {root}")
+
+
 def find_headers(folders: Iterable[str | Path]) -> list[Path]:
     """All ``*.hea`` files under ``folders`` (recursive), sorted for a stable order."""
     found: set[Path] = set()

@@ -1,10 +1,11 @@
 """True vs reconstructed 12-lead overlays in the usual 3 x 4 layout (docs/reconstruction.png).
 
-    python -m ecg_dicom.training.figure --out docs/reconstruction.png \
-        "TITLE=CHECKPOINT=RECORD.hea" ...
+    python -m ecg_dicom.training.figure --out docs/reconstruction.png [--data ../shared/data/ecg12] \
+        "TITLE=CHECKPOINT=RECORD" ...
 
-Each item is drawn with the checkpoint that never trained on the record (the caller picks
-it). Columns are consecutive 2.5 s segments, as on a paper ECG; black = recorded,
+RECORD is a record name as the loaders give it (``ptbxl/00002_hr``, found under --data
+wherever its database keeps it) or a WFDB header path. Each item is drawn with the
+checkpoint that never trained on the record (the caller picks it). Columns are consecutive 2.5 s segments, as on a paper ECG; black = recorded,
 red = reconstructed; every lead high-passed at 0.5 Hz.
 """
 
@@ -20,15 +21,17 @@ from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.preprocess import highpass
 from ecg_dicom.leads import LEADS_12
 from ecg_dicom.training.baselines import BASELINE_FS, protocol_window
-from ecg_dicom.training.data import read_wfdb_record
+from ecg_dicom.training.data import find_record, read_wfdb_record
 from ecg_dicom.training.evaluate import lead_metrics
 
 LAYOUT = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"), ("III", "aVF", "V3", "V6"))
 SEGMENT_S = 2.5
 
 
-def plot_reconstructions(items: Sequence[tuple[str, Path, Path]], out: str | Path, input_lead: str = "I") -> Path:
-    """items: (title, checkpoint, WFDB header). Writes one PNG with a 3 x 4 block per record."""
+def plot_reconstructions(items: Sequence[tuple[str, Path, str]], out: str | Path, input_lead: str = "I",
+                         data: str | Path = "../shared/data/ecg12") -> Path:
+    """items: (title, checkpoint, record name or WFDB header). Writes one PNG with a 3 x 4
+    block per record."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +40,7 @@ def plot_reconstructions(items: Sequence[tuple[str, Path, Path]], out: str | Pat
     fig, axes = plt.subplots(3 * len(items), 4, figsize=(16, 2.2 * 3 * len(items)), sharey="row", squeeze=False)
     seg = int(SEGMENT_S * BASELINE_FS)
     for block, (title, ckpt, header) in enumerate(items):
-        rec = read_wfdb_record(header)
+        rec = read_wfdb_record(header) if str(header).endswith(".hea") else find_record(data, str(header))
         true = protocol_window(rec.leads, rec.fs)
         recon = Reconstructor.from_checkpoint(ckpt, input_lead).reconstruct(true[LEADS_12.index(input_lead)], BASELINE_FS)
         true, pred = highpass(true, BASELINE_FS) / 1000, highpass(recon.astype(np.float64), BASELINE_FS) / 1000
@@ -68,12 +71,13 @@ def plot_reconstructions(items: Sequence[tuple[str, Path, Path]], out: str | Pat
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("items", nargs="+", help="TITLE=CHECKPOINT=RECORD.hea")
+    parser.add_argument("items", nargs="+", help="TITLE=CHECKPOINT=RECORD (a record name or a .hea path)")
     parser.add_argument("--out", default="docs/reconstruction.png")
     parser.add_argument("--input-lead", default="I")
+    parser.add_argument("--data", default="../shared/data/ecg12", help="folder of the database folders")
     args = parser.parse_args(argv)
-    items = [(t, Path(c), Path(h)) for t, c, h in (item.split("=", 2) for item in args.items)]
-    print(plot_reconstructions(items, args.out, args.input_lead))
+    items = [(t, Path(c), h) for t, c, h in (item.split("=", 2) for item in args.items)]
+    print(plot_reconstructions(items, args.out, args.input_lead, args.data))
     return 0
 
 

@@ -83,7 +83,7 @@ class TrainConfig:
 
 
 MODEL_SIZE_ARGS = ("stem_channels", "stride", "hidden", "lstm_layers", "heads", "stem_kernel",
-                   "down_channels", "head_channels", "head_kernel")  # train's model-size flags
+                   "down_channels", "head_channels", "head_kernel", "upsample")  # train's model-size flags
 
 
 @dataclass(frozen=True)
