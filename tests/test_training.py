@@ -229,6 +229,7 @@ def test_diagnostic_classes_from_every_label_source(shared_data: Path, ptbxl_tre
     assert read_wfdb_record(shared_data / "ecg12/georgia/E07509.hea").labels == ("BBB/IVCD",)  # RBBB 59118001
     assert read_wfdb_record(shared_data / "ecg12/georgia/E07506.hea").labels == ("NORM",)      # sinus rhythm only
     assert read_wfdb_record(shared_data / "ecg12/ptb/S0006.hea").labels == ("MI",)
+    assert read_wfdb_record(shared_data / "ecg12/ptb/s0010_re.hea").labels == ("MI",)  # Reason for admission
     assert read_wfdb_record(shared_data / "ecg12/ludb/1.hea").labels == ("LVH", "STTC")
     assert diagnostic_classes(["#Incomplete right bundle branch block. "], "ludb") == ()
     assert diagnostic_classes(["#Rhythm: Sinus rhythm.", "#Electric axis of the heart: normal. "], "ludb") == ("NORM",)

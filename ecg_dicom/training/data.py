@@ -176,7 +176,7 @@ def diagnostic_classes(comments: Sequence[str], database: str, scp_codes: Sequen
     Sources: PTB-XL's ``scp_codes`` (any statement, whatever its likelihood), the Challenge
     2024 ``# Labels:`` and 2024 first-phase ``#Dx: Normal`` header comments, the Challenge
     2020/2021 SNOMED CT ``#Dx:`` codes (Georgia, PTB, PTB-XL copies; sinus rhythm alone is
-    NORM), and LUDB's diagnosis lines. "Incomplete" bundle branch blocks are not BBB/IVCD.
+    NORM), PTB's "Reason for admission" and LUDB's diagnosis lines. "Incomplete" bundle branch blocks are not BBB/IVCD.
     """
     found: set[str] = {SCP_TO_CLASS[c] for c in scp_codes if c in SCP_TO_CLASS}
     fields: dict[str, str] = {}
@@ -194,6 +194,8 @@ def diagnostic_classes(comments: Sequence[str], database: str, scp_codes: Sequen
     found |= {SNOMED_TO_CLASS[c] for c in codes if c in SNOMED_TO_CLASS}
     if codes and codes <= SINUS_RHYTHM_SNOMED:
         found.add("NORM")
+    if "myocardial infarction" in fields.get("reason for admission", "").lower():   # PTB's clinical summary
+        found.add("MI")
     if database == "ludb":
         lines = [line.lstrip("#").strip().lower() for line in comments]
         statements = [line for line in lines if line and not line.startswith(("<", "rhythm:", "electric axis"))]
