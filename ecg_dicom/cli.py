@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the real crops drawn from amplitude-normalised records (LUDB)")
     p.add_argument("--lowrate-weight", type=float, default=1.0,
                    help="draw weight of a record stored below the model rate (PTB-XL 100 Hz) vs a full-rate one")
+    p.add_argument("--ectopic-weight", type=float, default=1.0,
+                   help="draw weight of a record whose recorded beats include ectopic ones vs one without")
     p.add_argument("--band-limited-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="compare prediction and target low-passed alike on records stored below the model rate")
     p.add_argument("--patient-fold", nargs="*", default=[], metavar="DB:K/N",

@@ -202,3 +202,18 @@ def test_qrs_detector_finds_the_beats_of_a_real_record(shared_data: Path) -> Non
     assert len(qrs) <= len(peaks) <= len(qrs) + 2
     # every annotated QRS peak has a detected peak within 40 ms
     assert all(np.min(np.abs(peaks - q)) < 0.04 * rec.fs for q in qrs)
+
+
+def test_a_beat_unlike_its_neighbours_is_counted_as_ectopic(shared_data: Path) -> None:
+    from ecg_dicom.core.preprocess import highpass
+    from ecg_dicom.training.beats import beat_segments, ectopic_beat_count
+
+    rec = read_wfdb_record(shared_data / "ecg12/georgia/E07506.hea")     # sinus rhythm, regular
+    leads = highpass(rec.leads, rec.fs)
+    ks = list(range(6, 12))
+    assert ectopic_beat_count(leads, ks, rec.fs) == 0
+    peaks, _ = beat_segments(leads, ks, rec.fs)
+    odd = leads.copy()
+    p = peaks[len(peaks) // 2]
+    odd[ks, p - 100:p + 200] *= -1.0                                       # one beat drawn upside down
+    assert ectopic_beat_count(odd, ks, rec.fs) == 1

@@ -48,14 +48,33 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def record_beats(true: np.ndarray, pred: np.ndarray, ks: Sequence[int], fs: float) -> list[dict[str, Any]]:
-    """Per beat of one record: whether it is ectopic, r(prediction, recorded beat) and
-    r(prediction, normal template), over the learned leads ``ks`` concatenated."""
+def beat_segments(true: np.ndarray, ks: Sequence[int], fs: float) -> tuple[list[int], np.ndarray | None]:
+    """R peaks (whole beats only) of (leads, N) µV and the (beats, len(ks), samples) segments
+    of leads ``ks`` around them; (peaks, None) when fewer than 3 beats are found."""
     before, after = int(BEFORE_S * fs), int(AFTER_S * fs)
     peaks = [p for p in qrs_peaks(true, fs) if p - before >= 0 and p + after <= true.shape[1]]
     if len(peaks) < 3:
+        return peaks, None
+    return peaks, np.stack([true[ks, p - before:p + after] for p in peaks])
+
+
+def ectopic_beat_count(true: np.ndarray, ks: Sequence[int], fs: float) -> int:
+    """How many beats of (leads, N) µV differ from the record's median beat in leads ``ks``
+    (r below :data:`ECTOPIC_R`)."""
+    _, seg = beat_segments(true, ks, fs)
+    if seg is None:
+        return 0
+    template = np.median(seg, axis=0).ravel()
+    return sum(_corr(beat.ravel(), template) < ECTOPIC_R for beat in seg)
+
+
+def record_beats(true: np.ndarray, pred: np.ndarray, ks: Sequence[int], fs: float) -> list[dict[str, Any]]:
+    """Per beat of one record: whether it is ectopic, r(prediction, recorded beat) and
+    r(prediction, normal template), over the learned leads ``ks`` concatenated."""
+    peaks, seg_true = beat_segments(true, ks, fs)
+    if seg_true is None:
         return []
-    seg_true = np.stack([true[ks, p - before:p + after] for p in peaks])   # beats x leads x samples
+    before, after = int(BEFORE_S * fs), int(AFTER_S * fs)
     seg_pred = np.stack([pred[ks, p - before:p + after] for p in peaks])
     template = np.median(seg_true, axis=0)
     out = []

@@ -77,6 +77,7 @@ class TrainConfig:
     real_fraction: float = 0.5  # share of real crops per batch when synthetic records are mixed in
     shape_share: float = 0.5    # share of the real crops drawn from amplitude-normalised records (LUDB)
     lowrate_weight: float = 1.0  # how often a record stored below the model rate is drawn vs a full-rate one
+    ectopic_weight: float = 1.0  # how often a record with ectopic beats (beats.ectopic_beat_count) is drawn
     band_limited_loss: bool = True
     crop: int = 0               # training crop in samples at the model rate (0: the inference window)
     select: str = "best"        # "best": the epoch of lowest validation loss; "last": the final weights
@@ -124,6 +125,7 @@ class Prepared:
     y: np.ndarray
     amplitude_reliable: bool = True
     band_limited: bool = False
+    ectopic: bool = False
 
 
 def prepare_records(records: Sequence[Record], input_lead: str, fs: float) -> list[Prepared]:
@@ -272,12 +274,13 @@ def sampling_weights(train_recs: Sequence[Prepared], n_extra: int, cfg: TrainCon
     Three pools: real records with physical amplitudes, real records with normalised
     amplitudes (shape only, LUDB), synthetic records. Synthetic records get
     ``1 - cfg.real_fraction`` of the crops, the shape-only pool ``cfg.shape_share`` of the
-    real ones; inside the physical pool a band-limited record (stored below the model rate)
-    weighs ``cfg.lowrate_weight`` against a full-rate one. Empty pools give their share to
-    the others.
+    real ones; inside the real pools a band-limited record (stored below the model rate)
+    weighs ``cfg.lowrate_weight`` against a full-rate one, and a record with ectopic beats
+    ``cfg.ectopic_weight`` against one without. Empty pools give their share to the others.
     """
     physical = np.array([r.amplitude_reliable for r in train_recs], dtype=bool)
-    per_record = np.array([cfg.lowrate_weight if r.band_limited else 1.0 for r in train_recs])
+    per_record = np.array([(cfg.lowrate_weight if r.band_limited else 1.0) * (cfg.ectopic_weight if r.ectopic else 1.0)
+                           for r in train_recs])
     pools = [np.flatnonzero(physical), np.flatnonzero(~physical), np.arange(len(train_recs), len(train_recs) + n_extra)]
     shares = [cfg.real_fraction * (1 - cfg.shape_share), cfg.real_fraction * cfg.shape_share, 1 - cfg.real_fraction]
     weights = np.zeros(len(train_recs) + n_extra)
@@ -400,7 +403,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
                       steps_per_epoch=args.steps_per_epoch, real_fraction=args.real_fraction, lr=args.lr,
                       batch_size=args.batch_size, shape_share=args.shape_share, lowrate_weight=args.lowrate_weight,
-                      band_limited_loss=args.band_limited_loss, crop=crop, select=args.select)
+                      band_limited_loss=args.band_limited_loss, crop=crop, select=args.select,
+                      ectopic_weight=args.ectopic_weight)
     aug = AUGMENTS[args.augment]
     init_state, pretraining = None, None
     if args.init:
@@ -428,6 +432,15 @@ def run(args: argparse.Namespace) -> int:
     prepared = {r.name: p for r, p in zip(records, prepare_records(records, input_lead, pre.fs))}
     for name in extra_names:  # beside real data, synthetic records teach shape, not amplitude
         prepared[name].amplitude_reliable = False
+    if cfg.ectopic_weight != 1.0:
+        from ecg_dicom.training.beats import ectopic_beat_count
+
+        all_leads = list(range(1 + len(learned_leads(input_lead))))
+        for name in train_names:
+            p = prepared[name]
+            p.ectopic = ectopic_beat_count(np.vstack([p.x[None], p.y]), all_leads[1:], pre.fs) > 0
+        log.info("%d of %d training records have ectopic beats", sum(prepared[n].ectopic for n in train_names),
+                 len(train_names))
     model, history = train_model([prepared[n] for n in train_names], [prepared[n] for n in val_names],
                                  input_lead, pre, cfg, model_config, init_state, aug=aug,
                                  extra_recs=[prepared[n] for n in extra_names])
