@@ -138,6 +138,24 @@ def test_a_plain_tcp_health_check_does_not_fail_cart_echoes(listener):
     assert results == [0] * 10
 
 
+def test_stopping_with_a_connection_waiting_for_its_request_leaves_no_traceback(tmp_path):
+    """A health check still connected when the service stops: pynetdicom's shutdown used to
+    abort it before its A-ASSOCIATE request, an event its state machine rejects, and the
+    association thread died with a traceback (InvalidEventError, Evt15 in Sta2)."""
+    svc = Listener(tmp_path / "site", listen={"handshake_timeout_s": 30.0})
+    errors: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        with socket.create_connection(("127.0.0.1", svc.port)):
+            wait_for(lambda: svc.server.admission.pending() == 1, 5, "the connection to be pending")
+            svc.close()  # as the service stops: the server, then the AE
+            time.sleep(0.5)
+    finally:
+        threading.excepthook = previous
+    assert errors == []
+
+
 @pytest.mark.parametrize("limit, burst", [(10, 30), (64, 100)])
 def test_a_burst_admits_exactly_the_limit(listener, caplog, limit, burst):
     """Bursts above max_associations used to admit fewer than the limit (10 -> 8-9), or more

@@ -113,6 +113,17 @@ class Admission:
                          "waiting for their A-ASSOCIATE request (listen.max_pending), it was the oldest")
             _shutdown(old)
 
+    def close_pending(self) -> int:
+        """Close every connection still waiting for its A-ASSOCIATE request (at service stop:
+        pynetdicom's own shutdown would abort them, an event its state machine does not
+        accept before a request, and the association thread would die with a traceback).
+        Returns how many were closed."""
+        with self._lock:
+            pending = list(self._pending)
+        for sock in pending:
+            _shutdown(sock)
+        return len(pending)
+
     def connection_closed(self, sock: socket.socket | None) -> None:
         """A connection ended (any way): it holds nothing any more."""
         if sock is None:
@@ -277,6 +288,9 @@ class _GuardedRequestHandler(RequestHandler):
         return assoc
 
 
+CLOSE_PENDING_S = 2.0  # at stop: how long pending connections get to notice they were closed
+
+
 class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with :class:`Admission` in front, the TLS handshake
     moved out of the accept loop (a silent client would block every other one there) into
@@ -294,6 +308,16 @@ class GuardedServer(ThreadedAssociationServer):
         self.max_pdu = max(MIN_PDU_BOUND, int(self.ae.maximum_pdu_size or 0)) + 6
         self.socket_class = type("BoundedAssociationSocket", (_BoundedAssociationSocket,),
                                  {"max_pdu": self.max_pdu, "admission": admission})
+
+    def shutdown(self) -> None:
+        """Stop accepting, then close the connections still waiting for their A-ASSOCIATE
+        request (see :meth:`Admission.close_pending`), waiting up to ``CLOSE_PENDING_S`` for
+        their threads to see it (the AE's own shutdown would otherwise abort them first)."""
+        super().shutdown()
+        if self.admission.close_pending():
+            deadline = time.monotonic() + CLOSE_PENDING_S
+            while self.admission.pending() and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()
