@@ -97,6 +97,13 @@ def best_of(runs: int, fn) -> float:
     return min(fn() for _ in range(runs))
 
 
+def seconds_of(fn, *args) -> float:
+    """Wall seconds of one call ``fn(*args)``."""
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def load_average() -> str:
     """The machine's 1-minute load average, as text for the report."""
     try:
@@ -117,12 +124,7 @@ def matmul_limits(threads: int, size: int = 2048, repeats: int = 10) -> dict[str
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
         torch.mm(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
-        rates[name] = 2 * size ** 3 / best
+        rates[name] = 2 * size ** 3 / best_of(repeats, lambda: seconds_of(torch.mm, a, b))
     rates["int8"] = _int8_matmul_rate(threads, size, repeats)
     return rates
 
@@ -144,9 +146,4 @@ def _int8_matmul_rate(threads: int, size: int, repeats: int) -> float:
     feeds = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8),
              "b": rng.integers(-127, 127, (size, size), dtype=np.int8)}
     session.run(None, feeds)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best
+    return 2 * size ** 3 / best_of(repeats, lambda: seconds_of(session.run, None, feeds))

@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     load_average,
     make_archive,
     matmul_limits,
+    seconds_of,
     timed_convert,
 )
 
@@ -79,7 +80,7 @@ def window_features(reconstructor: Reconstructor, files: list[Path]) -> np.ndarr
 def model_rate(predict, features: np.ndarray, repeats: int = 3) -> float:
     """Windows/s of bare forward passes over ``features`` (best of ``repeats``)."""
     predict(features[:8])
-    return len(features) / best_of(repeats, lambda: _timed(predict, features))
+    return len(features) / best_of(repeats, lambda: seconds_of(predict, features))
 
 
 def gate_cpu_ms(files: list[Path], batch: int = FILES_PER_BATCH, repeats: int = 3) -> tuple[float, float]:
@@ -100,12 +101,6 @@ def gate_cpu_ms(files: list[Path], batch: int = FILES_PER_BATCH, repeats: int = 
                                                     for i in range(0, len(leads), batch)]))
     single = best_of(repeats, lambda: cpu(lambda: [assess_quality(x, FS) for x in leads]))
     return 1000 * batched / len(leads), 1000 * single / len(leads)
-
-
-def _timed(fn, arg) -> float:
-    t0 = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - t0
 
 
 def torch_model_rates(checkpoint: Path, features: np.ndarray, threads: int) -> dict[str, float]:

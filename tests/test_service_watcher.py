@@ -111,23 +111,17 @@ def write_in_two_opens(path, data: bytes, cut: int, pause: float) -> None:
         fh.write(data[cut:])
 
 
-def test_a_npy_written_in_two_opens_is_taken_once_whole(watched):
-    """Issue 11 item 2: the first close must not hand over a half-written .npy."""
+@pytest.mark.parametrize("name", ["x.npy", "cart.dcm"])
+def test_a_file_written_in_two_opens_is_taken_once_whole(watched, shared_data, name):
+    """Issue 11 item 2: the first close must not hand over a half-written .npy or DICOM file."""
     inbox, queue, spool, start = watched
     start()
-    data = npy_bytes()
-    write_in_two_opens(inbox / "x.npy", data, 10_000, 2.5)
-    wait_for(lambda: queue.jobs(), 10, "the whole file")
-    time.sleep(1.0)
-    [job] = queue.jobs()
-    assert spool.path(job).read_bytes() == data
-
-
-def test_a_dicom_file_written_in_two_opens_is_taken_once_whole(watched, shared_data):
-    inbox, queue, spool, start = watched
-    start()
-    data = (shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm").read_bytes()
-    write_in_two_opens(inbox / "cart.dcm", data, len(data) // 2, 2.5)
+    if name.endswith(".npy"):
+        data, cut = npy_bytes(), 10_000
+    else:
+        data = (shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm").read_bytes()
+        cut = len(data) // 2
+    write_in_two_opens(inbox / name, data, cut, 2.5)
     wait_for(lambda: queue.jobs(), 10, "the whole file")
     time.sleep(1.0)
     [job] = queue.jobs()
