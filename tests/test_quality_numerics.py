@@ -165,8 +165,8 @@ def test_gate_failure_costs_only_its_own_lead(monkeypatch, leads):
             raise FloatingPointError("this lead")
         return real(signal, rate)
 
-    monkeypatch.setattr("ecg_dicom.inputs.assess_quality_many", broken_batch)
-    monkeypatch.setattr("ecg_dicom.inputs.assess_quality", broken_one)
+    monkeypatch.setattr("ecg_dicom.inputs.base.assess_quality_many", broken_batch)
+    monkeypatch.setattr("ecg_dicom.inputs.base.assess_quality", broken_one)
     refusals = gate_many([good, bad, flat])
     assert refusals[0] is None and good.quality is not None and good.quality.status == "ok"
     assert isinstance(refusals[1], InputError) and "signal-quality gate failed" in str(refusals[1])

@@ -1,0 +1,30 @@
+"""The DICOM waveform input, recognised by content (the Part 10 preamble)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ecg_dicom.core.preprocess import check_single_lead
+from ecg_dicom.files import file_sha256
+from ecg_dicom.inputs.base import LeadInput
+from ecg_dicom.limits import DEFAULT_LIMITS, Limits
+
+DICOM_MAGIC_OFFSET = 128
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when the file carries the DICOM Part 10 preamble ("DICM" at byte 128)."""
+    with open(path, "rb") as fh:
+        fh.seek(DICOM_MAGIC_OFFSET)
+        return fh.read(4) == b"DICM"
+
+
+
+
+def read_dicom_input(path: Path, input_lead: str, limits: Limits = DEFAULT_LIMITS) -> LeadInput:
+    """``input_lead`` of a DICOM waveform object (its own rate and units), checked, not gated."""
+    from ecg_dicom.dicom.reader import read_dicom_lead
+
+    lead = read_dicom_lead(path, input_lead, limits)
+    signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
+    return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom")
