@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,17 @@ from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# CI clones the repo into a folder with shared/ beside it, as on the developers' machines.
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# CI clones the repo into a folder with shared/ beside it, as on the developers' machines;
+# ECG_DICOM_TEST_DATA names the data folder where it lies elsewhere.
+SHARED_DATA = Path(os.environ.get("ECG_DICOM_TEST_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
 TINY_CONFIG = ModelConfig(stem_channels=8, hidden=8, lstm_layers=1, heads=2, dropout=0.0)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ../shared/data; the tests that need real records fail (not skip) without it."""
-    assert SHARED_DATA.is_dir(), f"real test data not found at {SHARED_DATA}"
+    assert SHARED_DATA.is_dir(), (f"real test data not found at {SHARED_DATA}: put the data folder there (the "
+                                  "clone beside shared/, as in the README's Quick start) or set ECG_DICOM_TEST_DATA")
     return SHARED_DATA
 
 
