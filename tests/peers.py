@@ -6,6 +6,7 @@ always terminated (context managers / fixtures call :meth:`stop`).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -136,18 +137,41 @@ def _listening(port: int) -> bool:
 
 
 # -- Orthanc ---------------------------------------------------------------------------------
-class Orthanc:
-    """Orthanc as the test PACS: temporary storage, no plugins, REST on a free port.
+ORTHANC_DICOMWEB = "/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"  # Debian orthanc-dicomweb
 
-    ``stop()`` then ``start()`` again keeps the same ports and storage.
+
+class Orthanc:
+    """Orthanc as the test PACS: temporary storage, REST on a free port.
+
+    ``dicomweb``: load the DICOMweb plugin (STOW-RS at :attr:`dicomweb_url`); ``users``:
+    {name: password} for HTTP basic auth (the REST helpers below log in as the first);
+    ``modalities``: {AE title: port on 127.0.0.1} Orthanc may call (where it sends storage
+    commitment reports). ``stop()`` then ``start()`` again keeps the same ports and storage
+    (the attributes may be changed in between).
     """
 
-    def __init__(self, folder: Path, aet: str = PACS_AET) -> None:
+    def __init__(self, folder: Path, aet: str = PACS_AET, dicomweb: bool = False,
+                 users: dict[str, str] | None = None, modalities: dict[str, int] | None = None) -> None:
         self.folder = Path(folder)
         self.aet = aet
+        self.dicomweb = dicomweb
+        self.users = users or {}
+        self.modalities = modalities or {}
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def _request(self, path: str, body: bytes | None = None) -> urllib.request.Request:
+        req = urllib.request.Request(self.url + path, data=body, method="GET" if body is None else "POST")
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return req
 
     @property
     def url(self) -> str:
@@ -156,8 +180,13 @@ class Orthanc:
     def start(self) -> "Orthanc":
         self.folder.mkdir(parents=True, exist_ok=True)
         config = {"Name": "test-pacs", "StorageDirectory": str(self.folder / "db"),
-                  "IndexDirectory": str(self.folder / "db"), "Plugins": [], "HttpPort": self.http_port,
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": self.aet,
+                  "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port,
+                  "Plugins": [ORTHANC_DICOMWEB] if self.dicomweb else [],
+                  "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/", "EnableWado": False},
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(self.users),
+                  "RegisteredUsers": self.users,
+                  "DicomModalities": {aet: [aet, "127.0.0.1", port] for aet, port in self.modalities.items()},
+                  "DicomAet": self.aet,
                   "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": True,
                   "DicomAlwaysAllowStore": True, "SaveJobs": False, "OrthancExplorerEnabled": False,
                   "WebDavEnabled": False}
@@ -183,13 +212,12 @@ class Orthanc:
             self.proc = None
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as rsp:
+        with urllib.request.urlopen(self._request(path), timeout=10) as rsp:
             data = rsp.read()
         return json.loads(data) if rsp.headers.get_content_type() == "application/json" else data
 
     def post(self, path: str, body: bytes) -> Any:
-        req = urllib.request.Request(self.url + path, data=body, method="POST")
-        with urllib.request.urlopen(req, timeout=10) as rsp:
+        with urllib.request.urlopen(self._request(path, body), timeout=10) as rsp:
             return json.loads(rsp.read())
 
     def instances(self) -> list[str]:
