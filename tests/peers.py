@@ -137,7 +137,15 @@ def _listening(port: int) -> bool:
 
 
 # -- Orthanc ---------------------------------------------------------------------------------
-ORTHANC_DICOMWEB = "/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"  # Debian orthanc-dicomweb
+ORTHANC_PLUGINS = Path("/usr/lib/orthanc")  # Debian orthanc-dicomweb: libOrthancDicomWeb.so.<version>
+
+
+def dicomweb_plugin() -> str:
+    """Path of Orthanc's DICOMweb plugin (make system-deps installs it)."""
+    found = sorted(ORTHANC_PLUGINS.glob("libOrthancDicomWeb.so*"))
+    if not found:
+        raise FileNotFoundError("Orthanc's DICOMweb plugin is not installed (make system-deps: orthanc-dicomweb)")
+    return str(found[-1])
 
 
 class Orthanc:
@@ -181,7 +189,7 @@ class Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = {"Name": "test-pacs", "StorageDirectory": str(self.folder / "db"),
                   "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port,
-                  "Plugins": [ORTHANC_DICOMWEB] if self.dicomweb else [],
+                  "Plugins": [dicomweb_plugin()] if self.dicomweb else [],
                   "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/", "EnableWado": False},
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(self.users),
                   "RegisteredUsers": self.users,
