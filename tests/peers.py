@@ -235,6 +235,13 @@ class Orthanc:
         """Orthanc resources whose UID is ``uid`` (``POST /tools/lookup``)."""
         return self.post("/tools/lookup", uid.encode())
 
+    def copies_of(self, result: Path) -> int:
+        """How many instances Orthanc holds with the SOP Instance UID of the DICOM file ``result``."""
+        from pydicom import dcmread
+
+        uid = str(dcmread(result, stop_before_pixels=True).SOPInstanceUID)
+        return sum(1 for hit in self.lookup(uid) if hit["Type"] == "Instance")
+
     def download(self, instance_id: str, dest: Path) -> Path:
         dest.write_bytes(self.get(f"/instances/{instance_id}/file"))
         return dest

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from peers import PACS_AET, Orthanc, StoreSCP, free_port
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from ecg_dicom.config import DicomWeb, Folders, Pacs, WebAuth
 from ecg_dicom.errors import ConfigError
@@ -41,18 +41,12 @@ def deliver_once(folders: Folders, queue: JobQueue, **pacs_args) -> Job:
     return queue.jobs()[0]
 
 
-def at_orthanc(pacs: Orthanc, dcm: Path) -> int:
-    """How many instances Orthanc holds with the SOP Instance UID of ``dcm``."""
-    uid = str(dcmread(dcm, stop_before_pixels=True).SOPInstanceUID)
-    return sum(1 for hit in pacs.lookup(uid) if hit["Type"] == "Instance")
-
-
 def test_stow_rs_delivers_with_basic_auth_from_a_file(site, orthanc, tmp_path):
     folders, queue, _ = site
     auth = WebAuth("basic", USER, secret_file=secret_file(tmp_path, PASSWORD))
     job = deliver_once(folders, queue, dicomweb=DicomWeb(orthanc.dicomweb_url, auth=auth))
     assert job.state == "done" and job.delivered_to == ("dicomweb",)
-    assert at_orthanc(orthanc, folders.output / "r.dcm") == 1
+    assert orthanc.copies_of(folders.output / "r.dcm") == 1
 
 
 def test_wrong_credentials_are_dead_lettered_then_redelivered_once_fixed(site, orthanc, tmp_path):
@@ -68,7 +62,7 @@ def test_wrong_credentials_are_dead_lettered_then_redelivered_once_fixed(site, o
     secret_file(tmp_path, PASSWORD)
     assert queue.redeliver([job_id]) == 1
     assert deliver_once(folders, queue, dicomweb=web).state == "done"
-    assert at_orthanc(orthanc, folders.output / "r.dcm") == 1
+    assert orthanc.copies_of(folders.output / "r.dcm") == 1
 
 
 def test_bearer_token_from_the_environment_is_sent(site, orthanc, monkeypatch):
