@@ -13,8 +13,10 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -155,7 +157,8 @@ class Orthanc:
     {name: password} for HTTP basic auth (the REST helpers below log in as the first);
     ``modalities``: {AE title: port on 127.0.0.1} Orthanc may call (where it sends storage
     commitment reports). ``stop()`` then ``start()`` again keeps the same ports and storage
-    (the attributes may be changed in between).
+    (the attributes may be changed in between). For HTTPS see :class:`TlsProxy` (Orthanc
+    1.10.1's own, SslEnabled, died with SIGSEGV on the first request here).
     """
 
     def __init__(self, folder: Path, aet: str = PACS_AET, dicomweb: bool = False,
@@ -251,6 +254,66 @@ class Orthanc:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TlsProxy:
+    """A TLS endpoint (``cert``/``key``, PEM) on a free port forwarding each connection, in
+    plain TCP, to ``target_port`` on 127.0.0.1: HTTPS in front of Orthanc's HTTP."""
+
+    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.server: socket.socket | None = None
+
+    def start(self) -> "TlsProxy":
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed by stop()
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            client = self.context.wrap_socket(conn, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        _pump(client, upstream)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def __enter__(self) -> "TlsProxy":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy ``src`` to ``dst`` until either side closes; then close both."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            try:
+                sock.close()
+            except OSError:
+                pass
 
 
 # -- our service -------------------------------------------------------------------------------

@@ -5,14 +5,17 @@ file (the ``site`` fixture)."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
-from peers import PACS_AET, Orthanc, StoreSCP, free_port
+import yaml
+from certs import make_certs
+from peers import PACS_AET, Orthanc, StoreSCP, TlsProxy, free_port
 from pydicom import Dataset
 
-from ecg_dicom.config import DicomWeb, Folders, Pacs, WebAuth
+from ecg_dicom.config import DicomWeb, Folders, Pacs, WebAuth, load_config
 from ecg_dicom.errors import ConfigError
 from ecg_dicom.outputs.dicomweb import StowRs, classify_response
 from ecg_dicom.outputs.pacs import Delivery, Outcome
@@ -108,6 +111,48 @@ def test_both_destinations_a_retry_goes_only_where_it_is_missing(site, orthanc, 
         job = deliver_once(folders, queue, ae_title=PACS_AET, host="127.0.0.1", port=port, dicomweb=web_down)
     assert job.state == "done" and set(job.delivered_to) == {"dicom", "dicomweb"}
     assert [p.name for p in (tmp_path / "storescp").iterdir()]
+
+
+def test_https_with_a_ca_bundle(site, tmp_path):
+    """STOW-RS over TLS: Orthanc's certificate checked against pacs.dicomweb.ca; against
+    another CA (the system's) the handshake fails: retried, with the key to check named."""
+    certs = make_certs(tmp_path / "certs")
+    folders, queue, job_id = site
+    with Orthanc(tmp_path / "orthanc-tls", dicomweb=True) as pacs, \
+            TlsProxy(pacs.http_port, certs.server_crt, certs.server_key) as tls:
+        url = f"https://127.0.0.1:{tls.port}/dicom-web"
+        job = deliver_once(folders, queue, dicomweb=DicomWeb(url))  # the system's CAs only
+        assert job.state == "delivering" and "TLS: certificate verify failed (check pacs.dicomweb.ca)" in job.reason
+        queue.retry_later(job_id, 0.0, "test: due again now")
+        job = deliver_once(folders, queue, dicomweb=DicomWeb(url, ca=certs.ca_crt))
+        assert job.state == "done" and pacs.copies_of(folders.output / "r.dcm") == 1
+
+
+@pytest.mark.parametrize("web, error", [
+    ({"url": "http://user:pw@pacs/dicom-web"}, "credentials do not belong in the URL"),
+    ({"url": "ftp://pacs/dicom-web"}, "is not an http:// or https:// URL"),
+    ({"url": "http://pacs/dicom-web", "auth": {"scheme": "basic", "username": "u"}},
+     "give exactly one of secret_file and secret_env"),
+    ({"url": "http://pacs/dicom-web", "auth": {"scheme": "bearer", "username": "u", "secret_env": "X"}},
+     "username goes with scheme basic"),
+    ({"url": "http://pacs/dicom-web", "auth": {"scheme": "basic", "username": "u", "password": "pw"}},
+     "unknown key 'pacs.dicomweb.auth.password'"),
+])
+def test_dicomweb_configuration_errors_name_the_key(tmp_path, web, error):
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(yaml.safe_dump({"ae_title": "ECGDICOM", "folders": {"watch": "in", "output": "out", "work": "w"},
+                                   "pacs": {"dicomweb": web}}))
+    with pytest.raises(ConfigError, match=re.escape(error)) as exc:
+        load_config(cfg)
+    assert str(exc.value).startswith(("pacs.dicomweb", "unknown key"))
+
+
+def test_a_pacs_section_needs_a_destination(tmp_path):
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(yaml.safe_dump({"ae_title": "ECGDICOM", "folders": {"watch": "in", "output": "out", "work": "w"},
+                                   "pacs": {"timeout_s": 5.0}}))
+    with pytest.raises(ConfigError, match="name a C-STORE peer"):
+        load_config(cfg)
 
 
 @pytest.mark.parametrize("failures, outcome", [([], Outcome.DELIVERED), ([0xA700], Outcome.TRANSIENT),
