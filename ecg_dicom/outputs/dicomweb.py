@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -134,6 +135,7 @@ class StowRs:
         self.timeout_s = pacs.timeout_s
         self._session: requests.Session | None = None
         self._client: DICOMwebClient | None = None
+        self._last_used = 0.0
 
     def _connect(self) -> DICOMwebClient:
         """The client (its session keeps the HTTP connection alive), with credentials read now."""
@@ -164,6 +166,7 @@ class StowRs:
             for job in jobs:
                 results[job.id] = self._send_job(client, job)
         finally:
+            self._last_used = time.monotonic()
             if not keep_open:
                 self.release()
         return results
@@ -198,7 +201,9 @@ class StowRs:
         return outcome, text
 
     def idle(self, seconds: float) -> bool:
-        return False  # an HTTP keep-alive connection costs nothing to hold: the server closes it
+        # released when idle like an association: a POST on a keep-alive connection the server
+        # has meanwhile closed fails, and requests does not resend a POST
+        return self._session is not None and time.monotonic() - self._last_used > seconds
 
     def release(self) -> None:
         session, self._session, self._client = self._session, None, None
