@@ -55,3 +55,26 @@ def test_orthanc_down_then_kill_9_with_jobs_in_the_outbox_loses_and_duplicates_n
     finally:
         svc.kill9()
         pacs.stop()
+
+
+def test_wrong_credentials_dead_letter_then_redeliver_once_the_secret_file_is_fixed(tmp_path, tiny_checkpoint,
+                                                                                     shared_data):
+    ecg = shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm"
+    secret = tmp_path / "stow.secret"
+    secret.write_text("not-the-password\n")
+    with Orthanc(tmp_path / "orthanc", dicomweb=True, users={USER: PASSWORD}) as pacs:
+        cfg = write_config(tmp_path / "site", tiny_checkpoint,
+                           pacs={"dicomweb": {"url": pacs.dicomweb_url,
+                                              "auth": {"scheme": "basic", "username": USER,
+                                                       "secret_file": str(secret)}}})
+        with Service(cfg) as svc:
+            assert storescu(svc.port, [ecg]).returncode == 0
+            wait_for(lambda: svc.counts() == {"dead": 1}, 60, "the job to be dead-lettered at once")
+            status = ecg_dicom("status", "--config", str(cfg))
+            assert "HTTP 401 Unauthorized: credentials refused (check pacs.dicomweb.auth)" in status.stdout
+            assert pacs.instances() == []
+            secret.write_text(PASSWORD + "\n")
+            sent = ecg_dicom("redeliver", "--config", str(cfg), "--dead-letter")
+            assert sent.returncode == 0 and f"for STOW-RS {pacs.dicomweb_url}" in sent.stdout, sent.stderr
+            wait_for(lambda: svc.counts() == {"done": 1}, 60, "the redelivered job to be delivered")
+            assert len(pacs.instances()) == 2 and not list((svc.output / "dead-letter").iterdir())
