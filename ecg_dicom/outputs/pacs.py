@@ -167,6 +167,8 @@ class CStore:
             except (OSError, InvalidDicomError) as exc:
                 return Outcome.PERMANENT, f"result file {name} unreadable: {exc}"
             instances.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+        if not instances:
+            return Outcome.DELIVERED, stored
         uid = commitment.new_transaction_uid()
         self.queue.await_commitment(job.id, uid, [i for _, i in instances],
                                     time.time() + self.pacs.commitment_timeout_s)
