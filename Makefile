@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch lies on this machine's disk; asking for it by exact version first
 # stops pip from resolving a bare `torch` to a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
-DEBS    := dcmtk orthanc dicom3tools poppler-utils
+DEBS    := dcmtk orthanc orthanc-dicomweb dicom3tools poppler-utils
 # Every Python package version the tests ran with: install and CI resolve nothing new on their
 # own. `make lock` refreshes it (a fresh venv, today's newest versions allowed by pyproject.toml).
 LOCK    := constraints.txt
@@ -35,12 +35,13 @@ lock:
 
 install: $(STAMP)
 
-# Real DICOM peers for the tests (DCMTK, Orthanc, dciodvfy) and poppler-utils (pdftotext,
+# Real DICOM peers for the tests (DCMTK, Orthanc and its DICOMweb plugin, dciodvfy) and poppler-utils (pdftotext,
 # pdftoppm: the tests read the report pages we render); installed when running as root.
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	ls /usr/lib/orthanc/libOrthancDicomWeb.so* >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
 	if [ -n "$$missing" ]; then \

@@ -16,6 +16,7 @@ strict (``"11112"`` is not a port, ``true`` is not a number).
     input_lead: I
     folders: {watch: var/inbox, output: var/outbox, work: var/work}
     pacs: {ae_title: PACS, host: 127.0.0.1, port: 4242}   # absent = no delivery
+    # or / and: pacs: {dicomweb: {url: http://127.0.0.1:8042/dicom-web}}
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -194,23 +196,109 @@ class Folders:
         return self.work / "queue.sqlite3"
 
 
+def _env_name(value: str) -> str:
+    if not value or not all(ch.isalnum() or ch == "_" for ch in value) or value[0].isdigit():
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _web_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials do not belong in the URL (they would end up in logs): use pacs.dicomweb.auth")
+    if parts.query or parts.fragment:
+        raise ValueError("the service root URL takes no query or fragment")
+    return value.rstrip("/")
+
+
+@dataclass(config=_STRICT)
+class WebAuth:
+    """Credentials for the DICOMweb endpoint, never written in the YAML: the secret (the
+    password for ``basic``, the token for ``bearer``) is read from ``secret_file`` (its
+    first line) or the environment variable ``secret_env``, again before every request
+    (a rotated token is picked up without a restart)."""
+
+    scheme: Literal["basic", "bearer"]
+    username: StrictStr | None = None
+    secret_file: ConfigFile | None = None
+    secret_env: Annotated[StrictStr, AfterValidator(_env_name)] | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "WebAuth":
+        if (self.secret_file is None) == (self.secret_env is None):
+            raise ValueError("give exactly one of secret_file and secret_env")
+        if (self.scheme == "basic") != (self.username is not None):
+            raise ValueError("username goes with scheme basic (and only with it)")
+        return self
+
+
+@dataclass(config=_STRICT)
+class DicomWeb:
+    """A DICOMweb (STOW-RS) endpoint results are POSTed to: ``url`` is the service root
+    (``http://host:8042/dicom-web``; instances go to ``<url>/studies``); ``ca``: the CA
+    bundle an https server's certificate is checked against (absent: the system's);
+    ``auth``: basic or bearer credentials (absent: none)."""
+
+    url: Annotated[StrictStr, AfterValidator(_web_url)]
+    ca: ConfigFile | None = None
+    auth: WebAuth | None = None
+
+
 @dataclass(config=_STRICT)
 class Pacs:
-    """The PACS results are C-STOREd to, and how hard to try.
+    """Where results are delivered, and how hard to try: a C-STORE peer (``ae_title``,
+    ``host``, ``port``), a DICOMweb STOW-RS endpoint (``dicomweb``), or both (a job is
+    delivered when both have it).
 
     A transient failure is retried after ``retry_initial_s * 2**(attempt-1)`` seconds (at
     most ``retry_max_s``, times a random jitter in [0.5, 1]); a job still undelivered
     ``give_up_after_s`` seconds after its results were written goes to the dead-letter folder.
+    ``storage_commitment``: a C-STOREd job counts as delivered only once the PACS commits its
+    instances (Storage Commitment Push Model); without a report within
+    ``commitment_timeout_s`` the job is sent and asked for again (a transient failure).
     """
 
-    ae_title: AeTitle
-    host: Host
-    port: Port
+    ae_title: AeTitle | None = None
+    host: Host | None = None
+    port: Port | None = None
     timeout_s: Seconds = 30.0
     retry_initial_s: Seconds = 5.0
     retry_max_s: Seconds = 600.0
     give_up_after_s: Seconds = 7 * 24 * 3600.0
     tls: ClientTls | None = None
+    dicomweb: DicomWeb | None = None
+    storage_commitment: StrictBool = False
+    commitment_timeout_s: Seconds = 300.0
+
+    @model_validator(mode="after")
+    def _destinations(self) -> "Pacs":
+        given = [name for name in ("ae_title", "host", "port") if getattr(self, name) is not None]
+        if given and len(given) < 3:
+            missing = sorted({"ae_title", "host", "port"} - set(given))
+            raise ValueError("a C-STORE peer needs ae_title, host and port: "
+                             + ", ".join(repr(f"pacs.{name}") for name in missing) + " missing")
+        if not given and self.dicomweb is None:
+            raise ValueError("name a C-STORE peer (ae_title, host, port), a dicomweb endpoint, or both")
+        if not given and (self.storage_commitment or self.tls is not None):
+            raise ValueError("storage_commitment and tls are for a C-STORE peer (ae_title, host, port)")
+        return self
+
+    @property
+    def cstore(self) -> bool:
+        """True when a C-STORE peer is configured."""
+        return self.host is not None
+
+    def describe(self) -> str:
+        """Where results go, for logs and messages (no credentials)."""
+        where = []
+        if self.cstore:
+            where.append(f"{self.ae_title}@{self.host}:{self.port}"
+                         + (" (storage commitment)" if self.storage_commitment else ""))
+        if self.dicomweb is not None:
+            where.append(f"STOW-RS {self.dicomweb.url}")
+        return " and ".join(where)
 
 
 @dataclass(config=_STRICT)
@@ -332,7 +420,7 @@ def log_effective(settings: Settings, logger: logging.Logger) -> None:
     logger.info("config %s: ae_title=%s listen=%s:%d input_lead=%s pacs=%s checkpoint=%s "
                 "batch=%d watch=%s output=%s work=%s", settings.source, settings.ae_title,
                 settings.listen.host, settings.listen.port, settings.input_lead,
-                f"{settings.pacs.ae_title}@{settings.pacs.host}:{settings.pacs.port}" if settings.pacs else "none",
+                settings.pacs.describe() if settings.pacs else "none",
                 settings.checkpoint or "shipped", settings.worker.batch_size, settings.folders.watch,
                 settings.folders.output, settings.folders.work)
     if settings.allowed_callers is None:

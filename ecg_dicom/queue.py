@@ -3,7 +3,8 @@
 A job is one accepted input. Its states::
 
     waiting -> processing -> done                  (no PACS configured)
-                          -> delivering -> done    (results C-STOREd with success/warning)
+                          -> delivering -> done    (results C-STOREd with success/warning, and/or
+                                                    STOW-RS; committed, with storage commitment)
                                         -> dead    (permanent failure, or gave up)
                           -> rejected              (bad input; reason file written)
 
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS output_names (
 );
 """
 # columns added after the first release: (name, declaration); added to an older store at open
-_ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"), ("note", "TEXT"))
+_ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"), ("note", "TEXT"), ("delivered_to", "TEXT"),
+                  ("commitment", "TEXT"))
 
 
 
@@ -77,6 +79,9 @@ class Job:
     produced, relative to the output folder (``rejected/...`` for a rejected input);
     ``created`` / ``updated``: Unix times; ``note``: a remark from ingest added to the reason
     should the input be rejected (e.g. "a file of the same name was taken 2.5 s before").
+    ``delivered_to``: the destinations (``dicom``, ``dicomweb``) that already hold its results,
+    skipped when it is tried again; ``commitment``: the storage commitment request awaiting its
+    report (``{"uid": transaction UID, "instances": [SOP Instance UID, ...], "requested": t}``).
     """
 
     id: int
@@ -95,6 +100,8 @@ class Job:
     created: float = 0.0
     updated: float = 0.0
     note: str | None = None
+    delivered_to: tuple[str, ...] = ()
+    commitment: dict | None = None
 
     @property
     def result_stem(self) -> str:
@@ -309,13 +316,53 @@ class JobQueue:
         self._to_deliver.clear()
 
     def delivered(self, job_id: int) -> None:
-        self._set(job_id, "done")
+        self._db.execute("UPDATE jobs SET state = 'done', commitment = NULL, updated = ? WHERE id = ?",
+                         (time.time(), job_id))
+
+    def delivered_to(self, job_id: int, destination: str) -> None:
+        """Record that ``destination`` holds the job's results (the job may still wait for others)."""
+        self._db.execute(
+            "UPDATE jobs SET delivered_to = json_insert(COALESCE(delivered_to, '[]'), '$[#]', ?), updated = ? "
+            "WHERE id = ? AND ? NOT IN (SELECT value FROM json_each(COALESCE(delivered_to, '[]')))",
+            (destination, time.time(), job_id, destination))
 
     def retry_later(self, job_id: int, next_attempt: float, reason: str) -> None:
-        """Count a failed delivery attempt and schedule the next one (kept across restarts)."""
+        """Count a failed delivery attempt and schedule the next one (kept across restarts);
+        a storage commitment still awaited is given up (the next attempt asks anew)."""
         self._db.execute(
-            "UPDATE jobs SET attempts = attempts + 1, next_attempt = ?, reason = ?, updated = ? WHERE id = ?",
-            (next_attempt, reason, time.time(), job_id))
+            "UPDATE jobs SET attempts = attempts + 1, next_attempt = ?, reason = ?, commitment = NULL, updated = ? "
+            "WHERE id = ?", (next_attempt, reason, time.time(), job_id))
+
+    def await_commitment(self, job_id: int, transaction_uid: str, instances: list[str], deadline: float) -> None:
+        """Record a storage commitment request (before it is sent: the report may come at once);
+        the job is due again at ``deadline`` should no report come."""
+        now = time.time()
+        request = {"uid": transaction_uid, "instances": instances, "requested": now}
+        self._db.execute(
+            "UPDATE jobs SET commitment = ?, next_attempt = ?, reason = ?, updated = ? WHERE id = ?",
+            (json.dumps(request), deadline, "awaiting storage commitment", now, job_id))
+
+    def committed(self, job_id: int, transaction_uid: str) -> bool:
+        """The PACS committed the request ``transaction_uid``: clear it; False when the job no
+        longer awaits that request (a late or repeated report)."""
+        cur = self._db.execute(
+            "UPDATE jobs SET commitment = NULL, reason = NULL, updated = ? WHERE id = ? AND state = 'delivering' "
+            "AND json_extract(commitment, '$.uid') = ?", (time.time(), job_id, transaction_uid))
+        return cur.rowcount == 1
+
+    def awaiting_commitment(self, transaction_uid: str) -> Job | None:
+        """The ``delivering`` job whose storage commitment request is ``transaction_uid``, or None."""
+        row = self._db.execute("SELECT * FROM jobs WHERE state = 'delivering' AND "
+                               "json_extract(commitment, '$.uid') = ?", (transaction_uid,)).fetchone()
+        return None if row is None else _job(row)
+
+    def uncommitted(self, limit: int = 10) -> list[Job]:
+        """``delivering`` jobs awaiting a storage commitment report or retried after one failed,
+        newest change first."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE state = 'delivering' AND (commitment IS NOT NULL OR reason LIKE "
+            "'%storage commitment%') ORDER BY updated DESC, id DESC LIMIT ?", (limit,)).fetchall()
+        return [_job(r) for r in rows]
 
     def redeliver(self, job_ids: list[int]) -> int:
         """Send ``done`` or ``dead`` jobs' results again: back to ``delivering`` with a fresh
@@ -323,12 +370,13 @@ class JobQueue:
         now = time.time()
         cur = self._db.executemany(
             "UPDATE jobs SET state = 'delivering', attempts = 0, next_attempt = ?, deliver_since = ?, reason = NULL, "
-            "updated = ? WHERE id = ? AND state IN ('done', 'dead')", [(now, now, now, i) for i in job_ids])
+            "delivered_to = NULL, commitment = NULL, updated = ? WHERE id = ? AND state IN ('done', 'dead')", [(now, now, now, i) for i in job_ids])
         self._to_deliver.set()
         return cur.rowcount
 
     def dead(self, job_id: int, reason: str) -> None:
-        self._set(job_id, "dead", reason)
+        self._db.execute("UPDATE jobs SET state = 'dead', reason = ?, commitment = NULL, updated = ? WHERE id = ?",
+                         (reason, time.time(), job_id))
 
     # -- reporting ---------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -381,4 +429,6 @@ def _job(row: sqlite3.Row) -> Job:
                state=row["state"], attempts=row["attempts"], next_attempt=row["next_attempt"],
                deliver_since=row["deliver_since"], reason=row["reason"],
                outputs=tuple(json.loads(row["outputs"])), stem=row["stem"], source_name=row["source_name"],
-               created=row["created"], updated=row["updated"], note=row["note"])
+               created=row["created"], updated=row["updated"], note=row["note"],
+               delivered_to=tuple(json.loads(row["delivered_to"] or "[]")),
+               commitment=json.loads(row["commitment"]) if row["commitment"] else None)

@@ -102,3 +102,23 @@ def synthetic_lead(seconds: float = 10.0, fs: float = 500.0, seed: int = 0) -> n
     qrs = 1000 * np.exp(-((beat - 0.2) / 0.012) ** 2)
     twave = 250 * np.exp(-((beat - 0.45) / 0.05) ** 2)
     return (qrs + twave - 150 + rng.normal(0, 10, t.size)).astype(np.float32)
+
+
+@pytest.fixture
+def site(tmp_path, shared_data):
+    """A job store with one job whose result (a real 12-lead ECG file) awaits delivery:
+    (folders, queue, job id)."""
+    import shutil
+
+    from ecg_dicom.config import Folders
+    from ecg_dicom.queue import JobQueue, new_key
+
+    folders = Folders(tmp_path / "in", tmp_path / "out", tmp_path / "work")
+    folders.output.mkdir()
+    shutil.copy(shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm", folders.output / "r.dcm")
+    queue = JobQueue(folders.queue_db)
+    job_id = queue.add(new_key(), "r", "scp", "spooled")
+    queue.claim(1)
+    queue.processed(job_id, ["r.npy", "r.dcm"], deliver=True)
+    yield folders, queue, job_id
+    queue.close()

@@ -18,7 +18,7 @@ from pynetdicom import AE, evt
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
 from ecg_dicom.outputs.pacs import Delivery, Outcome, backoff_s, classify_status
-from ecg_dicom.queue import Job, JobQueue, new_key
+from ecg_dicom.queue import Job, JobQueue
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +48,6 @@ def test_backoff_grows_with_jitter_and_is_capped():
         delays = [backoff_s(attempts, pacs, rng) for _ in range(200)]
         assert base * 0.5 <= min(delays) and max(delays) <= base
         assert max(delays) - min(delays) > base * 0.3     # jitter spreads retries out
-
-
-@pytest.fixture
-def site(tmp_path, shared_data):
-    """A job store with one job whose result (a real 12-lead ECG file) awaits delivery."""
-    folders = Folders(tmp_path / "in", tmp_path / "out", tmp_path / "work")
-    folders.output.mkdir()
-    shutil.copy(shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm", folders.output / "r.dcm")
-    queue = JobQueue(folders.queue_db)
-    job_id = queue.add(new_key(), "r", "scp", "spooled")
-    queue.claim(1)
-    queue.processed(job_id, ["r.npy", "r.dcm"], deliver=True)
-    yield folders, queue, job_id
-    queue.close()
 
 
 def deliver_once(folders: Folders, queue: JobQueue, port: int, **pacs_args) -> Job:

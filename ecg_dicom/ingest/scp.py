@@ -27,7 +27,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ecg_dicom.service import metrics
@@ -72,8 +72,14 @@ def build_ae(settings: Settings) -> AE:
     for uid in ECG_WAVEFORM_SOP_CLASSES:
         ae.add_supported_context(uid, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    if settings.allowed_callers is not None:
-        ae.require_calling_aet = list(settings.allowed_callers)
+    if commitment_reports(settings):
+        # the PACS sends its storage commitment report (N-EVENT-REPORT) on a new association,
+        # in the SCP role of the SOP class (role selection), we in the SCU role
+        ae.add_supported_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                                 scu_role=False, scp_role=True)
+    callers = allowed_callers(settings)
+    if callers is not None:
+        ae.require_calling_aet = list(callers)
     ae.require_called_aet = True
     # associations are counted by the Admission (see guard.py); pynetdicom's own count, which
     # includes idle connections, only backs it up
@@ -82,6 +88,19 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.listen.handshake_timeout_s
     ae.dimse_timeout = ae.network_timeout = settings.listen.timeout_s
     return ae
+
+
+def commitment_reports(settings: Settings) -> bool:
+    """True when the PACS sends storage commitment reports to this listener."""
+    return settings.pacs is not None and settings.pacs.storage_commitment
+
+
+def allowed_callers(settings: Settings) -> tuple[str, ...] | None:
+    """``allowed_callers``, plus the PACS's AE title when it sends commitment reports."""
+    callers = settings.allowed_callers
+    if callers is not None and commitment_reports(settings) and settings.pacs.ae_title not in callers:
+        callers = (*callers, settings.pacs.ae_title)
+    return callers
 
 
 class StoreGate:
@@ -182,13 +201,15 @@ def handle_rejected(event: evt.Event) -> None:
     LOG.warning("audit: association refused from %s by pynetdicom's checks", caller_text(event.assoc))
 
 
-def start_scp(settings: Settings, spool: Spool) -> tuple[AE, ThreadedAssociationServer]:
+def start_scp(settings: Settings, spool: Spool,
+              extra_handlers: list[Any] | None = None) -> tuple[AE, ThreadedAssociationServer]:
     """Start listening on ``settings.listen`` (non-blocking, TLS if configured); returns the
-    AE and its server (a :class:`GuardedServer`, its :class:`Admission` as ``.admission``)."""
+    AE and its server (a :class:`GuardedServer`, its :class:`Admission` as ``.admission``).
+    ``extra_handlers``: more (event, handler[, args]) bindings (the storage commitment report)."""
     ae = build_ae(settings)
     counter = StoreCounter()
     listen = settings.listen
-    admission = Admission(settings.ae_title, settings.allowed_callers, settings.max_associations,
+    admission = Admission(settings.ae_title, allowed_callers(settings), settings.max_associations,
                           listen.max_pending, settings.limits.max_input_bytes, listen.handshake_timeout_s)
     gate = StoreGate(spool, settings.limits, admission)
     handlers: list[Any] = [
@@ -198,6 +219,7 @@ def start_scp(settings: Settings, spool: Spool) -> tuple[AE, ThreadedAssociation
         (evt.EVT_ABORTED, handle_end, [counter]),
         (evt.EVT_REJECTED, handle_rejected),
         *admission.handlers(),
+        *(extra_handlers or []),
     ]
     ssl_context = server_context(listen.tls) if listen.tls is not None else None
     server = ae.make_server((listen.host, listen.port), ssl_context=ssl_context, evt_handlers=handlers,

@@ -1,4 +1,9 @@
-"""Delivery of results to PACS: a C-STORE SCU; the running service keeps its association
+"""Delivery of results to PACS: :class:`Delivery` sends each job to every destination
+configured (this module's C-STORE SCU, :mod:`ecg_dicom.outputs.dicomweb`'s STOW-RS, or both)
+and retries or dead-letters it; with ``pacs.storage_commitment`` a C-STOREd job is done only
+when the PACS commits it (:mod:`ecg_dicom.outputs.commitment`).
+
+C-STORE: the running service keeps its association
 open between batches and releases it after ``IDLE_RELEASE_S`` without work (a new
 association per result cost a round of A-ASSOCIATE negotiation each time).
 
@@ -31,17 +36,20 @@ import random
 import shutil
 import threading
 import time
-from enum import Enum
+from typing import Callable, Sequence
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from ecg_dicom.service import metrics
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
 from ecg_dicom.files import write_reason
+from ecg_dicom.logsafe import uid_hash
+from ecg_dicom.outputs import commitment
+from ecg_dicom.outputs.destination import Destination, Outcome, dicom_results, summary
 from ecg_dicom.service.memory import release_freed_memory
 from ecg_dicom.queue import Job, JobQueue
 from ecg_dicom.tls import client_context
@@ -51,12 +59,6 @@ WARNING_STATUSES = (0xB000, 0xB006, 0xB007)
 REJECTED_PERMANENT = 1
 ERROR_PAUSE_S = 5.0
 IDLE_RELEASE_S = 2.0  # an association kept open for the next results is released after this long unused
-
-
-class Outcome(Enum):
-    DELIVERED = "delivered"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
 
 
 def classify_status(status: Dataset | None) -> tuple[Outcome, str]:
@@ -75,114 +77,106 @@ def classify_status(status: Dataset | None) -> tuple[Outcome, str]:
     return Outcome.PERMANENT, f"{text} (failure)"
 
 
-def _summary(texts: list[str]) -> str:
-    """``status 0x0000`` x 110 -> ``110 x status 0x0000``: one short line for a split result."""
-    counts: dict[str, int] = {}
-    for text in texts:
-        counts[text] = counts.get(text, 0) + 1
-    return ", ".join(text if n == 1 else f"{n} x {text}" for text, n in counts.items())
-
-
 def backoff_s(attempts: int, pacs: Pacs, rng: random.Random) -> float:
     """Seconds to wait before the next try after ``attempts`` failed tries (>= 1)."""
     base = min(pacs.retry_max_s, pacs.retry_initial_s * 2.0 ** (attempts - 1))
     return base * rng.uniform(0.5, 1.0)
 
 
-class Delivery:
-    """Sends the DICOM results of ``delivering`` jobs to PACS; run :meth:`run` in a thread.
+class CStore:
+    """C-STORE to the configured peer over one association per batch (kept open between
+    batches while results keep coming); with ``pacs.storage_commitment`` each stored job is
+    then asked to be committed (N-ACTION) and waits for the report.
 
     Parameters
     ----------
-    queue : the job store (jobs in ``delivering``, with their next attempt time).
-    pacs : where to send and how hard to try.
-    folders : output (where the results are) and dead-letter folders.
+    queue : the job store (a commitment request is recorded there before it is sent).
+    pacs : the peer, its timeouts and TLS.
+    folders : where the results are.
     ae_title : our calling AE title.
-    batch_size : jobs per association.
+    on_report : where a storage commitment report arriving on this association goes.
     """
 
-    def __init__(self, queue: JobQueue, pacs: Pacs, folders: Folders, ae_title: str, batch_size: int) -> None:
+    key = "dicom"
+
+    def __init__(self, queue: JobQueue, pacs: Pacs, folders: Folders, ae_title: str,
+                 on_report: Callable[[commitment.Report], None]) -> None:
         self.queue = queue
         self.pacs = pacs
         self.folders = folders
-        self.batch_size = batch_size
-        self.rng = random.Random()
+        self.label = str(pacs.ae_title)
         self.ae = AE(ae_title=ae_title)
         for uid in OUTPUT_SOP_CLASSES:
             self.ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        if pacs.storage_commitment:
+            self.ae.add_requested_context(commitment.StorageCommitmentPushModel,
+                                          [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = pacs.timeout_s
         self.ae.connection_timeout = pacs.timeout_s
         # DICOM TLS: the PACS's certificate checked against pacs.tls.ca and its host name
         self.tls_args = (client_context(pacs.tls), pacs.host) if pacs.tls is not None else None
-        self._open = None  # the association kept open between batches by run(), and when it was last used
+        # a PACS may send the commitment report on the association the request came on
+        self.handlers = [(evt.EVT_N_EVENT_REPORT, commitment.handle_event_report, [on_report])]
+        self._open = None  # the association kept open between batches, and when it was last used
         self._last_used = 0.0
 
-    def run(self, stop: threading.Event) -> None:
-        """Deliver due jobs until ``stop`` is set; the association in hand is finished first."""
-        try:
-            while not stop.is_set():
-                try:
-                    jobs = self.queue.due(time.time(), self.batch_size)
-                    if jobs:
-                        self.deliver(jobs, keep_open=True)
-                        continue
-                except Exception:  # job store or dead-letter folder failing: keep going, jobs stay recorded
-                    LOG.exception("delivery error; pausing")
-                    self._release()
-                    stop.wait(ERROR_PAUSE_S)
-                    continue
-                if self._open is not None and time.monotonic() - self._last_used > IDLE_RELEASE_S:
-                    self._release()
-                nxt = self.queue.next_due()
-                wait = 1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time()))
-                self.queue.wait_for_delivery(min(wait, IDLE_RELEASE_S) if self._open is not None else wait)
-        finally:
-            self._release()
+    def idle(self, seconds: float) -> bool:
+        return self._open is not None and time.monotonic() - self._last_used > seconds
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Release the association kept open, if any."""
         assoc, self._open = self._open, None
         if assoc is not None and assoc.is_established:
             assoc.release()
 
-    def deliver(self, jobs: list[Job], keep_open: bool = False) -> None:
-        """One association for ``jobs`` (the one kept open, while it still is, else a new one);
-        each job ends delivered, retried later, or dead. ``keep_open``: keep the association
-        for the next call instead of releasing it."""
+    def send(self, jobs: Sequence[Job], keep_open: bool) -> dict[int, tuple[Outcome, str]]:
+        """One association for ``jobs`` (the one kept open, while it still is, else a new one)."""
         assoc, self._open = self._open, None
         if assoc is None or not assoc.is_established:
             assoc = self.ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title,
-                                      tls_args=self.tls_args)
+                                      tls_args=self.tls_args, evt_handlers=self.handlers)
         if not assoc.is_established:
             if assoc.is_rejected and getattr(assoc.acceptor.primitive, "result", None) == REJECTED_PERMANENT:
                 reason = "association rejected permanently by PACS (check AE titles / PACS config)"
-                for job in jobs:
-                    self._dead(job, reason)
-            else:
-                what = "rejected (transient)" if assoc.is_rejected else "not established (refused, timeout or abort)"
-                for job in jobs:
-                    self._retry(job, f"association {what}")
-            return
+                return {job.id: (Outcome.PERMANENT, reason) for job in jobs}
+            what = "rejected (transient)" if assoc.is_rejected else "not established (refused, timeout or abort)"
+            return {job.id: (Outcome.TRANSIENT, f"association {what}") for job in jobs}
+        results: dict[int, tuple[Outcome, str]] = {}
         try:
             for job in jobs:
                 outcome, text = self._send_job(assoc, job)
                 if sum(name.endswith(".dcm") for name in job.outputs) > 3:  # a split result: ~110 for an hour
                     release_freed_memory()
-                if outcome is Outcome.DELIVERED:
-                    self.queue.delivered(job.id)
-                    metrics.JOBS_FINISHED.labels("done").inc()
-                    if job.created:
-                        metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - job.created))
-                    LOG.info("%s delivered to %s (%s)", job.tag, self.pacs.ae_title, text)
-                elif outcome is Outcome.PERMANENT:
-                    self._dead(job, text)
-                else:
-                    self._retry(job, text)
+                if outcome is Outcome.DELIVERED and self.pacs.storage_commitment:
+                    outcome, text = self._request_commitment(assoc, job, text)
+                results[job.id] = (outcome, text)
         finally:
             if keep_open and assoc.is_established:
                 self._open, self._last_used = assoc, time.monotonic()
             elif assoc.is_established:
                 assoc.release()
+        return results
+
+    def _request_commitment(self, assoc, job: Job, stored: str) -> tuple[Outcome, str]:
+        """N-ACTION for the job's instances, recorded first (the report may come at once)."""
+        instances = []
+        for name in dicom_results(job):
+            try:
+                ds = dcmread(self.folders.output / name, stop_before_pixels=True,
+                             specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            except (OSError, InvalidDicomError) as exc:
+                return Outcome.PERMANENT, f"result file {name} unreadable: {exc}"
+            instances.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+        if not instances:
+            return Outcome.DELIVERED, stored
+        uid = commitment.new_transaction_uid()
+        self.queue.await_commitment(job.id, uid, [i for _, i in instances],
+                                    time.time() + self.pacs.commitment_timeout_s)
+        try:
+            accepted, text = commitment.send_request(assoc, uid, instances)
+        except (ValueError, RuntimeError) as exc:  # no context for it / association lost
+            return Outcome.TRANSIENT, f"storage commitment request not sent ({exc})"
+        return (Outcome.PENDING if accepted else Outcome.TRANSIENT), f"{stored}; {text}"
 
     def _send_job(self, assoc, job: Job) -> tuple[Outcome, str]:
         """C-STORE every DICOM output of ``job`` (the waveform object(s) and the report's PDF
@@ -209,7 +203,143 @@ class Delivery:
                 worst = outcome
             elif "warning" in text:
                 LOG.warning("%s: PACS answered %s, counted as delivered", job.tag, text)
-        return worst, _summary(texts) or "no DICOM output"
+        return worst, summary(texts) or "no DICOM output"
+
+
+class Delivery:
+    """Delivers the DICOM results of ``delivering`` jobs to every configured destination
+    (C-STORE peer, STOW-RS endpoint, or both); run :meth:`run` in a thread. A job is done
+    when every destination holds its results (committed, with storage commitment).
+
+    Parameters
+    ----------
+    queue : the job store (jobs in ``delivering``, with their next attempt time).
+    pacs : where to send and how hard to try.
+    folders : output (where the results are) and dead-letter folders.
+    ae_title : our calling AE title.
+    batch_size : jobs per association / per round.
+    """
+
+    def __init__(self, queue: JobQueue, pacs: Pacs, folders: Folders, ae_title: str, batch_size: int) -> None:
+        self.queue = queue
+        self.pacs = pacs
+        self.folders = folders
+        self.batch_size = batch_size
+        self.rng = random.Random()
+        self._lock = threading.Lock()  # a job settled by this thread or by a commitment report, not both
+        self.destinations: list[Destination] = []
+        if pacs.cstore:
+            self.destinations.append(CStore(queue, pacs, folders, ae_title, self.commitment_report))
+        if pacs.dicomweb is not None:
+            from ecg_dicom.outputs.dicomweb import StowRs  # requests + dicomweb-client only when used
+            self.destinations.append(StowRs(pacs, folders))
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver due jobs until ``stop`` is set; the association in hand is finished first."""
+        try:
+            while not stop.is_set():
+                try:
+                    jobs = self.queue.due(time.time(), self.batch_size)
+                    if jobs:
+                        self.deliver(jobs, keep_open=True)
+                        continue
+                except Exception:  # job store or dead-letter folder failing: keep going, jobs stay recorded
+                    LOG.exception("delivery error; pausing")
+                    self._release()
+                    stop.wait(ERROR_PAUSE_S)
+                    continue
+                for destination in self.destinations:
+                    if destination.idle(IDLE_RELEASE_S):
+                        destination.release()
+                held = any(destination.idle(0.0) for destination in self.destinations)
+                nxt = self.queue.next_due()
+                wait = 1.0 if nxt is None else min(1.0, max(0.05, nxt - time.time()))
+                self.queue.wait_for_delivery(min(wait, IDLE_RELEASE_S) if held else wait)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for destination in self.destinations:
+            destination.release()
+
+    def deliver(self, jobs: list[Job], keep_open: bool = False) -> None:
+        """Send ``jobs`` wherever they are still missing; each job ends delivered, awaiting its
+        storage commitment report, retried later, or dead. ``keep_open``: keep connections for
+        the next call instead of releasing them."""
+        fresh = []
+        for job in jobs:
+            if job.commitment is not None:  # due again with its report still missing
+                with self._lock:
+                    current = self.queue.find(job.id)
+                    if current is not None and current.state == "delivering" and current.commitment is not None:
+                        metrics.COMMITMENTS.labels("timeout").inc()
+                        self._retry(current, f"no storage commitment report within {self.pacs.commitment_timeout_s:g} s")
+            else:
+                fresh.append(job)
+        results: dict[int, list[tuple[Destination, Outcome, str]]] = {job.id: [] for job in fresh}
+        for destination in self.destinations:
+            todo = [job for job in fresh if destination.key not in job.delivered_to]
+            if not todo:
+                continue
+            for job_id, (outcome, text) in destination.send(todo, keep_open).items():
+                results[job_id].append((destination, outcome, text))
+                if outcome is Outcome.DELIVERED:
+                    self.queue.delivered_to(job_id, destination.key)
+        for job in fresh:
+            with self._lock:
+                self._settle(job, results[job.id])
+
+    def _settle(self, job: Job, results: list[tuple[Destination, Outcome, str]]) -> None:
+        """The job's fate from what each destination answered this time (and before)."""
+        current = self.queue.find(job.id)
+        if current is None or current.state != "delivering":  # a commitment report settled it meanwhile
+            return
+        text = "; ".join(f"{d.label}: {t}" if len(self.destinations) > 1 else t for d, _, t in results)
+        outcomes = {outcome for _, outcome, _ in results}
+        if Outcome.PERMANENT in outcomes:
+            self._dead(current, text)
+        elif Outcome.TRANSIENT in outcomes:
+            self._retry(current, text)
+        elif all(d.key in current.delivered_to for d in self.destinations):
+            self._finish(current, text or "already delivered")
+        elif Outcome.PENDING in outcomes:
+            LOG.info("%s stored at %s; awaiting its storage commitment report", job.tag, self.pacs.ae_title)
+
+    def _finish(self, job: Job, text: str) -> None:
+        self.queue.delivered(job.id)
+        metrics.JOBS_FINISHED.labels("done").inc()
+        if job.created:
+            metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - job.created))
+        LOG.info("%s delivered to %s (%s)", job.tag, self.pacs.describe(), text)
+
+    def commitment_report(self, report: commitment.Report) -> None:
+        """A storage commitment report (from our listener, or on the delivery association):
+        the job is delivered to the C-STORE peer when every instance asked for is committed,
+        else retried."""
+        with self._lock:
+            job = self.queue.awaiting_commitment(report.transaction_uid)
+            if job is None:
+                LOG.warning("storage commitment report for transaction %s: no job awaits it (late, or "
+                            "answered already); ignored", uid_hash(report.transaction_uid))
+                return
+            asked = list(job.commitment["instances"])
+            failed = dict(report.failed)
+            missing = [uid for uid in asked if uid not in set(report.committed) and uid not in failed]
+            if failed or missing:
+                metrics.COMMITMENTS.labels("failed").inc()
+                reasons = summary([commitment.reason_text(code) for code in failed.values()]
+                                  + ["not in the report"] * len(missing))
+                self._retry(job, f"storage commitment failed for {len(failed) + len(missing)} of {len(asked)} "
+                                 f"instance(s): {reasons}")
+                return
+            if not self.queue.committed(job.id, report.transaction_uid):
+                return
+            metrics.COMMITMENTS.labels("committed").inc()
+            self.queue.delivered_to(job.id, CStore.key)
+            job = self.queue.get(job.id)
+            LOG.info("%s: %d instance(s) committed by %s", job.tag, len(asked), self.pacs.ae_title)
+            if all(d.key in job.delivered_to for d in self.destinations):
+                self._finish(job, f"{len(asked)} committed")
 
     def _retry(self, job: Job, reason: str) -> None:
         metrics.PACS_FAILURES.labels("transient").inc()

@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 import numpy as np
+from pynetdicom import evt
 
 from ecg_dicom import logsafe
 from ecg_dicom.service import metrics
@@ -40,6 +41,7 @@ from ecg_dicom.ingest.watcher import FolderWatcher
 from ecg_dicom.inputs import QUALITY_LISTENERS
 from ecg_dicom.service.lock import ServiceLock
 from ecg_dicom.service.monitor import Monitor
+from ecg_dicom.outputs import commitment
 from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
 from ecg_dicom.service.worker import Worker
@@ -163,8 +165,11 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
                threading.Thread(target=watcher.run, name="watcher", daemon=True)]
     if delivery:
         threads.append(threading.Thread(target=delivery.run, args=(work_stop,), name="delivery", daemon=True))
+    extra = []
+    if delivery is not None and settings.pacs.storage_commitment:  # reports come to our listener
+        extra.append((evt.EVT_N_EVENT_REPORT, commitment.handle_event_report, [delivery.commitment_report]))
     try:
-        ae, server = start_scp(settings, spool)
+        ae, server = start_scp(settings, spool, extra)
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
                           f"{exc.strerror or exc}") from exc

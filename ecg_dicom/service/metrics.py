@@ -17,6 +17,7 @@ ecg_dicom_delivery_seconds                     histogram  job accepted -> delive
 ecg_dicom_stores_total                         counter    ``status``: success, out_of_resources,
                                                           queue_full, too_large, ...
 ecg_dicom_pacs_failures_total                  counter    ``kind``: transient, permanent
+ecg_dicom_storage_commitments_total            counter    ``result``: committed, failed, timeout
 ecg_dicom_association_refusals_total           counter    ``reason``: calling_ae, called_ae,
                                                           local_limit, tls_handshake,
                                                           handshake_timeout, pending_evicted,
@@ -52,6 +53,8 @@ DELIVERY_SECONDS = Histogram("ecg_dicom_delivery_seconds", "Job accepted to resu
 STORES = Counter("ecg_dicom_stores", "C-STORE requests answered, by outcome", ["status"], registry=REGISTRY)
 PACS_FAILURES = Counter("ecg_dicom_pacs_failures", "Failed delivery attempts to PACS, by kind", ["kind"],
                         registry=REGISTRY)
+COMMITMENTS = Counter("ecg_dicom_storage_commitments", "Storage commitment requests answered (or not), by"
+                      " result", ["result"], registry=REGISTRY)
 REFUSALS = Counter("ecg_dicom_association_refusals", "Connections or associations refused, by reason",
                    ["reason"], registry=REGISTRY)
 ASSOCIATIONS_ACTIVE = Gauge("ecg_dicom_associations_active", "Associations admitted and open",
@@ -64,6 +67,8 @@ for _outcome in ("done", "rejected", "dead_lettered"):
     JOBS_FINISHED.labels(_outcome)
 for _kind in ("transient", "permanent"):
     PACS_FAILURES.labels(_kind)
+for _result in ("committed", "failed", "timeout"):
+    COMMITMENTS.labels(_result)
 
 
 class JobStoreCollector(Collector):

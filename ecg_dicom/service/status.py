@@ -4,7 +4,8 @@ job store, and what went wrong lately.
 Whether the service runs is read from the lock it holds in the work folder
 (:mod:`ecg_dicom.service.lock`: right after kill -9 too), and, when the configuration has an
 ``http`` section, from its ``/health`` endpoint. Then one ``<state>: <count>`` line per job
-state, and the most recent rejections and dead letters with their reasons. With job ids,
+state, and the most recent rejections, dead letters and jobs awaiting (or retried after) a
+storage commitment, with their reasons. With job ids,
 each job in full: where it came from, under which name, its state and the files it
 produced (the job -> result files mapping). ``--json`` prints the same as one JSON object.
 Everything printed from the wire or a dropped file's name is escaped.
@@ -64,6 +65,7 @@ def collect(settings: Settings, queue: JobQueue, job_ids: list[int], recent: int
     else:
         report["recent_rejections"] = [_job_dict(job) for job in queue.recent("rejected", recent)]
         report["recent_dead_letters"] = [_job_dict(job) for job in queue.recent("dead", recent)]
+        report["uncommitted"] = [_job_dict(job) for job in queue.uncommitted(recent)]
     return report
 
 
@@ -98,23 +100,36 @@ def print_report(report: dict[str, Any], settings: Settings) -> None:
             print(f"  reason: {_escape(job['reason'])}")
         if job["state"] == "delivering" and job["attempts"]:
             print(f"  delivery attempts: {job['attempts']}, next {_when(job['next_attempt'])}")
+        if job["delivered_to"] and job["state"] == "delivering":
+            print(f"  already delivered to: {', '.join(job['delivered_to'])}")
+        if job["commitment"]:
+            print(f"  storage commitment: {_commitment_text(job)}")
     for unknown in report.get("unknown_jobs", []):
         print(f"\njob {unknown}: no such job", file=sys.stderr)
-    for key, title in (("recent_rejections", "rejected"), ("recent_dead_letters", "dead-lettered")):
+    for key, title in (("recent_rejections", "rejected"), ("recent_dead_letters", "dead-lettered"),
+                       ("uncommitted", "awaiting storage commitment or retried after it failed")):
         jobs = report.get(key)
         if not jobs:
             continue
         print(f"\nlast {len(jobs)} {title} (newest first; ecg-dicom status JOB for one in full):")
         for job in jobs:
             name = _escape(job["source_name"] or job["name"])
-            print(f"  job {job['id']:<6} {_when(job['updated'])}  {name}: {_escape(job['reason'] or '?')}")
+            why = _commitment_text(job) if job["commitment"] else job["reason"] or "?"
+            print(f"  job {job['id']:<6} {_when(job['updated'])}  {name}: {_escape(why)}")
+
+
+def _commitment_text(job: dict[str, Any]) -> str:
+    """``awaiting the report on 2 instance(s) requested 18:05:02, asked again 18:10:02 if none``"""
+    request = job["commitment"]
+    return (f"awaiting the PACS's report on {len(request.get('instances', []))} instance(s) requested "
+            f"{_when(request.get('requested'))}; asked again {_when(job['next_attempt'])} if none comes")
 
 
 def _job_dict(job: Job) -> dict[str, Any]:
     return {"id": job.id, "state": job.state, "origin": job.origin, "name": job.name, "stem": job.stem,
             "source_name": job.source_name, "outputs": list(job.outputs), "reason": job.reason,
             "attempts": job.attempts, "next_attempt": job.next_attempt, "created": job.created,
-            "updated": job.updated}
+            "updated": job.updated, "delivered_to": list(job.delivered_to), "commitment": job.commitment}
 
 
 def _health(settings: Settings) -> str | None:
