@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, synthetic_lead
-from tests.peers import write_config
+from conftest import REPO_ROOT, synthetic_lead
+from peers import write_config
 
 # runs `ecg-dicom ARGS` with torch (and torch.*) not importable
 WITHOUT_TORCH = """
