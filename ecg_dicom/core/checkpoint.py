@@ -116,6 +116,7 @@ def load_checkpoint(path: str | Path | None = None, input_lead: str = "I",
                              f" {path.stem}.onnx export beside it)")
 
     from ecg_dicom.core.model import EnsembleModel
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
