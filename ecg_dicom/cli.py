@@ -10,6 +10,8 @@ import sys
 from typing import Sequence
 
 from ecg_dicom import __version__
+from ecg_dicom.errors import MissingExtraError
+from ecg_dicom.extras import missing_extra, missing_module
 from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
 
 DESCRIPTION = """\
@@ -39,6 +41,9 @@ _COMMANDS = {
     "status": "ecg_dicom.service.status",
     "redeliver": "ecg_dicom.service.redeliver",
 }
+
+# subcommand -> the extra of pyproject.toml it needs whole (others: the extra of what is missing)
+_EXTRAS = {"train": "train", "export": "export"}
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -77,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", choices=("A4", "Letter"), default="A4", help="report page size (default A4)")
     _add_model_args(p)
     p.add_argument("--engine", choices=("single", "ray"), default="single",
-                   help="single: this process (default); ray: Ray Data workers (pip install 'ecg-dicom[scale]')")
+                   help="single: this process (default); ray: Ray Data workers (pip install '.[scale]')")
     ray = p.add_argument_group("Ray engine (--engine ray)")
     ray.add_argument("--address", default=None,
                      help="join a running Ray cluster (auto, or HOST:PORT); default: start a local instance")
@@ -195,9 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ecg-dicom``; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(_COMMANDS[args.command])
     try:
+        module = importlib.import_module(_COMMANDS[args.command])
         return int(module.run(args) or 0)
+    except MissingExtraError as exc:
+        print(f"ecg-dicom {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # one imported at the top of a command's module (train)
+        missing = missing_module(exc)
+        if missing is None:
+            raise
+        error = missing_extra(missing, "this command", _EXTRAS.get(args.command))
+        print(f"ecg-dicom {args.command}: {error}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `ecg-dicom status ... | head`: the reader has gone, and that is fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -43,6 +43,7 @@ from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.runners import OnnxRunner, default_threads
 from ecg_dicom.errors import EcgDicomError, InputError
+from ecg_dicom.extras import require
 from ecg_dicom.files import deferred_sync, sync_filesystem, write_reason
 from ecg_dicom.inputs import LeadInput, gate_many, load_input
 from ecg_dicom.logsafe import strip_wire
@@ -375,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         return run_ray(args)
     try:
         if args.device.startswith("cuda"):
-            import torch
+            torch = require("torch", f"--device {args.device}")
 
             if not torch.cuda.is_available():
                 raise EcgDicomError(f"device {args.device} is not available on this machine")

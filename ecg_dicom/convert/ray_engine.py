@@ -48,10 +48,11 @@ from ecg_dicom.convert.batch import (
 )
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import EcgDicomError
+from ecg_dicom.extras import install_hint
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "--engine ray needs Ray, an optional extra: pip install 'ecg-dicom[scale]'"
+INSTALL_HINT = f"--engine ray needs Ray, an optional extra: {install_hint('scale')}"
 TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 # Ray puts its sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store,
 # and a Unix socket path may not exceed 107 bytes.
