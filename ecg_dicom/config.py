@@ -310,6 +310,13 @@ class Settings:
             raise ValueError(f"no such file {value}")
         return value
 
+    @model_validator(mode="after")
+    def _one_checkpoint_one_lead(self) -> "Settings":
+        if self.checkpoint is not None and self.input_lead == "auto":
+            raise ValueError("checkpoint: a checkpoint is a model for one lead; input_lead auto uses the shipped"
+                             " model of each lead (leave checkpoint out, or set input_lead to the checkpoint's lead)")
+        return self
+
 
 _SETTINGS = TypeAdapter(Settings)
 

@@ -112,8 +112,8 @@ def header_lines(data: ReportData) -> list[str]:
     model = (f"Measured: lead {data.input_lead} only. Other 11 leads: {data.model_name},"
              f" model version {data.model_version}")
     if data.source_complete:
-        model = (f"The source holds all 12 measured leads (read them there). Here: lead {data.input_lead}"
-                 f" measured, 11 leads by {data.model_name}, model version {data.model_version}")
+        model = (f"Source holds all 12 measured leads (read them there). Here: lead {data.input_lead} measured;"
+                 f" 11 by {data.model_name} {data.model_version}")
     return [patient, source, model]
 
 
