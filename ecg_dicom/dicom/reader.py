@@ -427,12 +427,16 @@ def _rhythm_channels(groups: list[Dataset], limits: Limits) -> tuple[dict[str, t
     return best, others
 
 
-def _lead_samples(ds: Dataset, groups: list[Dataset], lead: str, where: tuple[float, int, int]) -> np.ndarray:
-    """(N,) float64 µV of ``lead`` at ``where`` (see :func:`_rhythm_channels`)."""
+def _lead_samples(ds: Dataset, groups: list[Dataset], lead: str, where: tuple[float, int, int],
+                  decoded: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """(N,) float64 µV of ``lead`` at ``where`` (see :func:`_rhythm_channels`); ``decoded``:
+    the raw samples of groups already decoded, by group index (filled in)."""
     _, g_index, c_index = where
     uv_per_unit, baseline_uv = _channel_scale(groups[g_index].ChannelDefinitionSequence[c_index], lead)
-    raw = multiplex_array(ds, g_index, as_raw=True)[:, c_index]
-    return raw.astype(np.float64) * uv_per_unit + baseline_uv
+    decoded = {} if decoded is None else decoded
+    if g_index not in decoded:
+        decoded[g_index] = multiplex_array(ds, g_index, as_raw=True)
+    return decoded[g_index][:, c_index].astype(np.float64) * uv_per_unit + baseline_uv
 
 
 def _read_lead(ds: Dataset, wanted: str, limits: Limits) -> DicomLead:
@@ -469,12 +473,13 @@ def read_dicom_leads(source: str | Path | Dataset, limits: Limits = DEFAULT_LIMI
         anchor_group = groups[anchor[1]]
         shape = (_group_fs(anchor_group, anchor[1]), int(anchor_group.NumberOfWaveformSamples))
         leads: dict[str, np.ndarray] = {}
+        decoded: dict[int, np.ndarray] = {}
         for lead, where in found.items():
             group = groups[where[1]]
             if (_group_fs(group, where[1]), int(group.NumberOfWaveformSamples)) != shape:
                 continue
             try:
-                leads[lead] = _lead_samples(ds, groups, lead, where)
+                leads[lead] = _lead_samples(ds, groups, lead, where, decoded)
             except WaveformError:
                 continue
         return leads
