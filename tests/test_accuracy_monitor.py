@@ -236,3 +236,36 @@ def test_service_monitor_equals_evaluate_and_keeps_12lead_sources_local(shared_d
         assert "Source holds all 12 measured leads" in page
     finally:
         assert service.stop() == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"accuracy_monitor": {"margin": 1.5}}, "accuracy_monitor.margin: "),
+    ({"accuracy_monitor": {"window": 0}}, "accuracy_monitor.window: "),
+    ({"accuracy_monitor": {"windows": 5}}, "unknown key 'accuracy_monitor.windows'"),
+    ({"deliver_when_source_complete": "yes"}, "deliver_when_source_complete: "),
+    ({"input_lead": "III"}, "input_lead: "),
+    ({"input_lead": "auto", "checkpoint": "ck.pt"}, "checkpoint: a checkpoint is a model for one lead"),
+])
+def test_bad_settings_fail_at_start_naming_the_key(tmp_path, extra, message):
+    from ecg_dicom.config import load_config
+    from ecg_dicom.errors import ConfigError
+
+    (tmp_path / "ck.pt").write_bytes(b"x")
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({"ae_title": "ECG", "folders": {"watch": "i", "output": "o", "work": "w"},
+                                    **extra}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
+
+
+def test_good_settings_load(tmp_path):
+    from ecg_dicom.config import load_config
+
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({"ae_title": "ECG", "folders": {"watch": "i", "output": "o", "work": "w"},
+                                    "input_lead": "auto", "deliver_when_source_complete": True,
+                                    "accuracy_monitor": {"margin": 0.05, "window": 20}}))
+    settings = load_config(path)
+    assert settings.input_lead == "auto" and settings.deliver_when_source_complete is True
+    assert (settings.accuracy_monitor.margin, settings.accuracy_monitor.window) == (0.05, 20)
