@@ -269,3 +269,11 @@ def test_good_settings_load(tmp_path):
     settings = load_config(path)
     assert settings.input_lead == "auto" and settings.deliver_when_source_complete is True
     assert (settings.accuracy_monitor.margin, settings.accuracy_monitor.window) == (0.05, 20)
+
+
+def test_a_checkpoint_without_a_card_is_measured_not_judged(tmp_path):
+    queue = JobQueue(tmp_path / "q.sqlite3")
+    monitor = AccuracyMonitor(queue, MonitorSettings(margin=0.1, window=2), card={})
+    for job in range(3):
+        monitor.record(job, "ELI250", "I", figures(0.1))
+    assert monitor.degraded() == {} and len(queue.accuracy_rows()) == 6

@@ -47,13 +47,18 @@ def device_model(dataset: Any) -> str:
 class AccuracyMonitor:
     """Keeps the figures and says whether the model has drifted below its card.
 
-    ``clock``: Unix time (for tests). Thread-safe: the worker records, ``/health`` reads.
+    ``card``: per input lead the model card's r per learned lead (default: the shipped
+    models', :data:`MODEL_CARD_R`; {} for a site's own checkpoint, which has no card here:
+    figures are kept, never judged). ``clock``: Unix time (for tests). Thread-safe: the
+    worker records, ``/health`` reads.
     """
 
     def __init__(self, queue: JobQueue, settings: MonitorSettings,
+                 card: dict[str, dict[str, float]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.settings = settings
+        self.card = MODEL_CARD_R if card is None else card
         self.clock = clock
         self._lock = threading.Lock()
         self._degraded: dict[str, dict[str, float]] = {}
@@ -75,12 +80,12 @@ class AccuracyMonitor:
         degraded: dict[str, dict[str, float]] = {}
         for lead in self.queue.accuracy_leads():
             rows = [row for row in self.queue.latest_accuracy(lead, window)
-                    if lead in MODEL_CARD_R.get(row.input_lead, {})]
+                    if lead in self.card.get(row.input_lead, {})]
             if len(rows) < window:
                 continue
-            deficit = float(np.median([row.r - MODEL_CARD_R[row.input_lead][lead] for row in rows]))
+            deficit = float(np.median([row.r - self.card[row.input_lead][lead] for row in rows]))
             if deficit < -margin:
-                card = float(np.mean([MODEL_CARD_R[row.input_lead][lead] for row in rows]))
+                card = float(np.mean([self.card[row.input_lead][lead] for row in rows]))
                 degraded[lead] = {"median_r": round(float(np.median([row.r for row in rows])), 3),
                                   "card_r": round(card, 3), "n": len(rows)}
         now = self.clock()

@@ -154,7 +154,8 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
                  model.input_lead, model.precision, settings.device, settings.torch_threads)
         models[lead] = model
     reconstructor = next(iter(models.values()))
-    accuracy = AccuracyMonitor(queue, settings.accuracy_monitor)
+    # the model card's figures hold for the shipped models only: a site's own checkpoint is measured, not judged
+    accuracy = AccuracyMonitor(queue, settings.accuracy_monitor, card=None if settings.checkpoint is None else {})
     accuracy.check()  # the figures kept before this start count
 
     # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
