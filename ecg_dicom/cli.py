@@ -12,6 +12,7 @@ from typing import Sequence
 from ecg_dicom import __version__
 from ecg_dicom.errors import MissingExtraError
 from ecg_dicom.extras import missing_extra, missing_module
+from ecg_dicom.core.leadchoice import INPUT_LEAD_CHOICES
 from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
 
 DESCRIPTION = """\
@@ -46,9 +47,15 @@ _COMMANDS = {
 _EXTRAS = {"train": "train", "export": "export"}
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I",
-                   help="lead given to the model (default I)")
+AUTO_LEAD_HELP = ("lead given to the model: I, II, or auto: for a source holding several leads (a 12-lead DICOM"
+                  " object) the one the model does best from (I unless it is near-isoelectric or refused by the"
+                  " signal-quality gate and II is fine), for a .npy its sidecar's lead, else I (default I)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
+    """The model's arguments; ``auto``: --input-lead may also be ``auto`` (core/leadchoice.py)."""
+    p.add_argument("--input-lead", choices=INPUT_LEAD_CHOICES if auto else SUPPORTED_INPUT_LEADS, default="I",
+                   help=AUTO_LEAD_HELP if auto else "lead given to the model (default I)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint file (default: the one shipped for --input-lead)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -80,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="also draw the 12-lead page: <stem>.pdf (and <stem>.report.dcm with --format dicom|both)")
     p.add_argument("--paper", choices=("A4", "Letter"), default="A4", help="report page size (default A4)")
-    _add_model_args(p)
+    _add_model_args(p, auto=True)
     p.add_argument("--engine", choices=("single", "ray"), default="single",
                    help="single: this process (default); ray: Ray Data workers (pip install '.[scale]')")
     ray = p.add_argument_group("Ray engine (--engine ray)")
@@ -185,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show these jobs in full: origin, name, state, reason and the result files they made")
     p.add_argument("--recent", type=int, default=10, help="how many recent rejections / dead letters to list (10)")
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
+    p.add_argument("--accuracy", action="store_true",
+                   help="the accuracy monitor instead: per source device model and lead, n, median and 10th-percentile"
+                        " r of the reconstructions against the leads 12-lead sources measured, and the trend")
+    p.add_argument("--since", metavar="WHEN", default=None,
+                   help="with --accuracy: only records since WHEN (2026-12-01, or 90m / 2h / 7d / 1w ago)")
 
     p = sub.add_parser("redeliver", help="send results to the PACS again (made before it was configured, "
                                          "or dead-lettered before a fault was fixed)")

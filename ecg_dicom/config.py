@@ -13,7 +13,7 @@ strict (``"11112"`` is not a port, ``true`` is not a number).
     ae_title: ECGDICOM
     listen: {host: 127.0.0.1, port: 11112}
     allowed_callers: [CART1]        # absent = any caller (a warning is logged at start)
-    input_lead: I
+    input_lead: I                   # I, II or auto (the best lead of a multi-lead source)
     folders: {watch: var/inbox, output: var/outbox, work: var/work}
     pacs: {ae_title: PACS, host: 127.0.0.1, port: 4242}   # absent = no delivery
     # or / and: pacs: {dicomweb: {url: http://127.0.0.1:8042/dicom-web}}
@@ -48,7 +48,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from ecg_dicom.errors import ConfigError
-from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+from ecg_dicom.core.leadchoice import INPUT_LEAD_CHOICES
 from ecg_dicom.limits import Limits
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -335,6 +335,19 @@ class Report:
 
 
 @dataclass(config=_STRICT)
+class AccuracyMonitor:
+    """The live accuracy monitor on sources that also carry the leads we reconstruct (a
+    12-lead DICOM object): per learned lead, r against the measured lead. When the median
+    over the last ``window`` records of a lead falls more than ``margin`` below the model
+    card's r for that lead, ``/health`` says ``degraded`` and a warning is logged once a day.
+    ``enabled: false``: no figures kept (the result's ``.json`` still carries them)."""
+
+    enabled: StrictBool = True
+    margin: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.1
+    window: Count = 50
+
+
+@dataclass(config=_STRICT)
 class Settings:
     """The whole validated configuration of one service instance."""
 
@@ -343,7 +356,9 @@ class Settings:
     listen: Listen = field(default_factory=Listen)
     # calling AE titles let in; None (key absent) = any caller, warned at start
     allowed_callers: Annotated[tuple[AeTitle, ...], Field(min_length=1)] | None = None
-    input_lead: Literal[SUPPORTED_INPUT_LEADS] = "I"  # type: ignore[valid-type]
+    # the lead the model takes: I, II, or auto (for a source holding several leads the one the
+    # model does best from: core/leadchoice.py; a one-lead source: its sidecar's lead, else I)
+    input_lead: Literal[INPUT_LEAD_CHOICES] = "I"  # type: ignore[valid-type]
     pacs: Pacs | None = None
     checkpoint: ConfigPath | None = None
     device: StrictStr = "cpu"
@@ -360,6 +375,10 @@ class Settings:
     max_associations: Count = 10
     limits: Limits = field(default_factory=Limits)  # input sizes and the queue's high-water mark
     http: Http | None = None  # /health and /metrics; absent = off
+    accuracy_monitor: AccuracyMonitor = field(default_factory=AccuracyMonitor)
+    # a source that already holds all 12 measured leads (a cart's 12-lead DICOM): its result is
+    # kept locally (outbox, accuracy monitor) and not sent to the PACS, unless this is true
+    deliver_when_source_complete: StrictBool = False
     log_level: Annotated[StrictStr, AfterValidator(_log_level)] = "INFO"
     source: Path | None = Field(default=None, exclude=True)  # the file read (set by load_config, not YAML)
 
@@ -378,6 +397,13 @@ class Settings:
         if value is not None and not value.is_file():
             raise ValueError(f"no such file {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_checkpoint_one_lead(self) -> "Settings":
+        if self.checkpoint is not None and self.input_lead == "auto":
+            raise ValueError("checkpoint: a checkpoint is a model for one lead; input_lead auto uses the shipped"
+                             " model of each lead (leave checkpoint out, or set input_lead to the checkpoint's lead)")
+        return self
 
 
 _SETTINGS = TypeAdapter(Settings)

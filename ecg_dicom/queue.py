@@ -62,6 +62,19 @@ CREATE TABLE IF NOT EXISTS output_names (
     key    TEXT PRIMARY KEY,          -- the file name, case-folded
     job_id INTEGER NOT NULL
 );
+-- the accuracy monitor: per job and learned lead, the reconstruction against the lead the
+-- source measured (see ecg_dicom.core.accuracy); device: the source's model name, never a patient
+CREATE TABLE IF NOT EXISTS accuracy (
+    job_id     INTEGER NOT NULL,
+    lead       TEXT NOT NULL,
+    at         REAL NOT NULL,
+    device     TEXT NOT NULL,
+    input_lead TEXT NOT NULL,
+    r          REAL NOT NULL,
+    rmse_uv    REAL NOT NULL,
+    PRIMARY KEY (job_id, lead)
+);
+CREATE INDEX IF NOT EXISTS accuracy_at ON accuracy (at);
 """
 # columns added after the first release: (name, declaration); added to an older store at open
 _ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"), ("note", "TEXT"), ("delivered_to", "TEXT"),
@@ -112,6 +125,20 @@ class Job:
     def tag(self) -> str:
         """How the job appears in logs: id and a hash of its name (a UID, never a patient name)."""
         return f"job {self.id} [{hashlib.sha256(self.name.encode()).hexdigest()[:10]}]"
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    """One kept accuracy figure: a job's reconstruction of ``lead`` against the source's
+    measured lead; ``at``: Unix time; ``device``: the source's device model."""
+
+    job_id: int
+    lead: str
+    at: float
+    device: str
+    input_lead: str
+    r: float
+    rmse_uv: float
 
 
 def new_key() -> str:
@@ -377,6 +404,35 @@ class JobQueue:
     def dead(self, job_id: int, reason: str) -> None:
         self._db.execute("UPDATE jobs SET state = 'dead', reason = ?, commitment = NULL, updated = ? WHERE id = ?",
                          (reason, time.time(), job_id))
+
+    # -- accuracy monitor ----------------------------------------------------------------
+    def record_accuracy(self, job_id: int, device: str, input_lead: str, figures: dict[str, dict]) -> None:
+        """Keep one job's per-lead figures ({lead: {"r": …, "rmse_uv": …}}); a job done again
+        (after a crash) replaces its own."""
+        now = time.time()
+        self._db.executemany(
+            "INSERT OR REPLACE INTO accuracy (job_id, lead, at, device, input_lead, r, rmse_uv) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(job_id, lead, now, device, input_lead, float(v["r"]), float(v["rmse_uv"]))
+             for lead, v in figures.items()])
+
+    def accuracy_rows(self, since: float | None = None) -> list[AccuracyRow]:
+        """The kept figures (changed at or after ``since``), oldest first."""
+        rows = self._db.execute("SELECT * FROM accuracy WHERE at >= ? ORDER BY at, job_id, lead",
+                                (since if since is not None else float("-inf"),)).fetchall()
+        return [AccuracyRow(r["job_id"], r["lead"], r["at"], r["device"], r["input_lead"], r["r"], r["rmse_uv"])
+                for r in rows]
+
+    def latest_accuracy(self, lead: str, limit: int) -> list[AccuracyRow]:
+        """The last ``limit`` figures of ``lead``, newest first."""
+        rows = self._db.execute("SELECT * FROM accuracy WHERE lead = ? ORDER BY at DESC, job_id DESC LIMIT ?",
+                                (lead, limit)).fetchall()
+        return [AccuracyRow(r["job_id"], r["lead"], r["at"], r["device"], r["input_lead"], r["r"], r["rmse_uv"])
+                for r in rows]
+
+    def accuracy_leads(self) -> list[str]:
+        """The leads that have figures."""
+        return [row[0] for row in self._db.execute("SELECT DISTINCT lead FROM accuracy")]
 
     # -- reporting ---------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -318,7 +318,11 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 # -- our service -------------------------------------------------------------------------------
 def write_config(folder: Path, checkpoint: Path, pacs: dict | None = None, **overrides: Any) -> Path:
-    """A site.yaml in ``folder`` with its own folders, a free port and fast test timings."""
+    """A site.yaml in ``folder`` with its own folders, a free port and fast test timings.
+
+    The test sites deliver every result, those of sources holding all 12 measured leads too
+    (the real cart files the delivery tests send): ``deliver_when_source_complete=None`` gives
+    the product's default (kept locally; tests/test_accuracy_monitor.py)."""
     config: dict[str, Any] = {
         "ae_title": SERVICE_AET,
         "listen": {"host": "127.0.0.1", "port": free_port(), "timeout_s": 10},
@@ -329,6 +333,7 @@ def write_config(folder: Path, checkpoint: Path, pacs: dict | None = None, **ove
         "worker": {"batch_size": 8, "max_wait_s": 0.1},
         "watcher": {"stable_s": 0.5, "rescan_s": 1.0},
         "log_level": "INFO",
+        "deliver_when_source_complete": True,
     }
     if pacs is not None:
         config["pacs"] = {"timeout_s": 5, "retry_initial_s": 0.5, "retry_max_s": 1.0, **pacs}

@@ -41,6 +41,7 @@ from ecg_dicom import __version__
 from ecg_dicom.convert.archive import ArchiveItem, clear_done, find_inputs, is_done, mark_done
 from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
 from ecg_dicom.core.inference import Reconstructor
+from ecg_dicom.core.leadchoice import AUTO, model_leads
 from ecg_dicom.core.runners import OnnxRunner, default_threads
 from ecg_dicom.errors import EcgDicomError, InputError
 from ecg_dicom.extras import require
@@ -69,7 +70,8 @@ class ConvertSettings:
     fs (Hz) and units apply to ``.npy`` inputs (DICOM brings its own); output_format is one
     of :data:`OUTPUT_FORMATS`; confidence adds ``<stem>.confidence.json``; report is the
     paper size ("A4", "Letter") of the 12-lead page (``<stem>.pdf``, and ``<stem>.report.dcm``
-    with DICOM output), or None for no page.
+    with DICOM output), or None for no page; input_lead: "auto" to choose per input among the
+    models given to :func:`convert_batch` (None: the reconstructor's lead).
     """
 
     fs: float = 500.0
@@ -77,12 +79,15 @@ class ConvertSettings:
     output_format: str = "npy"
     confidence: bool = False
     report: str | None = None
+    input_lead: str | None = None
 
-    def marker_settings(self, reconstructor: Reconstructor) -> dict:
+    def marker_settings(self, reconstructor: Reconstructor,
+                        models: dict[str, Reconstructor] | None = None) -> dict:
         """What a completed result must have been made with to count as done."""
-        return {**asdict(self), "input_lead": reconstructor.input_lead,
-                "model_version": reconstructor.model_version, "precision": reconstructor.precision,
-                "ecg_dicom": __version__}
+        models = models or {reconstructor.input_lead: reconstructor}
+        return {**asdict(self), "input_lead": self.input_lead or reconstructor.input_lead,
+                "model_version": "+".join(m.model_version for m in models.values()),
+                "precision": reconstructor.precision, "ecg_dicom": __version__}
 
 
 @dataclass
@@ -132,11 +137,13 @@ def reject(item: ArchiveItem, reason: str) -> ItemResult:
     return ItemResult(item.name, REJECTED, reason)
 
 
-def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSettings) -> LeadInput:
+def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSettings,
+          models: dict[str, Reconstructor]) -> LeadInput:
     """Read and check one input (raises InputError with the reason); the signal-quality gate
-    comes after, for the whole batch (:func:`ecg_dicom.inputs.gate_many`)."""
-    return load_input(item.source, reconstructor.input_lead, settings.fs, settings.units, sidecar_path(item.source),
-                      gated=False)
+    comes after, for the whole batch (:func:`ecg_dicom.inputs.gate_many`), except for the lead
+    ``input_lead: auto`` chose (gated to be chosen)."""
+    return load_input(item.source, settings.input_lead or reconstructor.input_lead, settings.fs, settings.units,
+                      sidecar_path(item.source), gated=False, models=tuple(models))
 
 
 def _window_groups(loaded: list[tuple[int, ArchiveItem, LeadInput]], reconstructor: Reconstructor,
@@ -188,7 +195,8 @@ def _sync(items: Iterable[ArchiveItem]) -> None:
 
 def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, settings: ConvertSettings,
                   max_windows: int = WINDOWS_PER_CALL,
-                  progress: Callable[[float], None] | None = None) -> list[ItemResult]:
+                  progress: Callable[[float], None] | None = None,
+                  models: dict[str, Reconstructor] | None = None) -> list[ItemResult]:
     """Convert a batch of inputs and write their results; one result per item, in order.
 
     An input whose results are complete from an earlier run (:func:`is_done`) is skipped;
@@ -197,10 +205,12 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
     ``max_windows`` model windows. ``progress(files)`` is told each bit of work done, in
     inputs (fractions of one while a long input is going through the model). On return
     everything written is durable, and each converted input's completion marker was
-    written only after its results were.
+    written only after its results were. ``models``: every model by input lead, for
+    ``settings.input_lead`` "auto" (default: ``reconstructor`` alone).
     """
     advance = progress or (lambda files: None)
-    marker = settings.marker_settings(reconstructor)
+    models = models or {reconstructor.input_lead: reconstructor}
+    marker = settings.marker_settings(reconstructor, models)
     results: dict[int, ItemResult] = {}
     loaded: list[tuple[int, ArchiveItem, LeadInput]] = []
     for index, item in enumerate(items):
@@ -209,7 +219,7 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
             advance(1)
             continue
         try:
-            loaded.append((index, item, _load(item, reconstructor, settings)))
+            loaded.append((index, item, _load(item, reconstructor, settings, models)))
         except InputError as exc:
             results[index] = reject(item, str(exc))
             advance(1)
@@ -235,13 +245,12 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
                 advance(now - counted[0])
                 counted[0] = now
 
-            recons = reconstructor.reconstruct_isolated([lead.signal_uv for _, _, lead in group],
-                                                        [lead.fs for _, _, lead in group], windows_done)
+            recons = _reconstruct_by_lead(group, models, windows_done)
             for (index, item, lead), recon in zip(group, recons):
                 if isinstance(recon, Exception):
                     results[index] = reject(item, f"reconstruction failed ({type(recon).__name__}: {recon})")
                 else:
-                    results[index] = _write(item, lead, recon, reconstructor, settings)
+                    results[index] = _write(item, lead, recon, models[lead.lead], settings)
                     if results[index].status == CONVERTED:
                         written.append((index, item, lead))
             advance(len(group) - counted[0])
@@ -253,6 +262,29 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
                 results[index] = reject(item, f"cannot write its completion marker: {exc.strerror or exc}")
         _sync(items)
     return [results[index] for index in range(len(items))]
+
+
+def _reconstruct_by_lead(group: list[tuple[int, ArchiveItem, LeadInput]], models: dict[str, Reconstructor],
+                         progress: Callable[[int, int], None]) -> list:
+    """Each input of ``group`` reconstructed by the model of its lead (one call per model),
+    in order; ``progress(done, total)`` in model windows of the whole group."""
+    out: list = [None] * len(group)
+    total = sum(models[lead.lead].count_windows(lead.signal_uv.size, lead.fs) for _, _, lead in group) or 1
+    before = 0
+    for name, model in models.items():
+        members = [k for k, (_, _, lead) in enumerate(group) if lead.lead == name]
+        if not members:
+            continue
+
+        def step(done: int, _total: int, before: int = before) -> None:
+            progress(before + done, total)
+
+        done = model.reconstruct_isolated([group[k][2].signal_uv for k in members], [group[k][2].fs for k in members],
+                                          step)
+        before += sum(model.count_windows(group[k][2].signal_uv.size, group[k][2].fs) for k in members)
+        for k, recon in zip(members, done):
+            out[k] = recon
+    return out
 
 
 def find_archive(input_dir: str | Path, output_dir: str | Path, output_format: str,
@@ -277,7 +309,8 @@ def find_archive(input_dir: str | Path, output_dir: str | Path, output_format: s
 def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,
                    fs: float = 500.0, units: str = "uV", output_format: str = "npy",
                    confidence: bool = False, batch_size: int = FILES_PER_BATCH,
-                   report_paper: str | None = None, workers: int = 1) -> ConvertReport:
+                   report_paper: str | None = None, workers: int = 1,
+                   models: dict[str, Reconstructor] | None = None, input_lead: str | None = None) -> ConvertReport:
     """Convert every input below ``input_dir`` into ``output_dir``, on this machine.
 
     .npy inputs are one lead in ``units`` at ``fs`` Hz unless their ``<stem>.json`` sidecar
@@ -288,10 +321,11 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
     read and converted at a time. ``report_paper``: also draw the 12-lead page on this paper
     ("A4", "Letter"), or None. ``workers`` > 1: that many forked processes convert the batches
     (see the module docstring), when the model runs in ONNX Runtime and the platform forks;
-    else this process does.
+    else this process does. ``input_lead`` "auto" with ``models`` (one per lead): each input
+    reconstructed from the lead the model does best from (:mod:`ecg_dicom.core.leadchoice`).
     """
     items = find_archive(input_dir, output_dir, output_format)
-    settings = ConvertSettings(fs, units, output_format, confidence, report_paper)
+    settings = ConvertSettings(fs, units, output_format, confidence, report_paper, input_lead)
     report = ConvertReport()
     bar = None
     if sys.stderr.isatty():
@@ -300,7 +334,7 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
         bar = tqdm(total=len(items), unit="file",
                    bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} files [{elapsed}<{remaining}]")
     batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
-    for results in _converted(batches, reconstructor, settings, workers, bar.update if bar else None):
+    for results in _converted(batches, reconstructor, settings, workers, bar.update if bar else None, models):
         for result in results:
             report.add(result)
     if bar is not None:
@@ -309,31 +343,36 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
 
 
 _worker_reconstructor: Reconstructor | None = None
+_worker_models: dict[str, Reconstructor] | None = None
 
 
-def _start_worker(parent: Reconstructor) -> None:
-    """In a forked worker: a runtime of its own, on one thread."""
-    global _worker_reconstructor
+def _start_worker(parent: Reconstructor, models: dict[str, Reconstructor] | None = None) -> None:
+    """In a forked worker: a runtime of its own, on one thread (one per model)."""
+    global _worker_reconstructor, _worker_models
     _worker_reconstructor = parent.single_threaded_copy()
+    _worker_models = None if models is None else {
+        lead: (_worker_reconstructor if model is parent else model.single_threaded_copy())
+        for lead, model in models.items()}
 
 
 def _convert_in_worker(batch: list[ArchiveItem], settings: ConvertSettings) -> list[ItemResult]:
     assert _worker_reconstructor is not None
-    return convert_batch(batch, _worker_reconstructor, settings)
+    return convert_batch(batch, _worker_reconstructor, settings, models=_worker_models)
 
 
 def _converted(batches: list[list[ArchiveItem]], reconstructor: Reconstructor, settings: ConvertSettings,
-               workers: int, progress: Callable[[float], None] | None) -> Iterable[list[ItemResult]]:
+               workers: int, progress: Callable[[float], None] | None,
+               models: dict[str, Reconstructor] | None = None) -> Iterable[list[ItemResult]]:
     """Each batch's results, in order: from ``workers`` forked processes (``progress`` told
     of each finished batch), or from this one (``progress`` told as :func:`convert_batch` goes)."""
     workers = min(workers, len(batches))
-    if (workers <= 1 or not isinstance(reconstructor.runner, OnnxRunner)
+    if (workers <= 1 or not all(isinstance(m.runner, OnnxRunner) for m in (models or {"": reconstructor}).values())
             or "fork" not in multiprocessing.get_all_start_methods()):
         for batch in batches:
-            yield convert_batch(batch, reconstructor, settings, progress=progress)
+            yield convert_batch(batch, reconstructor, settings, progress=progress, models=models)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_start_worker, initargs=(reconstructor,))
+                               initializer=_start_worker, initargs=(reconstructor, models))
     try:
         for batch, results in zip(batches, pool.map(_convert_in_worker, batches, [settings] * len(batches))):
             if progress is not None:
@@ -383,12 +422,18 @@ def run(args: argparse.Namespace) -> int:
         # ONNX Runtime: one single-threaded worker process per thread asked for (default: per
         # usable CPU); torch (--precision fp32): this process, with that many threads
         threads = default_threads(args.threads)
-        reconstructor = Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, args.device,
-                                                      args.batch_size, precision=args.precision,
+        if args.input_lead == AUTO and args.checkpoint:
+            raise EcgDicomError("--checkpoint is a model for one lead; --input-lead auto uses the shipped model of"
+                                " each lead")
+        models = {lead: Reconstructor.from_checkpoint(args.checkpoint, lead, args.device, args.batch_size,
+                                                      precision=args.precision,
                                                       threads=1 if args.precision == "fast" else threads)
+                  for lead in model_leads(args.input_lead)}
+        reconstructor = next(iter(models.values()))
         report = convert_folder(args.input_dir, args.output_dir, reconstructor, args.fs, args.units,
                                 args.output_format, args.confidence, args.batch_size,
-                                args.paper if args.report else None, workers=threads)
+                                args.paper if args.report else None, workers=threads,
+                                models=models, input_lead=args.input_lead)
     except EcgDicomError as exc:
         print(f"ecg-dicom convert: {exc}", file=sys.stderr)
         return 2

@@ -49,6 +49,7 @@ from ecg_dicom.convert.batch import (
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import EcgDicomError
 from ecg_dicom.extras import install_hint
+from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,9 @@ def run_ray(args: argparse.Namespace) -> int:
         import_ray()
         if args.num_workers is not None and args.num_workers < 1:
             raise EcgDicomError("--num-workers must be at least 1")
+        if args.input_lead not in SUPPORTED_INPUT_LEADS:
+            raise EcgDicomError(f"--input-lead {args.input_lead} needs --engine single (the Ray engine runs one"
+                                " model per worker)")
         # Loaded here once to fail early (exit 2) on a bad checkpoint; each worker loads its own.
         Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, "cpu", precision=args.precision, threads=1)
         settings = ConvertSettings(args.fs, args.units, args.output_format, args.confidence,

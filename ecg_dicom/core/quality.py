@@ -21,6 +21,9 @@ heart rate         R peaks found with a Pan–Tompkins-style detector (5–15 Hz
 
 Two outcomes beside ``ok``. **reject**: the lead is unusable (flat or lead-off over at least
 half the record, or the QRS drowned in noise); the input is refused with the reason.
+A lead that is on but **near-isoelectric** (beats that stand out of the noise, QRS under
+``isoelectric_qrs_uv`` peak-to-peak: the heart's axis at right angles to the lead) is refused
+with its own reason, its measured QRS amplitude, not as a flat line or lead off.
 **warn**: the lead is processed and every flag with its measured value travels with the
 result (``<stem>.json``, a waveform annotation in the DICOM object, the report page).
 
@@ -54,6 +57,12 @@ class Thresholds:
     flat_band_uv: float = 25.0         # QRS-band (5–30 Hz) peak-to-peak under this: no cardiac activity
     flat_warn_s: float = 0.8           # flat this long in all: warn
     flat_reject_fraction: float = 0.5  # flat over this share of the record: reject
+    # near-isoelectric: QRS (0.5–40 Hz p-p, median over every detected beat) under this...
+    isoelectric_qrs_uv: float = 50.0   # (the smallest lead I or II of the 2,127 physical records: 124 µV)
+    # ...while the beats' QRS band (5–30 Hz p-p) stands this many times above the noise RMS
+    # (amplifier noise alone, a lead off: 1.3–2; a real lead scaled down to 12–37 µV: 7–10)
+    isoelectric_snr: float = 4.0
+    isoelectric_min_beats: int = 3
     # clipping
     clip_plateaus: int = 2             # sharp plateaus of 2 samples at the extreme (one of >= 3 is enough)
     clip_touches: int = 3              # separate visits of exactly the extreme value
@@ -75,6 +84,7 @@ DEFAULT_THRESHOLDS = Thresholds()
 
 FLAG_TEXT = {
     "flat": "flat line / lead off",
+    "isoelectric": "near-isoelectric lead",
     "clipping": "clipping / saturation",
     "emg": "high-frequency (EMG) noise",
     "baseline": "baseline wander or step",
@@ -109,8 +119,17 @@ class QualityReport:
     @property
     def reason(self) -> str:
         """One line naming the rejecting flags (for the reason file)."""
-        rejecting = [f.text for f in self.flags if f.severity == "reject"]
-        return "signal quality too poor to reconstruct from: " + "; ".join(rejecting)
+        return self.reason_for(None)
+
+    def reason_for(self, lead: str | None) -> str:
+        """:attr:`reason`, for ``lead`` (I or II; None: unknown): a near-isoelectric lead is
+        named, with its QRS amplitude, and the other lead asked for."""
+        rejecting = [f for f in self.flags if f.severity == "reject"]
+        if any(f.code == "isoelectric" for f in rejecting):
+            flag = next(f for f in rejecting if f.code == "isoelectric")
+            other = {"I": "lead II", "II": "lead I"}.get(lead or "", "another lead")
+            return f"{'lead ' + lead if lead else 'the lead'} is {flag.text}: no signal to reconstruct from; send {other}"
+        return "signal quality too poor to reconstruct from: " + "; ".join(f.text for f in rejecting)
 
     def summary(self) -> str:
         """One line for the page and the DICOM annotation: 'WARN: a; b' or 'OK'."""
@@ -697,7 +716,8 @@ def _assess_rows(x: np.ndarray, fs: float, th: Thresholds) -> list[QualityReport
     duration = n / fs
     spectra = _Spectra(x, fs)
     x_max, x_min = x.max(axis=1), x.min(axis=1)
-    dead = _flat_masks(x, spectra.bandpass(5.0, 30.0), fs, th, x_max - x_min)
+    qrs_band = spectra.bandpass(5.0, 30.0)
+    dead = _flat_masks(x, qrs_band, fs, th, x_max - x_min)
     dead_samples = np.count_nonzero(dead, axis=1)
     clipping = _clipping(x, x_max, x_min)
     peaks_of = _r_peaks(spectra)
@@ -716,14 +736,36 @@ def _assess_rows(x: np.ndarray, fs: float, th: Thresholds) -> list[QualityReport
     mains = _mains_uv(x, fs)
     return [_report(x[r], fs, duration, th, dead[r], int(dead_samples[r]), clipping[r], peaks_of[r], hf[r],
                     wide[r], float(wander[r]), float(jump[r]), float(offset[r]), mains[r],
-                    float(x_max[r]), float(x_min[r]))
+                    float(x_max[r]), float(x_min[r]), qrs_band[r])
             for r in range(rows)]
+
+
+def _isoelectric(peaks: np.ndarray, wide: np.ndarray, band: np.ndarray, hf: np.ndarray, fs: float,
+                 th: Thresholds) -> tuple[float, float, float] | None:
+    """(QRS p-p µV in 0.5–40 Hz, QRS-band p-p µV in 5–30 Hz, noise RMS µV), medians over every
+    detected beat (flat stretches included: a near-isoelectric lead looks flat), the noise
+    robustly between the beats; None with too few beats."""
+    if peaks.size < th.isoelectric_min_beats:
+        return None
+    n = wide.size
+    w = max(1, int(0.06 * fs))
+    idx = np.clip(peaks[:, None] + np.arange(-w, w + 1)[None, :], 0, n - 1)
+    qrs = _median(np.ptp(wide[idx], axis=1))
+    qrs_band = _median(np.ptp(band[idx], axis=1))
+    between = np.ones(n, dtype=bool)
+    half = int(0.12 * fs)
+    for p in peaks.tolist():
+        between[max(0, p - half):p + half] = False
+    pool = hf[between] if np.count_nonzero(between) > fs else hf
+    noise = 1.4826 * _median(np.abs(pool - _median(pool)))
+    return qrs, qrs_band, noise
 
 
 def _report(x: np.ndarray, fs: float, duration: float, th: Thresholds, dead: np.ndarray,
             dead_samples: int, clipping: tuple[int, int, int], peaks: np.ndarray, hf: np.ndarray,
             wide: np.ndarray, wander: float, jump: float, offset: float,
-            mains_at: tuple[float | None, float | None], x_max: float, x_min: float) -> QualityReport:
+            mains_at: tuple[float | None, float | None], x_max: float, x_min: float,
+            band: np.ndarray) -> QualityReport:
     """One lead's measures and flags, from what :func:`_assess_rows` measured on all of them."""
     n = x.size
     m: dict[str, float | int | None] = {"duration_s": round(duration, 3), "fs_hz": fs}
@@ -746,6 +788,14 @@ def _report(x: np.ndarray, fs: float, duration: float, th: Thresholds, dead: np.
     if long_plateaus >= 1 or short_plateaus >= th.clip_plateaus or touches >= th.clip_touches:
         flags.append(Flag("clipping", "warn", f"clipped: {short_plateaus} flat-topped peak(s) at the"
                                               f" signal's limit ({x_max / 1000:.2f} / {x_min / 1000:.2f} mV)"))
+
+    # near-isoelectric: beats above the noise, every one of them tiny
+    iso = _isoelectric(peaks, wide, band, hf, fs, th)
+    m["qrs_all_beats_uv"] = None if iso is None else round(iso[0], 1)
+    if iso is not None and iso[0] < th.isoelectric_qrs_uv and iso[1] >= th.isoelectric_snr * max(iso[2], 1e-9):
+        flags = [f for f in flags if not (f.code == "flat" and f.severity == "reject")]
+        flags.append(Flag("isoelectric", "reject", f"near-isoelectric (QRS {iso[0]:.0f} µV peak-to-peak at"
+                                                   f" {peaks.size} beats, noise {iso[2]:.0f} µV RMS)"))
 
     # R peaks and heart rate (on the live part of the record)
     rr = np.diff(peaks) / fs

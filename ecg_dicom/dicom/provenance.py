@@ -208,10 +208,16 @@ def patient_unknown(source: Dataset | None, attributes: Mapping[str, str] | None
 
 
 def notice_text(input_lead: str, model_version: str, source: Dataset | None,
-                attributes: Mapping[str, str] | None = None) -> str:
-    """The "not for diagnosis" sentence every object carries (annotation, contribution)."""
-    notice = (f"AI-reconstructed 12-lead ECG: only lead {input_lead} was acquired; the other 11"
-              f" leads were reconstructed by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
+                attributes: Mapping[str, str] | None = None, source_complete: bool = False) -> str:
+    """The "not for diagnosis" sentence every object carries (annotation, contribution).
+    ``source_complete``: the source holds all 12 leads, measured (then said so)."""
+    if source_complete:
+        notice = (f"AI-reconstructed 12-lead ECG from lead {input_lead}: the source holds all 12 measured leads"
+                  f" (read them there); the other 11 leads here were reconstructed by {MODEL_NAME}"
+                  f" {model_version}. NOT FOR DIAGNOSIS.")
+    else:
+        notice = (f"AI-reconstructed 12-lead ECG: only lead {input_lead} was acquired; the other 11"
+                  f" leads were reconstructed by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
     if patient_unknown(source, attributes):
         notice += " Patient unknown (no patient identification came with the input)."
     source_uid = source.get("SOPInstanceUID") if source is not None else None
@@ -308,6 +314,14 @@ def original_invalid_uids(source: Dataset | None, when: str) -> list[Dataset]:
         item.ReasonForTheAttributeModification = "CORRECT"
         items.append(item)
     return items
+
+
+def complete_source_description(input_lead: str, report: bool = False) -> str:
+    """The Series Description (LO, at most 64 characters) of a result whose source holds all
+    12 measured leads: says so, and from which lead the AI leads come."""
+    kind = "page" if report else "ECG"
+    text = f"AI {kind} from lead {input_lead}; source has all 12 leads; NOT FOR DIAGNOSIS"
+    return text if len(text) <= 64 else f"AI {kind} from {input_lead}; source has all 12 leads; NOT FOR DIAGNOSIS"
 
 
 def set_series(ds: Dataset, modality: str, series_uid: str, number: int, description: str) -> None:

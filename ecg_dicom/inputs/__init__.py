@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import file_sha256
-from ecg_dicom.inputs.base import QUALITY_LISTENERS, LeadInput, gate, gate_many, refuse_links
+from ecg_dicom.core.leadchoice import AUTO, model_leads
+from ecg_dicom.inputs.base import QUALITY_LISTENERS, LeadInput, choose_lead, gate, gate_many, refuse_links
 from ecg_dicom.inputs.dicom import DICOM_MAGIC_OFFSET, is_dicom_file, read_dicom_input
 from ecg_dicom.inputs.npy import NPY_MAGIC, _NPY_HEADER_ERRORS, _npy_data_bytes, _npy_header, is_npy_file, \
     read_npy_array, read_npy_input
@@ -75,8 +76,14 @@ def incomplete_reason(path: str | Path) -> str | None:
 
 
 def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",
-              limits: Limits = DEFAULT_LIMITS, gated: bool = True) -> LeadInput:
+              limits: Limits = DEFAULT_LIMITS, gated: bool = True,
+              models: tuple[str, ...] | None = None) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
+
+    ``input_lead`` "auto": a source holding several leads gives the lead the model does best
+    from, among the inputs ``models`` names (default: every one auto knows), chosen and gated
+    here whatever ``gated`` says (:func:`ecg_dicom.inputs.base.choose_lead`); a one-lead
+    source gives lead I.
 
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
@@ -92,34 +99,57 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
         dicom = not npy and (is_dicom_file(path) or path.suffix.lower() in (".dcm", ".dicom"))
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
+    auto = input_lead == AUTO
     if npy:
-        item = read_npy_input(path, input_lead, fs, units, limits)
+        item = read_npy_input(path, "I" if auto else input_lead, fs, units, limits)
     elif dicom:
-        item = read_dicom_input(path, input_lead, limits)
+        item = _read_dicom_auto(path, limits) if auto else read_dicom_input(path, input_lead, limits)
     else:
         raise InputError("neither a .npy array nor a DICOM file (no NUMPY magic, no DICM preamble)")
+    if auto and item.source_leads:
+        return choose_lead(item, models if models is not None else model_leads(AUTO))
     if gated:
-        item.quality = gate(item.signal_uv, item.fs)
+        item.quality = gate(item.signal_uv, item.fs, item.lead)
     return item
+
+
+def _read_dicom_auto(path: Path, limits: Limits) -> LeadInput:
+    """A DICOM source read for ``auto``: its lead I, else its lead II (the refusal of lead I
+    when it holds neither)."""
+    from ecg_dicom.errors import WaveformError
+
+    try:
+        return read_dicom_input(path, "I", limits)
+    except WaveformError as first:
+        if not str(first).startswith("no lead I "):
+            raise
+        try:
+            return read_dicom_input(path, "II", limits)
+        except WaveformError:
+            raise first from None
 
 
 def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",
                sidecar: str | Path | None = None, limits: Limits = DEFAULT_LIMITS,
-               gated: bool = True) -> LeadInput:
+               gated: bool = True, models: tuple[str, ...] | None = None) -> LeadInput:
     """Read one input the way both doors (``serve``, ``convert``) read it: ``path`` plus its
     sidecar file ``sidecar`` (None or missing: no sidecar; see :func:`ecg_dicom.sidecar.sidecar_path`).
 
     The sidecar's ``fs`` and ``units`` replace the defaults ``fs`` and ``units`` (which apply
     to a ``.npy`` without one); its ``lead`` must be ``input_lead``, the lead the model
-    takes; its patient/study keys travel with the result. ``gated``: see :func:`load_lead`.
-    Raises :class:`InputError`.
+    takes (with ``auto``: one of ``models``, the lead read); its patient/study keys travel with
+    the result. ``gated``, ``models``: see :func:`load_lead`. Raises :class:`InputError`.
     """
     params = read_sidecar(sidecar)
     if params is None:
-        return load_lead(path, input_lead, fs, units, limits, gated)
+        return load_lead(path, input_lead, fs, units, limits, gated, models)
+    if input_lead == AUTO and params.lead is not None:
+        if params.lead not in (models if models is not None else model_leads(AUTO)):
+            raise InputError(f"sidecar says lead {params.lead}; no model for it is loaded")
+        input_lead = params.lead
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
-    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated)
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated, models)
     if item.kind != "npy":
         raise InputError("a sidecar .json belongs to a .npy input; this is a DICOM file, which carries "
                          "its own rate, lead and patient")

@@ -50,6 +50,44 @@ class LeadInput:
     source_leads: dict[str, np.ndarray] | None = None
 
 
+def choose_lead(item: LeadInput, models: Sequence[str]) -> LeadInput:
+    """With ``input_lead: auto``, give ``item`` (a source holding several leads, read with its
+    preferred lead) the lead the model does best from (:func:`ecg_dicom.core.leadchoice.choose_input_lead`,
+    among the inputs ``models`` has models for), gated: the lead is checked and gated, the next
+    tried only when it is refused. Raises the refusal of the preferred lead when all are refused."""
+    from ecg_dicom.core.leadchoice import choose_input_lead
+    from ecg_dicom.core.preprocess import check_single_lead
+
+    leads = item.source_leads or {item.lead: item.signal_uv}
+    signals: dict[str, np.ndarray] = {}
+    reports: dict[str, QualityReport] = {}
+
+    def refusal(name: str) -> Exception | None:
+        if name not in models:
+            return InputError(f"no model for input {name} is loaded")
+        try:
+            signals[name] = item.signal_uv if name == item.lead else check_single_lead(leads[name], item.fs, "uV")
+        except InputError as exc:
+            return InputError(f"lead {name}: {exc}")
+        reports[name] = assess_quality(signals[name], item.fs)
+        return SignalQualityError(reports[name].reason_for(name)) if reports[name].status == "reject" else None
+
+    try:
+        chosen = choose_input_lead(leads, refusal)
+    except SignalQualityError:
+        first = next(iter(reports))
+        _verdict(reports[first], first)  # tells the listeners and raises with the reason
+        raise
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if chosen != item.lead:
+        LOG.info("input lead %s chosen: lead %s is refused (%s)", chosen, item.lead,
+                 reports[item.lead].reason_for(item.lead) if item.lead in reports else "not in the source")
+    item.signal_uv, item.lead = signals[chosen], chosen
+    item.quality = _verdict(reports[chosen], chosen)
+    return item
+
+
 def refuse_links(path: str | Path) -> None:
     """Refuse anything but a regular file at ``path`` itself (a symbolic link is not
     followed, its target never read). Raises InputError."""
@@ -63,12 +101,13 @@ def refuse_links(path: str | Path) -> None:
         raise InputError("not a regular file, refused")
 
 
-def gate(signal_uv: np.ndarray, fs: float) -> QualityReport:
-    """Run the signal-quality gate on a checked lead; raise SignalQualityError on "reject"."""
-    return _verdict(assess_quality(signal_uv, fs))
+def gate(signal_uv: np.ndarray, fs: float, lead: str | None = None) -> QualityReport:
+    """Run the signal-quality gate on a checked lead (named ``lead`` in the reason); raise
+    SignalQualityError on "reject"."""
+    return _verdict(assess_quality(signal_uv, fs), lead)
 
 
-def _verdict(report: QualityReport) -> QualityReport:
+def _verdict(report: QualityReport, lead: str | None = None) -> QualityReport:
     """Tell the listeners of a gate verdict; raise SignalQualityError on "reject"."""
     for listener in QUALITY_LISTENERS:
         try:
@@ -76,7 +115,7 @@ def _verdict(report: QualityReport) -> QualityReport:
         except Exception:  # a counter must never cost an input
             LOG.exception("quality listener failed")
     if report.status == "reject":
-        raise SignalQualityError(report.reason)
+        raise SignalQualityError(report.reason_for(lead))
     return report
 
 
@@ -85,17 +124,25 @@ def gate_many(leads: Sequence[LeadInput]) -> list[InputError | None]:
     measured together (:func:`ecg_dicom.core.quality.assess_quality_many`: ~2x less CPU per
     10 s ECG than one at a time). Sets each accepted lead's ``quality``; returns, per lead,
     None or the error that refuses it (a SignalQualityError; an InputError naming the failure
-    if the gate itself failed on that lead, which then costs no other lead)."""
+    if the gate itself failed on that lead, which then costs no other lead). A lead gated
+    already (its ``quality`` set, as the choice of input lead does) is left as it is."""
+    done = [lead.quality is not None for lead in leads]
+    todo = [lead for lead, gated in zip(leads, done) if not gated]
     try:
-        reports: list[QualityReport] | None = assess_quality_many([lead.signal_uv for lead in leads],
-                                                                   [lead.fs for lead in leads])
+        measured = assess_quality_many([lead.signal_uv for lead in todo], [lead.fs for lead in todo])
+        reports: list[QualityReport] | None = [lead.quality if lead.quality is not None else measured.pop(0)
+                                               for lead in leads]
     except Exception:  # noqa: BLE001 - one lead breaking the batch: gate each on its own
         LOG.exception("signal-quality gate failed on a batch of %d; gating them one by one", len(leads))
         reports = None
     refusals: list[InputError | None] = []
     for i, lead in enumerate(leads):
         try:
-            lead.quality = _verdict(reports[i] if reports is not None else assess_quality(lead.signal_uv, lead.fs))
+            if done[i]:
+                refusals.append(None)
+                continue
+            lead.quality = _verdict(reports[i] if reports is not None else assess_quality(lead.signal_uv, lead.fs),
+                                    lead.lead)
             refusals.append(None)
         except InputError as exc:
             refusals.append(exc)

@@ -19,12 +19,16 @@ def is_dicom_file(path: str | Path) -> bool:
         return fh.read(4) == b"DICM"
 
 
-
-
 def read_dicom_input(path: Path, input_lead: str, limits: Limits = DEFAULT_LIMITS) -> LeadInput:
-    """``input_lead`` of a DICOM waveform object (its own rate and units), checked, not gated."""
-    from ecg_dicom.dicom.reader import read_dicom_lead
+    """``input_lead`` of a DICOM waveform object (its own rate and units), checked, not gated;
+    ``source_leads``: every standard lead of its rhythm data at that rate and length (None
+    when it holds only the one)."""
+    from ecg_dicom.dicom.reader import read_dicom_lead, read_dicom_leads
 
     lead = read_dicom_lead(path, input_lead, limits)
     signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
-    return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom")
+    leads = read_dicom_leads(lead.dataset, limits)
+    if leads.get(lead.lead) is None or leads[lead.lead].shape != lead.signal_uv.shape:
+        leads = {}
+    return LeadInput(signal, float(lead.fs), lead.lead, lead.dataset, file_sha256(path), "dicom",
+                     source_leads=leads if len(leads) > 1 else None)

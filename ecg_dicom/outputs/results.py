@@ -3,9 +3,11 @@ both doors write the same files the same way:
 
 - ``<stem>.npy``: (12, N) float32 µV (format npy/both);
 - ``<stem>.dcm`` (or ``<stem>_001.dcm``, ...): the 12-lead waveform object (format dicom/both);
-- ``<stem>.json``: what the arrays do not say: rate, measured lead, model, per-lead
-  uncertainty, the signal-quality verdict with its measured values, and what the source said
-  about patient and acquisition (the header of the page; ``ecg-dicom plot`` reads it);
+- ``<stem>.json``: what the arrays do not say: rate, the lead the model was given
+  (``input_lead``), model, per-lead uncertainty, the signal-quality verdict with its measured
+  values, what the source said about patient and acquisition (the header of the page;
+  ``ecg-dicom plot`` reads it), and, when the source also measured the leads we reconstruct,
+  ``accuracy`` (per lead r and RMSE µV, the ``evaluate`` protocol) and ``source_complete``;
 - on request ``<stem>.confidence.json``;
 - with a report: ``<stem>.pdf``, the 12-lead page, and (format dicom/both)
   ``<stem>.report.dcm``, the same page as an Encapsulated PDF object for PACS.
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecg_dicom.core.accuracy import source_accuracy, source_complete
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.dicom.codes import MODEL_NAME
 from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
@@ -78,8 +81,16 @@ def uid_anchor_hash(item: LeadInput) -> str:
     return hashlib.sha256(f"{item.content_hash}\n{item.sidecar.canonical()}".encode()).hexdigest()
 
 
-def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor) -> dict:
-    """The ``<stem>.json`` of a result (the input sidecar's keys where they mean the same)."""
+def result_accuracy(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor) -> dict[str, dict]:
+    """Per learned lead the source also measured: r and RMSE µV of the reconstruction against
+    it ({} for a one-lead source; see :func:`ecg_dicom.core.accuracy.source_accuracy`)."""
+    return source_accuracy(recon.leads, item.source_leads, item.fs, reconstructor.input_lead)
+
+
+def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor,
+                    accuracy: dict[str, dict] | None = None) -> dict:
+    """The ``<stem>.json`` of a result (the input sidecar's keys where they mean the same).
+    ``accuracy``: :func:`result_accuracy`, computed here when not given."""
     attributes = dict(item.sidecar.attributes) if item.sidecar is not None else {}
     if item.dataset is not None:
         from ecg_dicom.dicom.provenance import header_fields  # pydicom: only for DICOM inputs
@@ -91,6 +102,7 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
     return {
         "fs": float(item.fs),
         "lead": reconstructor.input_lead,
+        "input_lead": reconstructor.input_lead,
         "units": "uV",
         "leads": list(LEADS_12),
         "model": MODEL_NAME,
@@ -98,19 +110,29 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
         "sigma_uv": None if sigma is None else {k: round(v, 2) for k, v in sigma.items()},
         "quality": item.quality.to_json() if item.quality is not None else None,
         **header,
+        **({"source_leads": sorted(item.source_leads, key=_lead_order),
+            "source_complete": source_complete(item.source_leads),
+            "accuracy": accuracy if accuracy is not None else result_accuracy(item, recon, reconstructor)}
+           if item.source_leads else {}),
     }
+
+
+def _lead_order(lead: str) -> int:
+    return LEADS_12.index(lead) if lead in LEADS_12 else len(LEADS_12)
 
 
 def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,
                   reconstructor: Reconstructor, output_format: str, confidence: bool,
-                  report: str | None = None) -> list[Path]:
+                  report: str | None = None, accuracy: dict[str, dict] | None = None) -> list[Path]:
     """Write the requested outputs for one converted input; returns the files written, in the
     order of :func:`result_file_names`.
 
-    ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page.
+    ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page;
+    ``accuracy``: see :func:`result_metadata`. ``reconstructor``: the model that made ``recon``.
     """
     written: list[Path] = []
-    meta = result_metadata(item, recon, reconstructor)
+    meta = result_metadata(item, recon, reconstructor, accuracy)
+    complete = bool(meta.get("source_complete"))
     quality_text = item.quality.summary() if item.quality is not None else None
     anchor = uid_anchor_hash(item)
     attributes = item.sidecar.attributes if item.sidecar is not None else None
@@ -122,7 +144,7 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
 
         waveforms = write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
                                     reconstructor.input_lead, item.dataset, anchor, attributes,
-                                    quality_text=quality_text, sigma_uv=meta["sigma_uv"])
+                                    quality_text=quality_text, sigma_uv=meta["sigma_uv"], source_complete=complete)
         written += waveforms
     written.append(write_bytes_atomic(output_dir / f"{stem}.json", json.dumps(meta, indent=2).encode()))
     if confidence:
@@ -140,5 +162,6 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
 
             refs = [dcmread(p, specific_tags=["SOPClassUID", "SOPInstanceUID"]) for p in waveforms]
             written.append(write_pdf_dicom(output_dir / f"{stem}{REPORT_SUFFIX}", pdf, reconstructor.model_version,
-                                           reconstructor.input_lead, item.dataset, anchor, refs, attributes))
+                                           reconstructor.input_lead, item.dataset, anchor, refs, attributes,
+                                           source_complete=complete))
     return written

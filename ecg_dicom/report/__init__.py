@@ -24,10 +24,11 @@ def report_data_from_metadata(leads_uv: np.ndarray, meta: dict) -> ReportData:
     return ReportData(
         leads_uv=np.asarray(leads_uv, dtype=np.float64),
         fs=float(meta.get("fs", 500.0)),
-        input_lead=str(meta.get("lead", "I")),
+        input_lead=str(meta.get("input_lead", meta.get("lead", "I"))),
         model_name=str(meta.get("model", "unknown model")),
         model_version=str(meta.get("model_version", "unknown")),
         header=header,
         sigma_uv={str(k): float(v) for k, v in meta["sigma_uv"].items()} if meta.get("sigma_uv") else None,
         quality=QualityReport.from_json(quality) if isinstance(quality, dict) else None,
+        source_complete=meta.get("source_complete") is True,
     )

@@ -60,7 +60,7 @@ class ReportData:
     what the source gave (DICOM keywords: PatientName, PatientID, PatientBirthDate,
     PatientSex, AcquisitionDateTime, Manufacturer, ManufacturerModelName, InstitutionName);
     sigma_uv: the model's RMS uncertainty per AI lead (µV) or None; quality: the gate's
-    report or None.
+    report or None; source_complete: the source holds all 12 leads, measured.
     """
 
     leads_uv: np.ndarray
@@ -71,6 +71,7 @@ class ReportData:
     header: dict[str, str] = field(default_factory=dict)
     sigma_uv: dict[str, float] | None = None
     quality: QualityReport | None = None
+    source_complete: bool = False
 
 
 def _person_name(value: str) -> str:
@@ -110,6 +111,9 @@ def header_lines(data: ReportData) -> list[str]:
               + f"    Sampling rate: {data.fs:g} Hz    Duration: {n / data.fs:.1f} s")
     model = (f"Measured: lead {data.input_lead} only. Other 11 leads: {data.model_name},"
              f" model version {data.model_version}")
+    if data.source_complete:
+        model = (f"Source holds all 12 measured leads (read them there). Here: lead {data.input_lead} measured;"
+                 f" 11 by {data.model_name} {data.model_version}")
     return [patient, source, model]
 
 

@@ -27,6 +27,10 @@ ecg_dicom_signal_quality_total                 counter    ``status`` (ok, warn, 
                                                           ``flag`` (flat, clipping, emg, baseline,
                                                           offset, mains, heart_rate; none if ok):
                                                           the gate's verdicts on input leads
+ecg_dicom_accuracy_r                           histogram  ``lead``, ``device_model``: r of the
+                                                          reconstruction against the lead the
+                                                          source measured (accuracy monitor)
+ecg_dicom_accuracy_rmse_uv                     histogram  the same, RMSE in µV
 =============================================  =========  ====================================
 """
 
@@ -62,6 +66,13 @@ ASSOCIATIONS_ACTIVE = Gauge("ecg_dicom_associations_active", "Associations admit
 
 SIGNAL_QUALITY = Counter("ecg_dicom_signal_quality", "Signal-quality gate verdicts on input leads, by status"
                          " and flag", ["status", "flag"], registry=REGISTRY)
+
+ACCURACY_R = Histogram("ecg_dicom_accuracy_r", "Reconstruction r against the lead the source measured "
+                       "(evaluate protocol), by lead and source device model", ["lead", "device_model"],
+                       buckets=(0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0), registry=REGISTRY)
+ACCURACY_RMSE = Histogram("ecg_dicom_accuracy_rmse_uv", "Reconstruction RMSE (µV) against the lead the source "
+                          "measured, by lead and source device model", ["lead", "device_model"],
+                          buckets=(25, 50, 75, 100, 150, 200, 300, 500, 1000), registry=REGISTRY)
 
 for _outcome in ("done", "rejected", "dead_lettered"):
     JOBS_FINISHED.labels(_outcome)
@@ -105,6 +116,14 @@ def quality_verdict(report) -> None:
         SIGNAL_QUALITY.labels(report.status, flag.code).inc()
     if not report.flags:
         SIGNAL_QUALITY.labels(report.status, "none").inc()
+
+
+def accuracy_observed(device_model: str, figures: dict[str, dict]) -> None:
+    """One record's accuracy figures ({lead: {"r": …, "rmse_uv": …}}) from a source of
+    ``device_model`` (the monitor's label: a device, never a patient)."""
+    for lead, values in figures.items():
+        ACCURACY_R.labels(lead, device_model).observe(float(values["r"]))
+        ACCURACY_RMSE.labels(lead, device_model).observe(float(values["rmse_uv"]))
 
 
 def register_job_store(counts: Callable[[], dict[str, int]], high_water: int) -> JobStoreCollector:

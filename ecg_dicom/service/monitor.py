@@ -2,7 +2,9 @@
 
 ``GET /health``: ``200 {"status": "ready", "checks": {...}}`` when the listener, the
 worker and the job store all work, else ``503`` with ``"status": "unavailable"`` and the
-failing checks. ``GET /metrics``: the Prometheus text format (:mod:`ecg_dicom.service.metrics`).
+failing checks; ``200`` with ``"status": "degraded"`` and ``"accuracy"`` (per lead the
+rolling median r and the model card's) when everything works but the accuracy monitor found
+the reconstructions below the model card (:mod:`ecg_dicom.service.accuracy`). ``GET /metrics``: the Prometheus text format (:mod:`ecg_dicom.service.metrics`).
 One thread serves requests one at a time (they are cheap), each with a 5 s socket timeout,
 so a slow client cannot pile up threads or job-store connections.
 """
@@ -26,8 +28,10 @@ Check = Callable[[], bool]
 class Monitor:
     """The HTTP endpoint; ``checks`` name -> callable returning True when that part works."""
 
-    def __init__(self, host: str, port: int, checks: dict[str, Check]) -> None:
+    def __init__(self, host: str, port: int, checks: dict[str, Check],
+                 degraded: Callable[[], dict] | None = None) -> None:
         self.checks = checks
+        self.degraded = degraded
         monitor = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,7 +43,11 @@ class Monitor:
                 path = self.path.split("?", 1)[0]
                 if path == "/health":
                     ok, results = monitor.health()
-                    body = json.dumps({"status": "ready" if ok else "unavailable", "checks": results}).encode()
+                    below = monitor.accuracy_below() if ok else {}
+                    answer = {"status": ("degraded" if below else "ready") if ok else "unavailable", "checks": results}
+                    if below:
+                        answer["accuracy"] = below
+                    body = json.dumps(answer).encode()
                     self._send(200 if ok else 503, "application/json", body)
                 elif path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, metrics.exposition())
@@ -67,6 +75,16 @@ class Monitor:
             except Exception:  # a check that fails to run is a failing check
                 results[name] = False
         return all(results.values()), results
+
+    def accuracy_below(self) -> dict:
+        """The accuracy monitor's leads below the model card ({} when none, or no monitor)."""
+        if self.degraded is None:
+            return {}
+        try:
+            return dict(self.degraded())
+        except Exception:  # noqa: BLE001 - the monitor failing says nothing about accuracy
+            LOG.exception("accuracy monitor check failed")
+            return {}
 
     def start(self) -> "Monitor":
         self.thread.start()

@@ -25,6 +25,7 @@ from typing import Any
 from ecg_dicom.config import Settings, load_config_or_report
 from ecg_dicom.service.lock import running_service
 from ecg_dicom.queue import Job, JobQueue
+from ecg_dicom.service.accuracy import summarize
 
 # state in the store -> how it is printed
 LABELS = {"waiting": "waiting", "processing": "processing", "delivering": "delivering", "done": "done",
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_config_or_report(args.config, "status")
     if settings is None:
         return 2
+    if getattr(args, "accuracy", False):
+        return run_accuracy(settings, getattr(args, "since", None), getattr(args, "json", False))
     queue = JobQueue(settings.folders.queue_db)
     try:
         report = collect(settings, queue, getattr(args, "jobs", None) or [], getattr(args, "recent", RECENT))
@@ -48,6 +51,38 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_report(report, settings)
     return 1 if report.get("unknown_jobs") else 0
+
+
+def run_accuracy(settings: Settings, since: str | None, as_json: bool) -> int:
+    """``status --accuracy [--since WHEN]``: the accuracy monitor's figures; 2 for a bad WHEN."""
+    try:
+        start = since_timestamp(since) if since else None
+    except ValueError as exc:
+        print(f"ecg-dicom status: --since: {exc}", file=sys.stderr)
+        return 2
+    queue = JobQueue(settings.folders.queue_db)
+    try:
+        table = summarize(queue.accuracy_rows(start))
+    finally:
+        queue.close()
+    if as_json:
+        print(json.dumps({"since": start, "devices": table}, indent=1))
+        return 0
+    period = f"since {_when(start)}" if start else "all kept records"
+    if not table:
+        print(f"accuracy monitor ({period}): no records yet (it measures sources that also hold the leads"
+              " the model reconstructs, such as 12-lead DICOM ECGs)")
+        return 0
+    print(f"accuracy monitor ({period}): r of the reconstruction against the leads the source measured"
+          " (evaluate protocol); trend: median r of the newer half of the records less the older half")
+    for device, leads in table.items():
+        print(f"\ndevice model {_escape(device)}:")
+        print(f"  {'lead':<5} {'n':>5} {'median r':>9} {'p10 r':>7} {'RMSE µV':>8} {'trend':>7}")
+        for lead, v in leads.items():
+            trend = f"{v['trend']:+.3f}" if v["trend"] is not None else "-"
+            print(f"  {lead:<5} {v['n']:>5} {v['median_r']:>9.3f} {v['p10_r']:>7.3f} {v['median_rmse_uv']:>8.1f}"
+                  f" {trend:>7}")
+    return 0
 
 
 def collect(settings: Settings, queue: JobQueue, job_ids: list[int], recent: int = RECENT) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ecg_dicom.service import metrics
 from ecg_dicom.config import Folders
+from ecg_dicom.core.accuracy import source_complete
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.core.inference import Reconstruction, ReconstructionTask, Reconstructor
 from ecg_dicom.errors import InputError
@@ -35,8 +36,9 @@ from ecg_dicom.inputs import LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 from ecg_dicom.logsafe import strip_wire, wire
 from ecg_dicom.service.memory import release_freed_memory
-from ecg_dicom.outputs.results import result_file_names, write_outputs
+from ecg_dicom.outputs.results import result_accuracy, result_file_names, write_outputs
 from ecg_dicom.queue import Job, JobQueue
+from ecg_dicom.service.accuracy import AccuracyMonitor, device_model
 
 LOG = logging.getLogger("ecg_dicom.worker")
 NPY_DEFAULT_FS = 500.0
@@ -63,20 +65,31 @@ class Worker:
     Parameters
     ----------
     queue, spool : the job store and the spool its inputs are in.
-    reconstructor : the loaded model.
+    reconstructor : the loaded model (the one for the configured lead; lead I with ``auto``).
     folders : output and rejected folders.
     settings : batch size and batch wait.
     deliver : True when a PACS is configured (processed jobs then go to ``delivering``).
     limits : input size limits (see :mod:`ecg_dicom.limits`).
     report_paper : paper size of the 12-lead page written with every result, None for none.
+    input_lead : the site's ``input_lead`` (I, II or auto); default: the reconstructor's lead.
+    models : every loaded model by input lead (``auto`` needs one per lead it may choose).
+    accuracy : the accuracy monitor, or None (figures still go into each result's .json).
+    deliver_complete : deliver results of sources holding all 12 measured leads too
+        (``deliver_when_source_complete``); else they are kept locally.
     """
 
     def __init__(self, queue: JobQueue, spool: Spool, reconstructor: Reconstructor, folders: Folders,
                  settings: WorkerSettings, deliver: bool, limits: Limits = DEFAULT_LIMITS,
-                 report_paper: str | None = None) -> None:
+                 report_paper: str | None = None, input_lead: str | None = None,
+                 models: dict[str, Reconstructor] | None = None, accuracy: AccuracyMonitor | None = None,
+                 deliver_complete: bool = False) -> None:
         self.queue = queue
         self.spool = spool
         self.reconstructor = reconstructor
+        self.input_lead = input_lead or reconstructor.input_lead
+        self.models = dict(models or {reconstructor.input_lead: reconstructor})
+        self.accuracy = accuracy
+        self.deliver_complete = deliver_complete
         self.folders = folders
         self.settings = settings
         self.deliver = deliver
@@ -144,7 +157,7 @@ class Worker:
                 LOG.exception("%s: unexpected error while reading", job.tag)
                 self.reject(job, f"unreadable input ({type(exc).__name__}: {wire(exc)})")
                 continue
-            if self.reconstructor.count_windows(inp.signal_uv.size, inp.fs) <= LONG_JOB_WINDOWS:
+            if self.model_for(inp).count_windows(inp.signal_uv.size, inp.fs) <= LONG_JOB_WINDOWS:
                 loaded.append((job, inp))
             elif self.long is None:
                 self.take_long_job(job, inp)
@@ -165,8 +178,12 @@ class Worker:
             else:
                 self.write(job, inp, result)
 
+    def model_for(self, inp: LeadInput) -> Reconstructor:
+        """The model for the lead ``inp`` carries."""
+        return self.models[inp.lead]
+
     def take_long_job(self, job: Job, inp: LeadInput) -> None:
-        self.long = _LongJob(job, inp, self.reconstructor.start([inp.signal_uv], [inp.fs]), time.monotonic())
+        self.long = _LongJob(job, inp, self.model_for(inp).start([inp.signal_uv], [inp.fs]), time.monotonic())
         LOG.info("%s: long input (%.0f s of ECG, %d model windows): worked on in steps, other jobs in between",
                  job.tag, inp.signal_uv.size / inp.fs, self.long.task.total)
 
@@ -218,12 +235,31 @@ class Worker:
                 refuse_links(sidecar)
             except InputError as exc:
                 raise InputError(f"sidecar .json: {exc}") from None
-        return load_input(self.spool.path(job), self.reconstructor.input_lead, NPY_DEFAULT_FS, "uV",
-                          sidecar, limits=self.limits)
+        return load_input(self.spool.path(job), self.input_lead, NPY_DEFAULT_FS, "uV",
+                          sidecar, limits=self.limits, models=tuple(self.models))
 
     def _reconstruct(self, inputs: list[LeadInput]) -> list[Reconstruction | Exception]:
-        """One batched call; if it fails, each record alone, so that a bad record fails alone."""
-        return self.reconstructor.reconstruct_isolated([i.signal_uv for i in inputs], [i.fs for i in inputs])
+        """One batched call per model; if it fails, each record alone, so that a bad record fails alone."""
+        results: list[Reconstruction | Exception | None] = [None] * len(inputs)
+        for lead, model in self.models.items():
+            members = [k for k, inp in enumerate(inputs) if inp.lead == lead]
+            if not members:
+                continue
+            done = model.reconstruct_isolated([inputs[k].signal_uv for k in members], [inputs[k].fs for k in members])
+            for k, result in zip(members, done):
+                results[k] = result
+        return [r if r is not None else InputError(f"no model for lead {i.lead}") for r, i in zip(results, inputs)]
+
+    def _accuracy(self, job: Job, inp: LeadInput, result: Reconstruction, model: Reconstructor) -> dict:
+        """The result's accuracy against the source's measured leads ({} when it has none, or
+        when measuring fails: the monitor never costs an output)."""
+        if not inp.source_leads:
+            return {}
+        try:
+            return result_accuracy(inp, result, model)
+        except Exception:  # noqa: BLE001 - a monitor, not the product
+            LOG.exception("%s: accuracy against the source's leads could not be measured", job.tag)
+            return {}
 
     def write(self, job: Job, inp: LeadInput, result: Reconstruction) -> None:
         """Write ``<stem>.npy`` (12, N) µV and the DICOM object(s); then advance the job.
@@ -232,6 +268,8 @@ class Worker:
         ``<name>-2``... when another job holds that name), so no result is ever overwritten.
         """
         out = self.folders.output
+        model = self.model_for(inp)
+        accuracy = self._accuracy(job, inp, result, model)
         try:
             stem, names = self.queue.reserve_names(
                 job.id, lambda s: result_file_names(s, result.leads.shape[-1], inp.fs, "both", False,
@@ -240,8 +278,8 @@ class Worker:
             if stem != job.name:
                 LOG.info("%s: its output name is taken by another input; results get a distinct name "
                          "(ecg-dicom status %d shows them)", job.tag, job.id)
-            written = write_outputs(out, stem, inp, result, self.reconstructor, "both", confidence=False,
-                                    report=self.report_paper)
+            written = write_outputs(out, stem, inp, result, model, "both", confidence=False,
+                                    report=self.report_paper, accuracy=accuracy)
         except InputError as exc:
             self.reject(job, str(exc))
             return
@@ -256,11 +294,21 @@ class Worker:
             return
         outputs = [p.name for p in written]
         assert outputs == names, f"wrote {outputs}, reserved {names}"
-        self.queue.processed(job.id, outputs, self.deliver)
-        metrics.job_processed(job.created, self.deliver)
+        complete = source_complete(inp.source_leads)
+        deliver = self.deliver and (self.deliver_complete or not complete)
+        self.queue.processed(job.id, outputs, deliver)
+        metrics.job_processed(job.created, deliver)
         self.spool.remove(job)
-        LOG.info("%s: %d outputs written, signal quality %s, %s", job.tag, len(outputs),
-                 inp.quality.status if inp.quality else "n/a", "awaiting delivery" if self.deliver else "done")
+        if accuracy and self.accuracy is not None:
+            try:
+                self.accuracy.record(job.id, device_model(inp.dataset), model.input_lead, accuracy)
+            except Exception:  # noqa: BLE001 - a monitor, not the product
+                LOG.exception("%s: accuracy figures could not be kept", job.tag)
+        LOG.info("%s: %d outputs written from lead %s, signal quality %s, %s", job.tag, len(outputs), inp.lead,
+                 inp.quality.status if inp.quality else "n/a",
+                 "awaiting delivery" if deliver else
+                 "kept locally: the source holds all 12 measured leads (deliver_when_source_complete: false)"
+                 if self.deliver and complete else "done")
 
     def reject(self, job: Job, reason: str) -> None:
         """Move the input to ``rejected/`` and then write ``<stem>.reason.txt`` beside it, last,
