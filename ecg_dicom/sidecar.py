@@ -38,6 +38,9 @@ from ecg_dicom.leads import canonical_lead_name
 from ecg_dicom.logsafe import wire
 
 SIDECAR_SUFFIX = ".json"
+# inputs that may have a sidecar: a .npy (rate, lead, patient), a vendor file (patient keys
+# that override the file's own: GE MUSE / Philips / HL7 aECG XML, a WFDB header)
+SIDECAR_INPUT_SUFFIXES = (".npy", ".xml", ".hea")
 MAX_SIDECAR_BYTES = 64 * 1024
 RECORDING_KEYS = ("fs", "lead", "units")
 PATIENT_KEYS = ("PatientID", "PatientName", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge")
@@ -73,10 +76,10 @@ class Sidecar:
 
 
 def sidecar_path(input_path: str | Path) -> Path | None:
-    """Where the sidecar of ``input_path`` is: ``<stem>.json`` beside a ``.npy``; None for any
-    other input (a DICOM file has none)."""
+    """Where the sidecar of ``input_path`` is: ``<stem>.json`` beside a ``.npy``, ``.xml`` or
+    ``.hea``; None for any other input (a DICOM file has none)."""
     path = Path(input_path)
-    return path.with_suffix(SIDECAR_SUFFIX) if path.suffix.lower() == ".npy" else None
+    return path.with_suffix(SIDECAR_SUFFIX) if path.suffix.lower() in SIDECAR_INPUT_SUFFIXES else None
 
 
 def stray_sidecars(folder: str | Path, inputs: list[Path], exclude: list[Path] = ()) -> list[Path]:

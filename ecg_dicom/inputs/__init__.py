@@ -1,6 +1,7 @@
 """Read one input, whatever its format, as a :class:`LeadInput`: one module per format
-(``npy``, ``dicom``), each giving the same LeadInput; :mod:`.base` holds it and the
-signal-quality gate.
+(``npy``, ``dicom``, ``muse``, ``philips``, ``aecg``, ``wfdb``), each giving the same
+LeadInput; :mod:`.base` holds it and the signal-quality gate. Formats are recognised by
+content (:func:`input_kind`), never by extension alone.
 
 Both the ``convert`` command and the service's worker come through :func:`load_input`, so a
 file is judged the same way whichever door it came in by.
@@ -8,29 +9,64 @@ file is judged the same way whichever door it came in by.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import file_sha256
+from ecg_dicom.inputs.demographics import merge_sidecar
 from ecg_dicom.inputs.base import QUALITY_LISTENERS, LeadInput, gate, gate_many, refuse_links
 from ecg_dicom.inputs.dicom import DICOM_MAGIC_OFFSET, is_dicom_file, read_dicom_input
 from ecg_dicom.inputs.npy import NPY_MAGIC, _NPY_HEADER_ERRORS, _npy_data_bytes, _npy_header, is_npy_file, \
     read_npy_array, read_npy_input
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
+from ecg_dicom.inputs.wfdb import is_wfdb_header, read_header, read_wfdb
+from ecg_dicom.inputs.xmlsafe import SNIFF_BYTES, parse_xml, sniff_root
 from ecg_dicom.sidecar import read_sidecar
 
-__all__ = ["QUALITY_LISTENERS", "LeadInput", "file_sha256", "gate", "gate_many", "incomplete_reason", "is_dicom_file",
-           "is_npy_file", "load_input", "load_lead", "looks_like_input", "read_npy_array", "refuse_links"]
+__all__ = ["QUALITY_LISTENERS", "LeadInput", "file_sha256", "gate", "gate_many", "incomplete_reason", "input_kind",
+           "is_dicom_file", "is_npy_file", "load_input", "load_lead", "looks_like_input", "read_npy_array",
+           "refuse_links", "wfdb_companions"]
+
+# root element's local name -> (format, its name for reasons)
+XML_ROOTS = {"RestingECG": ("muse", "GE MUSE XML"), "restingecgdata": ("philips", "Philips Sierra XML"),
+             "AnnotatedECG": ("aecg", "HL7 aECG")}
+VENDOR_KINDS = ("muse", "philips", "aecg", "wfdb")
+
+
+def input_kind(path: str | Path) -> str | None:
+    """The format of the file at ``path`` by its content: "npy", "dicom", "muse", "philips",
+    "aecg", "wfdb" (a WFDB header), or None. Raises OSError when it cannot be read."""
+    if is_npy_file(path):
+        return "npy"
+    if is_dicom_file(path):
+        return "dicom"
+    root = sniff_root(path)
+    if root is not None:
+        return XML_ROOTS[root[0]][0] if root[0] in XML_ROOTS else None
+    return "wfdb" if is_wfdb_header(path) else None
 
 
 def looks_like_input(path: Path) -> bool:
-    """Whether a file in an input folder is meant as an input: .npy, .dcm, or DICOM by content."""
+    """Whether a file in an input folder is meant as an input: .npy, .dcm, or any format
+    :func:`input_kind` recognises (DICOM, vendor XML, a WFDB header) by content."""
     if not path.is_file() or path.name.startswith("."):
         return False
     if path.suffix.lower() in (".npy", ".dcm", ".dicom"):
         return True
-    return is_dicom_file(path)
+    try:
+        return input_kind(path) is not None
+    except OSError:
+        return False
+
+
+def wfdb_companions(path: str | Path) -> list[str]:
+    """The signal file names a WFDB header names ([] when ``path`` is no header)."""
+    try:
+        return list(read_header(path).files()) if is_wfdb_header(path) else []
+    except (OSError, InputError):
+        return []
 
 
 def incomplete_reason(path: str | Path) -> str | None:
@@ -71,55 +107,135 @@ def incomplete_reason(path: str | Path) -> str | None:
         from ecg_dicom.dicom.reader import truncation
 
         return truncation(path)
+    root = sniff_root(path)
+    if root is not None and root[0] in XML_ROOTS:
+        return _xml_unclosed(path, root[0], size)
+    if is_wfdb_header(path):
+        return _wfdb_incomplete(path)
+    return None
+
+
+def _xml_unclosed(path: Path, root: str, size: int) -> str | None:
+    """A vendor XML file whose last bytes do not hold its root's closing tag."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(max(0, size - SNIFF_BYTES))
+            tail = fh.read()
+    except OSError:
+        return None
+    utf16 = head in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head
+    closing = f"{root}>".encode("utf-16-be" if head == b"\xfe\xff" else "utf-16-le") if utf16 else f"{root}>".encode()
+    return None if closing in tail else f"ends before the closing tag of its <{root}>"
+
+
+def _wfdb_incomplete(path: Path) -> str | None:
+    """A WFDB header whose signal files are not all beside it with the bytes it declares."""
+    try:
+        expected = read_header(path).expected_bytes()
+    except (OSError, InputError):
+        return None
+    for name, size in expected.items():
+        try:
+            have = os.lstat(path.parent / name).st_size
+        except OSError:
+            return f"its signal file {name} is not there yet"
+        if size is not None and have < size:
+            return f"its signal file {name} holds {have} of {size} bytes"
     return None
 
 
 def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",
-              limits: Limits = DEFAULT_LIMITS, gated: bool = True) -> LeadInput:
+              limits: Limits = DEFAULT_LIMITS, gated: bool = True, signal_dir: str | Path | None = None) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
 
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
-    (its own sampling rate and units). Inputs beyond ``limits`` are refused before they are
-    decoded. The lead then passes the signal-quality gate (:func:`gate`), unless ``gated`` is
+    (its own sampling rate and units); a vendor file (GE MUSE, Philips, HL7 aECG XML, a WFDB
+    header whose signal files are in ``signal_dir``, default beside it) by its reader, which
+    also gives every lead it holds and its patient (:mod:`.demographics`). Inputs beyond
+    ``limits`` are refused before they are decoded. The lead then passes the signal-quality gate (:func:`gate`), unless ``gated`` is
     False: then the caller gates it (:func:`gate_many`, for a batch). Raises
     :class:`InputError` (:class:`SignalQualityError` from the gate) with a one-line reason.
     """
     path = Path(path)
     try:
         check_input_bytes(os.stat(path).st_size, limits)
-        npy = is_npy_file(path)
-        dicom = not npy and (is_dicom_file(path) or path.suffix.lower() in (".dcm", ".dicom"))
+        kind = input_kind(path)
+        if kind is None and path.suffix.lower() in (".dcm", ".dicom"):
+            kind = "dicom"
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
-    if npy:
+    if kind == "npy":
         item = read_npy_input(path, input_lead, fs, units, limits)
-    elif dicom:
+    elif kind == "dicom":
         item = read_dicom_input(path, input_lead, limits)
+    elif kind == "wfdb":
+        item = _read_wfdb_input(path, input_lead, limits, signal_dir)
+    elif kind is not None:
+        item = _read_xml_input(path, kind, input_lead, limits)
     else:
-        raise InputError("neither a .npy array nor a DICOM file (no NUMPY magic, no DICM preamble)")
+        raise InputError("not a format this service reads: none of .npy, DICOM, GE MUSE / Philips Sierra / "
+                         "HL7 aECG XML or a WFDB header (recognised by content)")
     if gated:
         item.quality = gate(item.signal_uv, item.fs)
     return item
 
 
+def _read_xml_input(path: Path, kind: str, input_lead: str, limits: Limits) -> LeadInput:
+    """A vendor XML file (already refused by size when too large) by its format's reader."""
+    from ecg_dicom.inputs import aecg, muse, philips
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limits.max_input_bytes + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}") from exc
+    check_input_bytes(len(data), limits)
+    what = {"muse": muse.WHAT, "philips": philips.WHAT, "aecg": aecg.WHAT}[kind]
+    root = parse_xml(data, what)
+    if root.tag not in XML_ROOTS or XML_ROOTS[root.tag][0] != kind:
+        raise InputError(f"{what}: the document's root element is not the one its first bytes named")
+    reader = {"muse": muse.read_muse, "philips": philips.read_philips, "aecg": aecg.read_aecg}[kind]
+    return reader(root, input_lead, hashlib.sha256(data).hexdigest(), limits)
+
+
+def _read_wfdb_input(path: Path, input_lead: str, limits: Limits, signal_dir: str | Path | None) -> LeadInput:
+    """A WFDB record: its content hash covers the header and every signal file."""
+    signal_dir = Path(signal_dir) if signal_dir is not None else path.parent
+    digest = hashlib.sha256(file_sha256(path).encode())
+    item = read_wfdb(path, input_lead, "", limits, signal_dir)
+    for name in read_header(path).files():
+        digest.update(file_sha256(signal_dir / name).encode())
+    item.content_hash = digest.hexdigest()
+    return item
+
+
 def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",
                sidecar: str | Path | None = None, limits: Limits = DEFAULT_LIMITS,
-               gated: bool = True) -> LeadInput:
+               gated: bool = True, signal_dir: str | Path | None = None) -> LeadInput:
     """Read one input the way both doors (``serve``, ``convert``) read it: ``path`` plus its
     sidecar file ``sidecar`` (None or missing: no sidecar; see :func:`ecg_dicom.sidecar.sidecar_path`).
 
     The sidecar's ``fs`` and ``units`` replace the defaults ``fs`` and ``units`` (which apply
     to a ``.npy`` without one); its ``lead`` must be ``input_lead``, the lead the model
-    takes; its patient/study keys travel with the result. ``gated``: see :func:`load_lead`.
-    Raises :class:`InputError`.
+    takes; its patient/study keys travel with the result. A vendor file (MUSE, Philips, aECG,
+    WFDB) brings its own patient and acquisition; a sidecar beside it overrides them key by
+    key (its ``fs`` and ``units`` are refused: the file states its own). ``gated`` and
+    ``signal_dir``: see :func:`load_lead`. Raises :class:`InputError`.
     """
     params = read_sidecar(sidecar)
     if params is None:
-        return load_lead(path, input_lead, fs, units, limits, gated)
+        return load_lead(path, input_lead, fs, units, limits, gated, signal_dir)
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
-    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated)
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated, signal_dir)
+    if item.kind in VENDOR_KINDS:
+        if params.fs is not None or params.units is not None:
+            raise InputError(f"sidecar .json gives fs or units, but this {item.kind} file states its own rate and "
+                             "units: give only patient and study keys")
+        item.sidecar = merge_sidecar(item.sidecar, params)
+        return item
     if item.kind != "npy":
         raise InputError("a sidecar .json belongs to a .npy input; this is a DICOM file, which carries "
                          "its own rate, lead and patient")
