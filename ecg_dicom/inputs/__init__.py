@@ -27,7 +27,7 @@ from ecg_dicom.sidecar import read_sidecar
 
 __all__ = ["QUALITY_LISTENERS", "LeadInput", "file_sha256", "gate", "gate_many", "incomplete_reason", "input_kind",
            "is_dicom_file", "is_npy_file", "load_input", "load_lead", "looks_like_input", "read_npy_array",
-           "refuse_links", "wfdb_companions"]
+           "record_sha256", "refuse_links", "wfdb_companions"]
 
 # root element's local name -> (format, its name for reasons)
 XML_ROOTS = {"RestingECG": ("muse", "GE MUSE XML"), "restingecgdata": ("philips", "Philips Sierra XML"),
@@ -200,14 +200,21 @@ def _read_xml_input(path: Path, kind: str, input_lead: str, limits: Limits) -> L
     return reader(root, input_lead, hashlib.sha256(data).hexdigest(), limits)
 
 
-def _read_wfdb_input(path: Path, input_lead: str, limits: Limits, signal_dir: str | Path | None) -> LeadInput:
-    """A WFDB record: its content hash covers the header and every signal file."""
+def record_sha256(path: str | Path, signal_dir: str | Path | None = None) -> str:
+    """A WFDB record's content hash: of its header and every signal file it names (those
+    missing count as missing), so a record whose samples changed gets new output UIDs."""
+    path = Path(path)
     signal_dir = Path(signal_dir) if signal_dir is not None else path.parent
     digest = hashlib.sha256(file_sha256(path).encode())
-    item = read_wfdb(path, input_lead, "", limits, signal_dir)
     for name in read_header(path).files():
-        digest.update(file_sha256(signal_dir / name).encode())
-    item.content_hash = digest.hexdigest()
+        digest.update((file_sha256(signal_dir / name) if (signal_dir / name).is_file() else "missing").encode())
+    return digest.hexdigest()
+
+
+def _read_wfdb_input(path: Path, input_lead: str, limits: Limits, signal_dir: str | Path | None) -> LeadInput:
+    """A WFDB record, its content hash :func:`record_sha256`."""
+    item = read_wfdb(path, input_lead, "", limits, signal_dir)
+    item.content_hash = record_sha256(path, signal_dir)
     return item
 
 

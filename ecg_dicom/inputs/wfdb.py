@@ -163,18 +163,24 @@ def read_header(path: str | Path) -> Header:
 
 def is_wfdb_header(path: str | Path) -> bool:
     """Whether the file is a WFDB header by content: small text whose first line is a record
-    line followed by as many valid signal lines as it declares."""
+    line followed by as many lines as it declares signals, each a file name and a format
+    number (whether those are acceptable, :func:`parse_header` says with a reason)."""
     try:
         if os.stat(path).st_size > MAX_HEADER_BYTES:
             return False
         with open(path, "rb") as fh:
             head = fh.read(MAX_HEADER_BYTES)
-        if b"\x00" in head or not head[:1].isascii():
-            return False
-        parse_header(head.decode("latin-1"))
-        return True
-    except (OSError, InputError, ValueError):
+    except OSError:
         return False
+    if b"\x00" in head or not head[:1].isascii():
+        return False
+    lines = [line.strip() for line in head.decode("latin-1").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    match = _RECORD.match(lines[0]) if lines else None
+    if match is None or not 1 <= int(match.group(3)) <= 64 or len(lines) < 1 + int(match.group(3)):
+        return False
+    return all(len(line.split()) >= 2 and re.match(r"\d+", line.split()[1])
+               for line in lines[1:1 + int(match.group(3))])
 
 
 def signal_file(signal_dir: Path, name: str) -> Path:
