@@ -175,8 +175,8 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     elif kind is not None:
         item = _read_xml_input(path, kind, input_lead, limits)
     else:
-        raise InputError("not a format this service reads: none of .npy, DICOM, GE MUSE / Philips Sierra / "
-                         "HL7 aECG XML or a WFDB header (recognised by content)")
+        raise InputError("neither a .npy array nor a DICOM file nor a vendor ECG (no NUMPY magic, no DICM "
+                         "preamble, no GE MUSE / Philips Sierra / HL7 aECG XML root, no WFDB record line)")
     if gated:
         item.quality = gate(item.signal_uv, item.fs)
     return item
