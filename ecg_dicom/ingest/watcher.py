@@ -27,8 +27,9 @@ rejected job of its own, listed by ``ecg-dicom status``), never left in the fold
 
 WFDB records: the header ``X.hea`` is the input; the signal files it names (``X.dat``,
 ``X.mat``...) are its companions and are moved into the spool with it. A header whose
-signal files are not all there with the bytes it declares is held like a file cut short
-(``incomplete_wait_s`` unchanged, then taken and rejected with the reason); a ``.dat`` or
+signal files are not all there with the bytes it declares waits for them (taken as soon as
+they are; after ``incomplete_wait_s`` without a signal file arriving or growing it is taken
+and rejected with the reason); a ``.dat`` or
 ``.mat`` is never taken on its own, and one with no ``.hea`` of its stem beside it (or one
 that arrives after its header was taken) is refused like a stray sidecar. Drop the signal
 files first, or together with the header.
@@ -122,12 +123,15 @@ class FolderWatcher:
         self.paused = False
         self.rejected = Path(rejected) if rejected is not None else self.folder.parent / "rejected"
         # complete-looking files not taken yet: path -> (size, mtime_ns, since (monotonic), why)
-        # why: "sidecar" (a .npy waiting for its sidecar) or "incomplete" (cut short, waiting for the rest)
+        # why: "sidecar" (a .npy waiting for its sidecar), "incomplete" (cut short, waiting for the rest) or
+        # "companions" (a WFDB header waiting for its signal files)
         self._held: dict[Path, tuple[int, int, float, str]] = {}
         # recently taken: lower-case file name -> (job id, monotonic time)
         self._taken: dict[str, tuple[int, float]] = {}
         # sidecars seen with no .npy beside them: path -> monotonic time first seen so
         self._lone_sidecars: dict[Path, float] = {}
+        # WFDB headers held for their signal files: path -> what they wait for (a change restarts the wait)
+        self._waiting_for: dict[Path, str] = {}
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
         # path -> (size, mtime_ns, monotonic time this signature was first seen,
@@ -233,6 +237,10 @@ class FolderWatcher:
             return self._claim(path)
         if _named_by_header(path):  # a WFDB signal file (X.xyz): goes with its header
             return 0
+        if wfdb_companions(path) and incomplete_reason(path) is not None:  # a header waiting for its signals
+            self._held[path] = (st.st_size, st.st_mtime_ns, now, "companions")
+            self._waiting_for[path] = incomplete_reason(path) or ""
+            return 0
         if incomplete_reason(path) is not None:
             self._held[path] = (st.st_size, st.st_mtime_ns, now, "incomplete")
             LOG.info("a dropped file looks cut short; waiting up to %g s for the rest of it "
@@ -252,11 +260,31 @@ class FolderWatcher:
             st = path.lstat()
         except FileNotFoundError:
             del self._held[path]
+            self._waiting_for.pop(path, None)
             return 0
         if (st.st_size, st.st_mtime_ns) != (size, mtime):
             del self._held[path]
+            self._waiting_for.pop(path, None)
             self.notify(path, complete=False)
             return 0
+        if why == "companions":
+            reason = incomplete_reason(path)
+            if reason is None:
+                del self._held[path]
+                self._waiting_for.pop(path, None)
+                return self._claim(path)
+            if reason != self._waiting_for.get(path):  # a signal file arrived or grew: wait on
+                self._waiting_for[path] = reason
+                self._held[path] = (size, mtime, now, why)
+                return 0
+            if now - since < self.settings.incomplete_wait_s:
+                return 0
+            del self._held[path]
+            self._waiting_for.pop(path, None)
+            LOG.warning("a dropped WFDB header still lacks its signal files (%s) after %g s: taking it, it will be "
+                        "rejected; drop the signal files first, or together with the header",
+                        reason, self.settings.incomplete_wait_s)
+            return self._claim(path)
         if why == "sidecar":
             sidecar = sidecar_path(path)
             if now - since < self.settings.sidecar_wait_s and not self._sidecar_ready(sidecar, now):
