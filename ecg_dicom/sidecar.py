@@ -39,8 +39,8 @@ from ecg_dicom.logsafe import wire
 
 SIDECAR_SUFFIX = ".json"
 # inputs that may have a sidecar: a .npy (rate, lead, patient), a vendor file (patient keys
-# that override the file's own: GE MUSE / Philips / HL7 aECG XML, a WFDB header)
-SIDECAR_INPUT_SUFFIXES = (".npy", ".xml", ".hea")
+# that override the file's own: GE MUSE / Philips / HL7 aECG XML, a WFDB header, SCP-ECG)
+SIDECAR_INPUT_SUFFIXES = (".npy", ".xml", ".hea", ".scp")
 MAX_SIDECAR_BYTES = 64 * 1024
 RECORDING_KEYS = ("fs", "lead", "units")
 PATIENT_KEYS = ("PatientID", "PatientName", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge")
@@ -76,8 +76,8 @@ class Sidecar:
 
 
 def sidecar_path(input_path: str | Path) -> Path | None:
-    """Where the sidecar of ``input_path`` is: ``<stem>.json`` beside a ``.npy``, ``.xml`` or
-    ``.hea``; None for any other input (a DICOM file has none)."""
+    """Where the sidecar of ``input_path`` is: ``<stem>.json`` beside a ``.npy``, ``.xml``,
+    ``.hea`` or ``.scp``; None for any other input (a DICOM file has none)."""
     path = Path(input_path)
     return path.with_suffix(SIDECAR_SUFFIX) if path.suffix.lower() in SIDECAR_INPUT_SUFFIXES else None
 

@@ -86,7 +86,7 @@ def test_dropped_npy_files_are_taken_and_delivered(service, pacs, tmp_path):
 
 
 def test_vendor_files_dropped_are_delivered_under_their_patient(service, pacs, shared_data, tmp_path):
-    """GE MUSE, Philips 1.04 (UTF-16), HL7 aECG and a WFDB record dropped into the watched
+    """GE MUSE, Philips 1.04 (UTF-16), HL7 aECG, SCP-ECG and a WFDB record dropped into the watched
     folder reach Orthanc as waveform + page under the patient the file names. The WFDB header
     comes first, its .dat a moment later: the header waits for it and both go as one job."""
     import shutil
@@ -95,7 +95,8 @@ def test_vendor_files_dropped_are_delivered_under_their_patient(service, pacs, s
     vendor = shared_data / "vendor"
     drops = {"muse_drop.xml": (vendor / "ge_muse_xml/muse_ecg2.xml", "JAX12345"),
              "philips_drop.xml": (vendor / "philips_sierra_xml/3191723_ZZDEMOPTONLY_1-04_orig.xml", "9999"),
-             "aecg_drop": (vendor / "hl7_aecg/ecg_hl7.xml", "SBJ-123")}
+             "aecg_drop": (vendor / "hl7_aecg/ecg_hl7.xml", "SBJ-123"),
+             "scp_drop.scp": (vendor / "scp_ecg/Example.scp", "SBJ-123")}
     for name, (src, _) in drops.items():
         staged = tmp_path / name
         shutil.copy(src, staged)
@@ -110,7 +111,7 @@ def test_vendor_files_dropped_are_delivered_under_their_patient(service, pacs, s
     shutil.copy(ptbxl / "00001_lr.dat", staged)
     os.replace(staged, service.watch / "rec_drop.dat")
     expected = {"muse_drop": ("JAX12345", 5000), "philips_drop": ("9999", 5000), "aecg_drop": ("SBJ-123", 5000),
-                "rec_drop": (None, None)}
+                "scp_drop": ("SBJ-123", 5000), "rec_drop": (None, None)}
     for name, (patient_id, n) in expected.items():
         if n is None:
             n = np.load(wait_for(lambda: (service.output / f"{name}.npy").exists() and service.output / f"{name}.npy",

@@ -264,3 +264,85 @@ def test_vendor_fuzz_in_process_only_typed_errors(shared_data):
                 outcomes["refused"] += 1
             assert time.monotonic() - t0 < 10
     assert outcomes["refused"] > 50 and outcomes["ok"] > 5, outcomes
+
+
+# -- SCP-ECG ------------------------------------------------------------------------------------
+def _scp(shared_data: Path) -> bytes:
+    return (shared_data / "vendor/scp_ecg/Example.scp").read_bytes()
+
+
+def _with_crc(data: bytearray) -> bytes:
+    """The file and section 6 CRCs recomputed (so that the decoder, not the CRC, meets the damage)."""
+    import struct
+
+    from ecg_dicom.inputs.scp import crc_ccitt
+    struct.pack_into("<I", data, 2, len(data))
+    six = 3819 - 1
+    size = struct.unpack_from("<I", data, six + 4)[0]
+    if six + size <= len(data):
+        struct.pack_into("<H", data, six, crc_ccitt(bytes(data[six + 2:six + size])))
+    struct.pack_into("<H", data, 0, crc_ccitt(bytes(data[2:])))
+    return bytes(data)
+
+
+def test_scp_dicom_and_aecg_copies_of_one_ecg_agree(shared_data):
+    """Example.scp, ecg_hl7.xml and ecgtoolkit_example_eli250.dcm: one ECG in three formats."""
+    scp = load_lead(shared_data / "vendor/scp_ecg/Example.scp", "II")
+    aecg = load_lead(shared_data / "vendor/hl7_aecg/ecg_hl7.xml", "II")
+    assert scp.kind == "scp" and scp.fs == 500.0 and list(scp.source_leads) == list(LEADS_12)
+    for lead in LEADS_12:
+        dcm = read_dicom_lead(shared_data / "dicom/12lead/ecgtoolkit_example_eli250.dcm", lead).signal_uv
+        n = min(dcm.size, scp.source_leads[lead].size)
+        assert np.corrcoef(dcm[:n], scp.source_leads[lead][:n])[0, 1] > 0.99, lead
+        assert np.std(scp.source_leads[lead][:n]) == pytest.approx(np.std(dcm[:n]), rel=0.03), lead
+        np.testing.assert_allclose(scp.source_leads[lead], aecg.source_leads[lead], atol=2.5)  # one unit
+    attrs = scp.sidecar.attributes
+    assert (attrs["PatientID"], attrs["PatientName"], attrs["PatientSex"]) == ("SBJ-123", "Clark", "M")
+    assert attrs["PatientBirthDate"] == "19530508" and attrs["AcquisitionDateTime"] == "20021122091000"
+    assert attrs["ManufacturerModelName"] == "ELI250"
+
+
+def test_damaged_scp_files_get_a_reason(shared_data, tmp_path):
+    data = _scp(shared_data)
+    path = tmp_path / "x.scp"
+    cases = [
+        (data[:-100], "declares 33952 bytes"),
+        (data[:5000] + bytes([data[5000] ^ 0xFF]) + data[5001:], "CRC does not match"),
+    ]
+    flagged = bytearray(data)
+    flagged[329 - 1 + 16 + 1] |= 0x01      # section 3: reference beat subtracted
+    cases.append((_with_crc(flagged), "reference beat"))
+    custom = bytearray(data)
+    custom[311 - 1 + 16] = 1                # section 2: one table of its own
+    cases.append((_with_crc(custom), "own Huffman tables"))
+    bimodal = bytearray(data)
+    bimodal[3819 - 1 + 16 + 5] = 1
+    cases.append((_with_crc(bimodal), "bimodal"))
+    cut = bytearray(data)
+    cut[3819 - 1 + 16 + 6:3819 - 1 + 16 + 8] = (2).to_bytes(2, "little")   # lead I: 2 bytes of Huffman data
+    cases.append((_with_crc(cut), "Huffman data end"))
+    for payload, reason in cases:
+        path.write_bytes(payload)
+        with pytest.raises(InputError, match=reason):
+            load_lead(path, "I")
+
+
+def test_scp_fuzz_in_process_only_typed_errors(shared_data, tmp_path):
+    """Byte damage with the CRCs recomputed, so the section parser and decoder meet it."""
+    rng = random.Random(912)
+    data = _scp(shared_data)
+    path = tmp_path / "f.scp"
+    refused = 0
+    for _ in range(40):
+        out = bytearray(data)
+        for _ in range(rng.randint(1, 6)):
+            out[rng.randrange(6, 3819 + 200)] = rng.randrange(256)
+        path.write_bytes(_with_crc(out))
+        t0 = time.monotonic()
+        try:
+            load_lead(path, "I", gated=False)
+        except InputError as exc:
+            assert "\n" not in str(exc)
+            refused += 1
+        assert time.monotonic() - t0 < 10
+    assert refused > 10

@@ -25,7 +25,7 @@ from ecg_dicom.sidecar import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX
 
 LOG = logging.getLogger("ecg_dicom.ingest")
 _PART = ".part"
-_INPUT_SUFFIXES = (".dcm", ".npy", ".dicom", ".xml", ".hea")
+_INPUT_SUFFIXES = (".dcm", ".npy", ".dicom", ".xml", ".hea", ".scp")
 COMPANIONS_SUFFIX = ".files"
 
 

@@ -1,5 +1,5 @@
 """Read one input, whatever its format, as a :class:`LeadInput`: one module per format
-(``npy``, ``dicom``, ``muse``, ``philips``, ``aecg``, ``wfdb``), each giving the same
+(``npy``, ``dicom``, ``muse``, ``philips``, ``aecg``, ``wfdb``, ``scp``), each giving the same
 LeadInput; :mod:`.base` holds it and the signal-quality gate. Formats are recognised by
 content (:func:`input_kind`), never by extension alone.
 
@@ -21,6 +21,7 @@ from ecg_dicom.inputs.dicom import DICOM_MAGIC_OFFSET, is_dicom_file, read_dicom
 from ecg_dicom.inputs.npy import NPY_MAGIC, _NPY_HEADER_ERRORS, _npy_data_bytes, _npy_header, is_npy_file, \
     read_npy_array, read_npy_input
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
+from ecg_dicom.inputs.scp import is_scp_file
 from ecg_dicom.inputs.wfdb import is_wfdb_header, read_header, read_wfdb
 from ecg_dicom.inputs.xmlsafe import SNIFF_BYTES, parse_xml, sniff_root
 from ecg_dicom.sidecar import read_sidecar
@@ -32,16 +33,19 @@ __all__ = ["QUALITY_LISTENERS", "LeadInput", "file_sha256", "gate", "gate_many",
 # root element's local name -> (format, its name for reasons)
 XML_ROOTS = {"RestingECG": ("muse", "GE MUSE XML"), "restingecgdata": ("philips", "Philips Sierra XML"),
              "AnnotatedECG": ("aecg", "HL7 aECG")}
-VENDOR_KINDS = ("muse", "philips", "aecg", "wfdb")
+VENDOR_KINDS = ("muse", "philips", "aecg", "wfdb", "scp")
 
 
 def input_kind(path: str | Path) -> str | None:
     """The format of the file at ``path`` by its content: "npy", "dicom", "muse", "philips",
-    "aecg", "wfdb" (a WFDB header), or None. Raises OSError when it cannot be read."""
+    "aecg", "wfdb" (a WFDB header), "scp" (SCP-ECG), or None. Raises OSError when it cannot
+    be read."""
     if is_npy_file(path):
         return "npy"
     if is_dicom_file(path):
         return "dicom"
+    if is_scp_file(path):
+        return "scp"
     root = sniff_root(path)
     if root is not None:
         return XML_ROOTS[root[0]][0] if root[0] in XML_ROOTS else None
@@ -151,11 +155,11 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
 
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
-    (its own sampling rate and units); a vendor file (GE MUSE, Philips, HL7 aECG XML, a WFDB
-    header whose signal files are in ``signal_dir``, default beside it) by its reader, which
-    also gives every lead it holds and its patient (:mod:`.demographics`). Inputs beyond
-    ``limits`` are refused before they are decoded. The lead then passes the signal-quality gate (:func:`gate`), unless ``gated`` is
-    False: then the caller gates it (:func:`gate_many`, for a batch). Raises
+    (its own sampling rate and units); a vendor file (GE MUSE, Philips, HL7 aECG XML, SCP-ECG,
+    a WFDB header whose signal files are in ``signal_dir``, default beside it) by its reader,
+    which also gives every lead it holds and its patient (:mod:`.demographics`). Inputs
+    beyond ``limits`` are refused before they are decoded. The lead then passes the
+    signal-quality gate (:func:`gate`), unless ``gated`` is False: then the caller gates it (:func:`gate_many`, for a batch). Raises
     :class:`InputError` (:class:`SignalQualityError` from the gate) with a one-line reason.
     """
     path = Path(path)
@@ -172,14 +176,30 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
         item = read_dicom_input(path, input_lead, limits)
     elif kind == "wfdb":
         item = _read_wfdb_input(path, input_lead, limits, signal_dir)
+    elif kind == "scp":
+        item = _read_scp_input(path, input_lead, limits)
     elif kind is not None:
         item = _read_xml_input(path, kind, input_lead, limits)
     else:
         raise InputError("neither a .npy array nor a DICOM file nor a vendor ECG (no NUMPY magic, no DICM "
-                         "preamble, no GE MUSE / Philips Sierra / HL7 aECG XML root, no WFDB record line)")
+                         "preamble, no GE MUSE / Philips Sierra / HL7 aECG XML root, no WFDB record line, no SCP-ECG "
+                         "section 0)")
     if gated:
         item.quality = gate(item.signal_uv, item.fs)
     return item
+
+
+def _read_scp_input(path: Path, input_lead: str, limits: Limits) -> LeadInput:
+    """An SCP-ECG file (already refused by size when too large)."""
+    from ecg_dicom.inputs.scp import read_scp
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limits.max_input_bytes + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}") from exc
+    check_input_bytes(len(data), limits)
+    return read_scp(data, input_lead, hashlib.sha256(data).hexdigest(), limits)
 
 
 def _read_xml_input(path: Path, kind: str, input_lead: str, limits: Limits) -> LeadInput:
