@@ -20,6 +20,7 @@ from ecg_dicom.inputs.base import QUALITY_LISTENERS, LeadInput, gate, gate_many,
 from ecg_dicom.inputs.dicom import DICOM_MAGIC_OFFSET, is_dicom_file, read_dicom_input
 from ecg_dicom.inputs.npy import NPY_MAGIC, _NPY_HEADER_ERRORS, _npy_data_bytes, _npy_header, is_npy_file, \
     read_npy_array, read_npy_input
+from ecg_dicom.logsafe import wire
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
 from ecg_dicom.inputs.scp import is_scp_file
 from ecg_dicom.inputs.wfdb import is_wfdb_header, read_header, read_wfdb
@@ -143,9 +144,9 @@ def _wfdb_incomplete(path: Path) -> str | None:
         try:
             have = os.lstat(path.parent / name).st_size
         except OSError:
-            return f"its signal file {name} is not there yet"
+            return f"its signal file {wire(name, 40)} is not there yet"
         if size is not None and have < size:
-            return f"its signal file {name} holds {have} of {size} bytes"
+            return f"its signal file {wire(name, 40)} holds {have} of {size} bytes"
     return None
 
 

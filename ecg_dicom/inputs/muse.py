@@ -33,8 +33,11 @@ def read_muse(root: Element, input_lead: str, content_hash: str, limits: Limits)
     waveform = next((w for w in children(root, "Waveform") if text_of(w, "WaveformType").lower() == "rhythm"), None)
     if waveform is None:
         raise InputError(f"{WHAT}: no <Waveform> of type Rhythm")
-    exponent = text_of(waveform, "SampleExponent") or "0"
-    fs = sample_rate(text_of(waveform, "SampleBase"), f"{WHAT}: SampleBase") * 10 ** int(number(exponent, "SampleExponent"))
+    exponent = number(text_of(waveform, "SampleExponent") or "0", f"{WHAT}: SampleExponent")
+    if exponent != int(exponent) or abs(exponent) > 3:
+        raise InputError(f"{WHAT}: SampleExponent {exponent:g} is not a plausible power of ten")
+    fs = sample_rate(str(number(text_of(waveform, "SampleBase"), f"{WHAT}: SampleBase") * 10 ** int(exponent)),
+                     f"{WHAT}: SampleBase")
     leads: dict[str, np.ndarray] = {}
     for data in children(waveform, "LeadData"):
         lead_id = text_of(data, "LeadID")

@@ -42,10 +42,11 @@ MAX_HEADER_BYTES = 64 * 1024
 FORMAT_BITS = {16: 16, 61: 16, 80: 8, 160: 16, 24: 24, 32: 32, 212: 12}
 _UNIT_TO_UV = {"mv": 1000.0, "uv": 1.0, "µv": 1.0, "v": 1e6, "nv": 1e-3}  # lower case: PTB writes "mv"
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-_RECORD = re.compile(r"^([A-Za-z0-9_.~\-]+)(/\d+)?\s+(\d+)(?:\s+([0-9.eE+\-]+)(?:/[0-9.eE+\-]+)?(?:\([^)]*\))?)?"
-                     r"(?:\s+(\d+))?(?:\s+(\S+))?(?:\s+(\S+))?\s*$")
-_FORMAT = re.compile(r"^(\d+)(x\d+)?(:\d+)?(\+\d+)?$")
-_GAIN = re.compile(r"^([0-9.eE+\-]+)(?:\((-?\d+)\))?(?:/(\S+))?$")
+# numbers have at most 15 digits (a header is at most 64 KiB: no 10,000-digit integers)
+_RECORD = re.compile(r"^([A-Za-z0-9_.~\-]+)(/\d+)?\s+(\d{1,15})(?:\s+([0-9.eE+\-]{1,30})(?:/[0-9.eE+\-]+)?"
+                     r"(?:\([^)]*\))?)?(?:\s+(\d{1,15}))?(?:\s+(\S+))?(?:\s+(\S+))?\s*$")
+_FORMAT = re.compile(r"^(\d{1,15})(x\d{1,15})?(:\d{1,15})?(\+\d{1,15})?$")
+_GAIN = re.compile(r"^([0-9.eE+\-]{1,30})(?:\((-?\d{1,15})\))?(?:/(\S+))?$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.~\-]*$")
 
 
@@ -106,7 +107,10 @@ def parse_header(text: str) -> Header:
     nsig = int(match.group(3))
     if nsig < 1 or nsig > 64:
         raise InputError(f"{WHAT}: {nsig} signals declared")
-    fs = float(match.group(4)) if match.group(4) else 250.0
+    try:
+        fs = float(match.group(4)) if match.group(4) else 250.0
+    except ValueError:
+        raise InputError(f"{WHAT}: sampling rate {wire(match.group(4), 16)} is not a number") from None
     if not math.isfinite(fs) or fs <= 0 or fs > 100_000:
         raise InputError(f"{WHAT}: sampling rate {wire(match.group(4), 16)} is not plausible")
     sig_len = int(match.group(5) or 0)
@@ -138,12 +142,15 @@ def _signal_line(line: str, n: int) -> Signal:
         gain_match = _GAIN.match(fields[2])
         if gain_match is None:
             raise InputError(f"{WHAT}: signal {n} has the gain {wire(fields[2], 24)}")
-        gain = float(gain_match.group(1)) or 200.0
+        try:
+            gain = float(gain_match.group(1)) or 200.0
+        except ValueError:
+            raise InputError(f"{WHAT}: signal {n}'s gain is not a number") from None
         baseline = int(gain_match.group(2)) if gain_match.group(2) else None
         units = gain_match.group(3) or "mV"
     if not math.isfinite(gain) or gain <= 0:
         raise InputError(f"{WHAT}: signal {n}'s gain must be positive")
-    adc_zero = int(fields[4]) if len(fields) > 4 and re.fullmatch(r"-?\d+", fields[4]) else 0
+    adc_zero = int(fields[4]) if len(fields) > 4 and re.fullmatch(r"-?\d{1,15}", fields[4]) else 0
     description = fields[8].strip() if len(fields) > 8 else ""
     return Signal(name, fmt, offset, gain, adc_zero if baseline is None else baseline, units, description)
 
