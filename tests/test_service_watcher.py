@@ -248,3 +248,15 @@ def test_every_signal_file_a_header_names_goes_with_it(watched):
     [job] = queue.jobs()
     assert sorted(p.name for p in spool.companions(job).iterdir()) == ["rec.dat", "rec.xyz"]
     assert list(inbox.iterdir()) == []
+
+
+def test_a_refused_header_still_takes_its_signal_file_along(watched):
+    """A header the reader will refuse (format 8) is still a header: its .dat goes with it."""
+    inbox, queue, spool, start = watched
+    (inbox / "rec.dat").write_bytes(b"\x00" * 10000)
+    (inbox / "rec.hea").write_text(WFDB_HEADER.replace(" 16 ", " 8 "))
+    start(stray_sidecar_s=1.0)
+    wait_for(lambda: queue.jobs(), 10, "the record")
+    time.sleep(1.5)
+    [job] = queue.jobs()
+    assert (spool.companions(job) / "rec.dat").is_file() and list(inbox.iterdir()) == []

@@ -23,7 +23,7 @@ from ecg_dicom.inputs.npy import NPY_MAGIC, _NPY_HEADER_ERRORS, _npy_data_bytes,
 from ecg_dicom.logsafe import wire
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
 from ecg_dicom.inputs.scp import is_scp_file
-from ecg_dicom.inputs.wfdb import is_wfdb_header, read_header, read_wfdb
+from ecg_dicom.inputs.wfdb import is_wfdb_header, read_header, read_wfdb, signal_file_names
 from ecg_dicom.inputs.xmlsafe import SNIFF_BYTES, parse_xml, sniff_root
 from ecg_dicom.sidecar import read_sidecar
 
@@ -67,11 +67,9 @@ def looks_like_input(path: Path) -> bool:
 
 
 def wfdb_companions(path: str | Path) -> list[str]:
-    """The signal file names a WFDB header names ([] when ``path`` is no header)."""
-    try:
-        return list(read_header(path).files()) if is_wfdb_header(path) else []
-    except (OSError, InputError):
-        return []
+    """The signal file names a WFDB header names ([] when ``path`` is no header), also when
+    the header itself is refused (they go with it, to ``rejected/``)."""
+    return signal_file_names(path)
 
 
 def incomplete_reason(path: str | Path) -> str | None:
@@ -227,7 +225,7 @@ def record_sha256(path: str | Path, signal_dir: str | Path | None = None) -> str
     path = Path(path)
     signal_dir = Path(signal_dir) if signal_dir is not None else path.parent
     digest = hashlib.sha256(file_sha256(path).encode())
-    for name in read_header(path).files():
+    for name in signal_file_names(path):
         digest.update((file_sha256(signal_dir / name) if (signal_dir / name).is_file() else "missing").encode())
     return digest.hexdigest()
 

@@ -168,26 +168,42 @@ def read_header(path: str | Path) -> Header:
     return parse_header(text)
 
 
-def is_wfdb_header(path: str | Path) -> bool:
-    """Whether the file is a WFDB header by content: small text whose first line is a record
-    line followed by as many lines as it declares signals, each a file name and a format
-    number (whether those are acceptable, :func:`parse_header` says with a reason)."""
+def _signal_lines(path: str | Path) -> list[list[str]] | None:
+    """The signal lines (split) of a file that looks like a WFDB header: small text whose
+    first line is a record line followed by as many lines as it declares signals, each a
+    file name and a format number; None for anything else."""
     try:
         if os.stat(path).st_size > MAX_HEADER_BYTES:
-            return False
+            return None
         with open(path, "rb") as fh:
             head = fh.read(MAX_HEADER_BYTES)
     except OSError:
-        return False
+        return None
     if b"\x00" in head or not head[:1].isascii():
-        return False
+        return None
     lines = [line.strip() for line in head.decode("latin-1").splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     match = _RECORD.match(lines[0]) if lines else None
     if match is None or not 1 <= int(match.group(3)) <= 64 or len(lines) < 1 + int(match.group(3)):
-        return False
-    return all(len(line.split()) >= 2 and re.match(r"\d+", line.split()[1])
-               for line in lines[1:1 + int(match.group(3))])
+        return None
+    fields = [line.split() for line in lines[1:1 + int(match.group(3))]]
+    return fields if all(len(f) >= 2 and re.match(r"\d", f[1]) for f in fields) else None
+
+
+def is_wfdb_header(path: str | Path) -> bool:
+    """Whether the file is a WFDB header by content (see :func:`_signal_lines`; whether its
+    values are acceptable, :func:`parse_header` says with a reason)."""
+    return _signal_lines(path) is not None
+
+
+def signal_file_names(path: str | Path) -> list[str]:
+    """The signal files a WFDB header names, plain file names only, in order; also for a
+    header that :func:`parse_header` refuses (its signal files go where it goes)."""
+    names: list[str] = []
+    for fields in _signal_lines(path) or []:
+        if _FILE_NAME.match(fields[0]) and fields[0] not in names:
+            names.append(fields[0])
+    return names
 
 
 def signal_file(signal_dir: Path, name: str) -> Path:
