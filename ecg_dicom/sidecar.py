@@ -143,7 +143,7 @@ def parse_sidecar(params: Any) -> Sidecar:
     units = params.get("units")
     if units is not None and units not in UNIT_TO_UV:
         raise InputError(f"sidecar .json: 'units' must be one of {', '.join(UNIT_TO_UV)}, got {_kind(units)}")
-    attributes = {key: _check_attribute(key, params[key]) for key in DICOM_KEYS if key in params}
+    attributes = {key: check_attribute(key, params[key]) for key in DICOM_KEYS if key in params}
     attributes = {key: value for key, value in attributes.items() if value}
     identifying = [key for key in PATIENT_KEYS + STUDY_KEYS if key in attributes]
     if identifying and "PatientID" not in attributes:
@@ -152,7 +152,7 @@ def parse_sidecar(params: Any) -> Sidecar:
     return Sidecar(float(fs) if fs is not None else None, lead, units, MappingProxyType(attributes))
 
 
-def _check_attribute(keyword: str, value: Any) -> str:
+def check_attribute(keyword: str, value: Any) -> str:
     """``value`` as the DICOM text of ``keyword``; raises InputError naming the key, not the value."""
     import pydicom  # here, not at the top: a .npy without patient keys does not pay its ~0.3 s import
     from pydicom.datadict import dictionary_VR

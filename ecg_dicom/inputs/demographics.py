@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from ecg_dicom.errors import InputError
-from ecg_dicom.sidecar import ACQUISITION_KEYS, PATIENT_KEYS, STUDY_KEYS, Sidecar, _check_attribute
+from ecg_dicom.sidecar import ACQUISITION_KEYS, PATIENT_KEYS, STUDY_KEYS, Sidecar, check_attribute
 
 LOG = logging.getLogger("ecg_dicom.inputs")
 
@@ -91,7 +91,7 @@ def file_sidecar(found: Mapping[str, str], kind: str) -> Sidecar | None:
         if not value:
             continue
         try:
-            value = _check_attribute(key, value)
+            value = check_attribute(key, value)
         except InputError:
             LOG.warning("%s input: its %s is not a valid DICOM value: left out", kind, key)
             continue
