@@ -355,3 +355,21 @@ def test_scp_fuzz_in_process_only_typed_errors(shared_data, tmp_path):
             refused += 1
         assert time.monotonic() - t0 < 10
     assert 3 <= refused < 40   # some damage refused, some harmless (a tag, a reserved byte)
+
+
+def test_philips_uncompressed_waveforms_are_read_too(vendor, tmp_path):
+    """compressflag="False": the same leads as plain little-endian int16, lead after lead."""
+    import base64
+    import re
+    src = vendor / "philips_sierra_xml" / PHILIPS[0]
+    xli = load_lead(src, "I")
+    text = src.read_text()
+    stored = [xli.source_leads[name] / 5.0 for name in LEADS_12]   # the cart stores III.. as they are when plain
+    padded = [np.concatenate([lead, np.zeros(500)]) for lead in stored]  # 11 s per lead, as declared
+    raw = base64.b64encode(np.concatenate(padded).astype("<i2").tobytes()).decode()
+    text = re.sub(r'(<parsedwaveforms[^>]*compressflag=")True(")', r"\1False\2", text)
+    text = re.sub(r"(<parsedwaveforms[^>]*>)[^<]*", lambda m: m.group(1) + raw, text)
+    (tmp_path / "plain.xml").write_text(text)
+    plain = load_lead(tmp_path / "plain.xml", "I")
+    for name in LEADS_12:
+        np.testing.assert_allclose(plain.source_leads[name], xli.source_leads[name], atol=1e-6)

@@ -66,6 +66,8 @@ def read_philips(root: Element, input_lead: str, content_hash: str, limits: Limi
     if waves.get("dataencoding", "Base64") != "Base64":
         raise InputError(f"{WHAT}: waveform encoding {wire(waves.get('dataencoding'), 20)}, only Base64 is known")
     method = waves.get("compressmethod") or waves.get("compression") or "Uncompressed"
+    if waves.get("compressflag", "").lower() == "false":  # a method may be named with the flag off
+        method = "Uncompressed"
     raw = b64(waves.text, f"{WHAT}: parsedwaveforms", 8 * len(labels) * (n + 1024) + 4096)
     if method == "XLI":
         values = xli_decode(raw, len(labels), n)
