@@ -383,7 +383,8 @@ def test_fuzz_both_doors(tmp_path, tiny_checkpoint, shared_data):
             ["wire", "drop"] + [p.name for p in wire_files]), "the inputs' folder changed"
         n_inputs = len(wire_files) + len(drops)
         print(f"\nfuzz: seed {SEED}, {n_inputs} inputs ({len(wire_files)} C-STOREd: {statuses}; "
-              f"{len(drops)} dropped, {n_sidecars} with sidecars) -> {expected_jobs} jobs: "
+              f"{len(drops)} dropped ({N_VENDOR} vendor XML), {n_sidecars} with sidecars; {len(wfdb_drops)} WFDB "
+              f"records) -> {expected_jobs} jobs: "
               f"{counts.get('done', 0)} done, {counts.get('rejected', 0)} rejected in {elapsed:.0f} s; "
               f"RSS {rss_before:.0f} MiB before, peak {rss_peak:.0f}, after {rss_after:.0f}")
         assert n_inputs >= 1000
