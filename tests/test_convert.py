@@ -204,6 +204,10 @@ def test_vendor_formats_convert_under_their_patient(shared_data, tiny_checkpoint
     assert pydicom.dcmread(out / "aecg.report.dcm").PatientID == "SITE-0042"
     aecg = pydicom.dcmread(out / "aecg.dcm")
     assert aecg.AccessionNumber == "ACC-9" and aecg.PatientBirthDate == "19530508" and aecg.StudyDate == "20021122"
+    assert aecg.PatientSex == "M" and str(aecg.AcquisitionDateTime).startswith("20021122091000")
+    cart = [item for item in aecg.ContributingEquipmentSequence if item.get("ManufacturerModelName") == "ELI250"]
+    assert cart and cart[0].Manufacturer == "Mortara Instrument, Inc."
+    assert cart[0].InstitutionName == "River City ECG Collection Service"
     pages = sorted(p.name for p in out.rglob("*.pdf"))
     assert len(pages) == 6, pages
     text = subprocess.run(["pdftotext", str(out / "muse.pdf"), "-"], capture_output=True, text=True).stdout
