@@ -373,3 +373,13 @@ def test_philips_uncompressed_waveforms_are_read_too(vendor, tmp_path):
     plain = load_lead(tmp_path / "plain.xml", "I")
     for name in LEADS_12:
         np.testing.assert_allclose(plain.source_leads[name], xli.source_leads[name], atol=1e-6)
+
+
+def test_wfdb_signal_files_are_bounded_by_the_limits(shared_data):
+    header = shared_data / "ecg12/ptb/S0006.hea"      # 12 signals, 115,200 samples: 2.7 MB
+    with pytest.raises(InputError, match="limits.max_input_bytes"):
+        load_lead(header, "I", limits=Limits(max_input_bytes=1 << 20))
+    with pytest.raises(InputError, match="limits.max_channels"):
+        load_lead(header, "I", limits=Limits(max_channels=8))
+    with pytest.raises(InputError, match="limits.max_samples_per_channel"):
+        load_lead(header, "I", limits=Limits(max_samples_per_channel=100_000))

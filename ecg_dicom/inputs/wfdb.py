@@ -223,6 +223,8 @@ def read_wfdb(path: Path, input_lead: str, content_hash: str, limits: Limits,
     """``input_lead`` of the record whose header is ``path``, its signal files in
     ``signal_dir`` (default: beside the header). Raises InputError."""
     header = read_header(path)
+    if len(header.signals) > limits.max_channels:
+        raise InputError(f"{WHAT}: {len(header.signals)} signals, at most {limits.max_channels} (limits.max_channels)")
     signal_dir = Path(signal_dir) if signal_dir is not None else Path(path).parent
     named: dict[str, np.ndarray] = {}
     for name, idx in header.files().items():
@@ -273,6 +275,9 @@ def _read_file(file: Path, fmt: int, offset: int, nsig: int, sig_len: int, limit
         raise InputError(f"{WHAT}: the signal file {wire(file.name, 40)} holds {available} of the {n} samples "
                          "its header declares (cut short?)")
     count = math.ceil(n * nsig * bits / 8)
+    if count > limits.max_input_bytes:
+        raise InputError(f"{WHAT}: the signal file {wire(file.name, 40)} is too large: {count} bytes to read, at most "
+                         f"{limits.max_input_bytes} (limits.max_input_bytes)")
     with open(file, "rb") as fh:
         fh.seek(offset)
         raw = np.frombuffer(fh.read(count), dtype=np.uint8)
