@@ -133,11 +133,12 @@ def _xml_unclosed(path: Path, root: str, size: int) -> str | None:
 
 
 def _wfdb_incomplete(path: Path) -> str | None:
-    """A WFDB header whose signal files are not all beside it with the bytes it declares."""
+    """A WFDB header whose signal files are not all beside it (with the bytes it declares,
+    when the header can be read)."""
     try:
         expected = read_header(path).expected_bytes()
-    except (OSError, InputError):
-        return None
+    except (OSError, InputError):  # refused later with its reason: its files still go with it
+        expected = dict.fromkeys(signal_file_names(path))
     for name, size in expected.items():
         try:
             have = os.lstat(path.parent / name).st_size
