@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a folder of one-lead ECGs to 12-lead ECGs")
-    p.add_argument("input_dir", help="folder (tree) of one-lead inputs: .npy (+ <stem>.json sidecar) and DICOM")
+    p.add_argument("input_dir", help="folder (tree) of inputs: .npy (+ <stem>.json sidecar), DICOM, GE MUSE / "
+                   "Philips / HL7 aECG XML, WFDB records (.hea + signal files)")
     p.add_argument("output_dir", help="where the results go, in the same layout")
     p.add_argument("--fs", type=float, default=500.0,
                    help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default 500)")

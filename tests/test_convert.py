@@ -166,3 +166,62 @@ def test_convert_honours_the_same_sidecar_as_the_service(shared_data, tiny_check
     assert (ds.PatientID, str(ds.PatientName), ds.StudyDate) == ("MRN-7", "Doe^Jane", "20240501")
     assert "no PatientID" in (tmp_path / "out" / "badside.reason.txt").read_text()
     assert "stray.json: a sidecar with no stray.npy beside it" in capsys.readouterr().err
+
+
+def test_vendor_formats_convert_under_their_patient(shared_data, tiny_checkpoint, tmp_path, capsys):
+    """GE MUSE, Philips 1.03/1.04, HL7 aECG, SCP-ECG and a WFDB record (.hea + .dat) through `convert`:
+    results under the file's patient, valid DICOM; the .dat is read with its header, never as
+    an input; a sidecar overrides the file's patient ID."""
+    import shutil
+    import subprocess
+
+    import pydicom
+    from peers import dciodvfy_errors
+
+    inp = tmp_path / "in"
+    (inp / "ward").mkdir(parents=True)
+    vendor = shared_data / "vendor"
+    shutil.copy(vendor / "ge_muse_xml/muse_ecg1.xml", inp / "muse.xml")
+    shutil.copy(vendor / "philips_sierra_xml/129DYPRG.XML", inp / "philips103.XML")
+    shutil.copy(vendor / "philips_sierra_xml/3191723_ZZDEMOPTONLY_1-04_orig.xml", inp / "ward" / "philips104")
+    shutil.copy(vendor / "hl7_aecg/ecg_hl7.xml", inp / "aecg.xml")
+    shutil.copy(vendor / "scp_ecg/Example.scp", inp / "cart.scp")
+    (inp / "aecg.json").write_text(json.dumps({"PatientID": "SITE-0042", "AccessionNumber": "ACC-9"}))
+    for suffix in (".hea", ".dat"):
+        shutil.copy(shared_data / f"ecg12/ptbxl/00001_lr{suffix}", inp / f"00001_lr{suffix}")
+    out = tmp_path / "out"
+    assert convert(inp, out, tiny_checkpoint, "--format", "both", "--report") == 0, capsys.readouterr().err
+    expected = {"muse": ("JAX01234", "TEST 05", 5000), "philips103": ("1112010721168bdc", "", 5000),
+                "ward/philips104": ("9999", "ZZDEMOPTONLY^ADULT", 5000), "aecg": ("SITE-0042", "Clark", 5000),
+                "cart": ("SBJ-123", "Clark", 5000)}
+    for stem, (pid, name, n) in expected.items():
+        ds = pydicom.dcmread(out / f"{stem}.dcm")
+        assert (ds.PatientID, str(ds.PatientName)) == (pid, name), stem
+        assert int(ds.WaveformSequence[0].NumberOfWaveformSamples) == n
+        assert dciodvfy_errors(out / f"{stem}.dcm") == [], stem
+        assert np.load(out / f"{stem}.npy").shape == (12, n)
+    assert dciodvfy_errors(out / "aecg.report.dcm") == []
+    assert pydicom.dcmread(out / "aecg.report.dcm").PatientID == "SITE-0042"
+    aecg = pydicom.dcmread(out / "aecg.dcm")
+    assert aecg.AccessionNumber == "ACC-9" and aecg.PatientBirthDate == "19530508" and aecg.StudyDate == "20021122"
+    assert aecg.PatientSex == "M" and str(aecg.AcquisitionDateTime).startswith("20021122091000")
+    cart = [item for item in aecg.ContributingEquipmentSequence if item.get("ManufacturerModelName") == "ELI250"]
+    assert cart and cart[0].Manufacturer == "Mortara Instrument, Inc."
+    assert cart[0].InstitutionName == "River City ECG Collection Service"
+    pages = sorted(p.name for p in out.rglob("*.pdf"))
+    assert len(pages) == 6, pages
+    text = subprocess.run(["pdftotext", str(out / "muse.pdf"), "-"], capture_output=True, text=True).stdout
+    assert "TEST 05" in text or "JAX01234" in text
+    wfdb_ds = pydicom.dcmread(out / "00001_lr.dcm")
+    group = wfdb_ds.WaveformSequence[0]
+    assert int(group.NumberOfWaveformSamples) / float(group.SamplingFrequency) == 10.0   # 100 Hz record, 10 s
+    assert not list(out.glob("*.reason.txt")) and not list(out.glob("*dat*"))
+    # a second run finds everything done; a changed signal file makes its record convert again
+    capsys.readouterr()
+    assert convert(inp, out, tiny_checkpoint, "--format", "both", "--report") == 0
+    assert "skipped as done 6" in capsys.readouterr().err
+    data = bytearray((inp / "00001_lr.dat").read_bytes())
+    data[100] ^= 1
+    (inp / "00001_lr.dat").write_bytes(bytes(data))
+    assert convert(inp, out, tiny_checkpoint, "--format", "both", "--report") == 0
+    assert "converted 1, rejected 0, skipped as done 5" in capsys.readouterr().err

@@ -188,3 +188,75 @@ def test_a_stray_sidecar_is_refused_after_stray_sidecar_s(watched, tmp_path):
     [job] = queue.jobs()
     assert job.state == "rejected" and "no .npy of the same name" in job.reason
     assert sorted(p.name for p in inbox.iterdir()) == ["coming.json", "coming.npy.part"]
+
+
+WFDB_HEADER = "rec 2 500 2500\nrec.dat 16 200/mV 16 0 0 0 0 I\nrec.dat 16 200/mV 16 0 0 0 0 II\n"
+
+
+def test_a_wfdb_header_waits_for_its_signal_file_and_both_go_as_one_job(watched, tmp_path):
+    inbox, queue, spool, start = watched
+    start(incomplete_wait_s=30)
+    (inbox / "rec.hea").write_text(WFDB_HEADER)
+    time.sleep(2.0)  # four times stable_s: the header alone is complete-looking but must wait
+    assert queue.jobs() == []
+    staged = tmp_path / "rec.dat"
+    staged.write_bytes(b"\x01\x00" * 2 * 2500)
+    os.replace(staged, inbox / "rec.dat")
+    wait_for(lambda: queue.jobs(), 10, "the record")
+    [job] = queue.jobs()
+    assert job.name == "rec" and spool.path(job).read_text() == WFDB_HEADER
+    assert (spool.companions(job) / "rec.dat").read_bytes() == b"\x01\x00" * 5000
+    assert list(inbox.iterdir()) == []
+    spool.remove(job)
+    assert not spool.companions(job).exists()
+
+
+def test_a_signal_file_cut_short_holds_its_header(watched):
+    inbox, queue, spool, start = watched
+    (inbox / "rec.dat").write_bytes(b"\x00" * 100)  # 10000 bytes declared
+    (inbox / "rec.hea").write_text(WFDB_HEADER)
+    start(incomplete_wait_s=1.5)
+    time.sleep(1.0)
+    assert queue.jobs() == []
+    wait_for(lambda: queue.jobs(), 10, "the header, taken after incomplete_wait_s")
+    [job] = queue.jobs()  # taken with what there is: the worker rejects it with the reason
+    assert (spool.companions(job) / "rec.dat").stat().st_size == 100
+
+
+def test_a_lone_signal_file_is_never_taken_and_refused_after_stray_sidecar_s(watched, tmp_path):
+    inbox, queue, spool, start = watched
+    (inbox / "orphan.dat").write_bytes(b"\x00" * 64)
+    (inbox / "orphan.xyz").write_bytes(b"\x00" * 64)   # no header names it: an input of its own
+    start(stray_sidecar_s=1.5)
+    wait_for(lambda: len(queue.jobs()) == 2, 10, "the .xyz taken and the stray .dat refused")
+    refused = next(j for j in queue.jobs() if j.state == "rejected")
+    assert "WFDB signal file with no .hea header" in refused.reason
+    assert (tmp_path / "rejected" / "orphan.dat").read_bytes() == b"\x00" * 64
+
+
+def test_every_signal_file_a_header_names_goes_with_it(watched):
+    """PTB keeps the Frank leads in X.xyz beside X.dat: both go with X.hea, neither alone."""
+    inbox, queue, spool, start = watched
+    header = WFDB_HEADER + "rec.xyz 16 200/mV 16 0 0 0 0 vx\n"
+    header = header.replace("rec 2 ", "rec 3 ")
+    (inbox / "rec.xyz").write_bytes(b"\x00" * 5000)
+    (inbox / "rec.dat").write_bytes(b"\x00" * 10000)
+    (inbox / "rec.hea").write_text(header)
+    start()
+    wait_for(lambda: queue.jobs(), 10, "the record")
+    time.sleep(1.0)
+    [job] = queue.jobs()
+    assert sorted(p.name for p in spool.companions(job).iterdir()) == ["rec.dat", "rec.xyz"]
+    assert list(inbox.iterdir()) == []
+
+
+def test_a_refused_header_still_takes_its_signal_file_along(watched):
+    """A header the reader will refuse (format 8) is still a header: its .dat goes with it."""
+    inbox, queue, spool, start = watched
+    (inbox / "rec.dat").write_bytes(b"\x00" * 10000)
+    (inbox / "rec.hea").write_text(WFDB_HEADER.replace(" 16 ", " 8 "))
+    start(stray_sidecar_s=1.0)
+    wait_for(lambda: queue.jobs(), 10, "the record")
+    time.sleep(1.5)
+    [job] = queue.jobs()
+    assert (spool.companions(job) / "rec.dat").is_file() and list(inbox.iterdir()) == []

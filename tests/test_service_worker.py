@@ -271,3 +271,24 @@ def test_the_service_says_how_to_declare_millivolts(site):
     spool.store_bytes(npy_bytes(synthetic_lead() / 1000), "mv.npy", "test")
     run_once(worker)
     assert '"units": "mV" in the .npy\'s <stem>.json sidecar' in (folders.rejected / "mv.reason.txt").read_text()
+
+
+def test_a_wfdb_record_is_read_from_its_companions_and_rejected_with_them(site, shared_data, tmp_path):
+    """The spool keeps a header's signal files in <spool file>.files/: read from there, removed
+    when done, moved to rejected/ beside the header (as <name>.files/) when refused."""
+    folders, queue, spool, worker, calls = site
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    header = (shared_data / "ecg12/ptbxl/00001_lr.hea").read_text()
+    data = (shared_data / "ecg12/ptbxl/00001_lr.dat").read_bytes()
+    for stem, payload in (("good", data), ("short", data[:500])):
+        (inbox / f"{stem}.hea").write_text(header.replace("00001_lr", stem))
+        (inbox / f"{stem}.dat").write_bytes(payload)
+        spool.claim(inbox / f"{stem}.hea", "watch", companions=[inbox / f"{stem}.dat"])
+    assert list(inbox.iterdir()) == []
+    run_once(worker)
+    assert np.load(folders.output / "good.npy").shape[0] == 12
+    assert "holds 20 of the 1000 samples" in (folders.rejected / "short.reason.txt").read_text()
+    assert (folders.rejected / "short.files" / "short.dat").read_bytes() == data[:500]
+    assert (folders.rejected / "short.hea").is_file()
+    assert list(spool.folder.iterdir()) == []

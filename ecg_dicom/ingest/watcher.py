@@ -25,6 +25,15 @@ is taken. A sidecar that arrives after its ``.npy`` was taken, or one that has h
 ``.npy`` beside it for ``stray_sidecar_s``, is moved to ``rejected/`` with a reason (a
 rejected job of its own, listed by ``ecg-dicom status``), never left in the folder forever.
 
+WFDB records: the header ``X.hea`` is the input; the signal files it names (``X.dat``,
+``X.mat``...) are its companions and are moved into the spool with it. A header whose
+signal files are not all there with the bytes it declares waits for them (taken as soon as
+they are; after ``incomplete_wait_s`` without a signal file arriving or growing it is taken
+and rejected with the reason); a ``.dat`` or
+``.mat`` is never taken on its own, and one with no ``.hea`` of its stem beside it (or one
+that arrives after its header was taken) is refused like a stray sidecar. Drop the signal
+files first, or together with the header.
+
 Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``).
 A symbolic link is taken as a link (never followed, never read) and refused by the worker
 with a reason. While the job store's backlog is at the high-water mark
@@ -49,20 +58,22 @@ from watchdog.observers import Observer
 from ecg_dicom.config import Watcher as WatcherSettings
 from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool, output_name
-from ecg_dicom.inputs import incomplete_reason
+from ecg_dicom.inputs import incomplete_reason, wfdb_companions
 from ecg_dicom.queue import new_key
-from ecg_dicom.sidecar import sidecar_path
+from ecg_dicom.sidecar import SIDECAR_INPUT_SUFFIXES, sidecar_path
 
 LOG = logging.getLogger("ecg_dicom.watcher")
 _PARTIAL_SUFFIXES = (".part", ".tmp", "~")
-_SKIP_SUFFIXES = (*_PARTIAL_SUFFIXES, SIDECAR_SUFFIX)
+COMPANION_SUFFIXES = (".dat", ".mat")   # a WFDB record's signal files: taken with their header only
+_SKIP_SUFFIXES = (*_PARTIAL_SUFFIXES, SIDECAR_SUFFIX, *COMPANION_SUFFIXES)
 _TICK_S = 0.2
 EVENTED_FALLBACK_S = 30.0
 SAME_NAME_WINDOW_S = 60.0   # a file named like one taken this recently may be its second part
 
 
 def is_candidate(path: Path) -> bool:
-    """True for a file name the watcher may take (not hidden, partial or a sidecar)."""
+    """True for a file name the watcher may take (not hidden, partial, a sidecar or a WFDB
+    signal file)."""
     return not path.name.startswith(".") and not path.name.lower().endswith(_SKIP_SUFFIXES)
 
 
@@ -112,12 +123,15 @@ class FolderWatcher:
         self.paused = False
         self.rejected = Path(rejected) if rejected is not None else self.folder.parent / "rejected"
         # complete-looking files not taken yet: path -> (size, mtime_ns, since (monotonic), why)
-        # why: "sidecar" (a .npy waiting for its sidecar) or "incomplete" (cut short, waiting for the rest)
+        # why: "sidecar" (a .npy waiting for its sidecar), "incomplete" (cut short, waiting for the rest) or
+        # "companions" (a WFDB header waiting for its signal files)
         self._held: dict[Path, tuple[int, int, float, str]] = {}
         # recently taken: lower-case file name -> (job id, monotonic time)
         self._taken: dict[str, tuple[int, float]] = {}
         # sidecars seen with no .npy beside them: path -> monotonic time first seen so
         self._lone_sidecars: dict[Path, float] = {}
+        # WFDB headers held for their signal files: path -> what they wait for (a change restarts the wait)
+        self._waiting_for: dict[Path, str] = {}
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
         # path -> (size, mtime_ns, monotonic time this signature was first seen,
@@ -221,6 +235,12 @@ class FolderWatcher:
             return 0
         if stat.S_ISLNK(st.st_mode):  # never read: taken as it is, refused by the worker
             return self._claim(path)
+        if _named_by_header(path):  # a WFDB signal file (X.xyz): goes with its header
+            return 0
+        if wfdb_companions(path) and incomplete_reason(path) is not None:  # a header waiting for its signals
+            self._held[path] = (st.st_size, st.st_mtime_ns, now, "companions")
+            self._waiting_for[path] = incomplete_reason(path) or ""
+            return 0
         if incomplete_reason(path) is not None:
             self._held[path] = (st.st_size, st.st_mtime_ns, now, "incomplete")
             LOG.info("a dropped file looks cut short; waiting up to %g s for the rest of it "
@@ -240,11 +260,31 @@ class FolderWatcher:
             st = path.lstat()
         except FileNotFoundError:
             del self._held[path]
+            self._waiting_for.pop(path, None)
             return 0
         if (st.st_size, st.st_mtime_ns) != (size, mtime):
             del self._held[path]
+            self._waiting_for.pop(path, None)
             self.notify(path, complete=False)
             return 0
+        if why == "companions":
+            reason = incomplete_reason(path)
+            if reason is None:
+                del self._held[path]
+                self._waiting_for.pop(path, None)
+                return self._claim(path)
+            if reason != self._waiting_for.get(path):  # a signal file arrived or grew: wait on
+                self._waiting_for[path] = reason
+                self._held[path] = (size, mtime, now, why)
+                return 0
+            if now - since < self.settings.incomplete_wait_s:
+                return 0
+            del self._held[path]
+            self._waiting_for.pop(path, None)
+            LOG.warning("a dropped WFDB header still lacks its signal files (%s) after %g s: taking it, it will be "
+                        "rejected; drop the signal files first, or together with the header",
+                        reason, self.settings.incomplete_wait_s)
+            return self._claim(path)
         if why == "sidecar":
             sidecar = sidecar_path(path)
             if now - since < self.settings.sidecar_wait_s and not self._sidecar_ready(sidecar, now):
@@ -289,10 +329,14 @@ class FolderWatcher:
             note = (f"A file of the same name was taken {time.monotonic() - earlier[1]:.1f} s before it (job "
                     f"{earlier[0]}): if one file was written in several opens, each part is rejected; drop files "
                     "by writing them elsewhere or as NAME.part, then renaming them into the folder.")
+        try:  # a link is never read: no companions
+            companions = [] if stat.S_ISLNK(path.lstat().st_mode) else [path.parent / n for n in wfdb_companions(path)]
+        except FileNotFoundError:
+            return 0
         try:
             job_id = self.spool.claim(path, origin="watch",
                                       sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None,
-                                      note=note)
+                                      note=note, companions=[c for c in companions if os.path.lexists(c)])
         except OSError as exc:
             LOG.error("cannot take a dropped file into the spool: %s", exc)
             return 0
@@ -316,8 +360,9 @@ class FolderWatcher:
 
     # -- sidecars without their .npy -----------------------------------------------------------
     def check_sidecars(self) -> int:
-        """Refuse sidecars that came after their ``.npy`` was taken, or that have had no
-        ``.npy`` beside them for ``stray_sidecar_s``; returns how many were refused."""
+        """Refuse sidecars (and WFDB signal files) that came after their input (header) was
+        taken, or that have had none beside them for ``stray_sidecar_s``; returns how many
+        were refused."""
         now = time.monotonic()
         try:
             names = {entry.name.lower(): entry for entry in self.folder.iterdir()}
@@ -325,22 +370,29 @@ class FolderWatcher:
             return 0
         refused = 0
         for lower, path in names.items():
-            if not lower.endswith(SIDECAR_SUFFIX) or lower.startswith(".") or not _takeable(_mode(path)):
+            if lower.startswith(".") or not _takeable(_mode(path)):
                 continue
-            npy = lower[: -len(SIDECAR_SUFFIX)] + ".npy"
-            if any(name == npy or name.startswith((npy + ".", "." + npy)) for name in names):
-                self._lone_sidecars.pop(path, None)   # its .npy is there (or on its way)
+            if lower.endswith(SIDECAR_SUFFIX):
+                what, owner_kind = "sidecar", ".npy"
+                owners = [lower[: -len(SIDECAR_SUFFIX)] + suffix for suffix in SIDECAR_INPUT_SUFFIXES]
+            elif lower.endswith(COMPANION_SUFFIXES):
+                what, owner_kind = "WFDB signal file", ".hea header"
+                owners = [lower.rsplit(".", 1)[0] + ".hea"]
+            else:
                 continue
-            taken = self._taken.get(npy)
+            if any(name == owner or name.startswith((owner + ".", "." + owner)) for name in names for owner in owners):
+                self._lone_sidecars.pop(path, None)   # its input is there (or on its way)
+                continue
+            taken = next((self._taken[o] for o in owners if o in self._taken), None)
             if taken is not None:
                 refused += self._refuse(path, (
-                    f"sidecar that arrived {now - taken[1]:.1f} s after its .npy was taken (job {taken[0]}): not "
-                    f"applied, job {taken[0]} was read without it. Write the sidecar first (or at most "
-                    f"{self.settings.sidecar_wait_s:g} s after the .npy) and drop the .npy again"))
+                    f"{what} that arrived {now - taken[1]:.1f} s after its {owner_kind} was taken (job {taken[0]}): "
+                    f"not applied, job {taken[0]} was read without it. Write the {what} first (or at most "
+                    f"{self.settings.sidecar_wait_s:g} s after the {owner_kind}) and drop the {owner_kind} again"))
             elif now - self._lone_sidecars.setdefault(path, now) >= self.settings.stray_sidecar_s:
                 refused += self._refuse(path, (
-                    f"sidecar with no .npy of the same name beside it for {self.settings.stray_sidecar_s:g} s: "
-                    "it applies to nothing; drop a sidecar together with (or just before) its .npy"))
+                    f"{what} with no {owner_kind} of the same name beside it for {self.settings.stray_sidecar_s:g} s: "
+                    f"it applies to nothing; drop a {what} together with (or just before) its {owner_kind}"))
         for path in [p for p in self._lone_sidecars if not p.exists()]:
             del self._lone_sidecars[path]
         return refused
@@ -376,6 +428,12 @@ class FolderWatcher:
             else:
                 LOG.info("back-pressure over: the watch folder is taken again")
         return full
+
+
+def _named_by_header(path: Path) -> bool:
+    """Whether ``path`` is a signal file named by the WFDB header of its stem beside it."""
+    header = path.with_suffix(".hea")
+    return path.suffix.lower() != ".hea" and header.is_file() and path.name in wfdb_companions(header)
 
 
 def _mode(path: Path) -> int:

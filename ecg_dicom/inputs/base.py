@@ -31,9 +31,12 @@ class LeadInput:
     """One lead ready for the model.
 
     signal_uv: (N,) float64 µV; fs: Hz; lead: "I" or "II"; dataset: the source DICOM
-    object (None for .npy); content_hash: sha256 hex of the file's bytes (deterministic
-    output UIDs for .npy); kind: "npy" or "dicom"; sidecar: what the .npy's sidecar said
-    (None without one; see :mod:`ecg_dicom.sidecar`); quality: the signal-quality gate's
+    object (None for the other formats); content_hash: sha256 hex of the file's bytes (a
+    WFDB record's: of its header and signal files; deterministic output UIDs without a
+    DICOM source); kind: "npy", "dicom", "muse", "philips", "aecg", "wfdb" or "scp";
+    sidecar: what the .npy's sidecar said, or a vendor file's own patient and acquisition
+    (overridden key by key by a sidecar beside it) (None without any; see
+    :mod:`ecg_dicom.sidecar`, :mod:`ecg_dicom.inputs.demographics`); quality: the signal-quality gate's
     verdict on the lead ("ok" or "warn": a rejected lead never becomes a LeadInput);
     source_leads: every lead the source holds, canonical name -> (N,) float64 µV at ``fs``
     (None for a one-lead source): what the choice of input lead and the accuracy monitor read.

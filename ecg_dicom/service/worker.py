@@ -31,7 +31,7 @@ from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.core.inference import Reconstruction, ReconstructionTask, Reconstructor
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
-from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
+from ecg_dicom.ingest import COMPANIONS_SUFFIX, SIDECAR_SUFFIX, Spool
 from ecg_dicom.inputs import LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 from ecg_dicom.logsafe import strip_wire, wire
@@ -235,8 +235,9 @@ class Worker:
                 refuse_links(sidecar)
             except InputError as exc:
                 raise InputError(f"sidecar .json: {exc}") from None
-        return load_input(self.spool.path(job), self.input_lead, NPY_DEFAULT_FS, "uV",
-                          sidecar, limits=self.limits, models=tuple(self.models))
+        companions = self.spool.companions(job)
+        return load_input(self.spool.path(job), self.input_lead, NPY_DEFAULT_FS, "uV", sidecar, limits=self.limits,
+                          models=tuple(self.models), signal_dir=companions if companions.is_dir() else None)
 
     def _reconstruct(self, inputs: list[LeadInput]) -> list[Reconstruction | Exception]:
         """One batched call per model; if it fails, each record alone, so that a bad record fails alone."""
@@ -338,6 +339,8 @@ class Worker:
                 shutil.move(self.spool.path(job), rejected / names[0])
             if os.path.lexists(self.spool.sidecar(job)):
                 shutil.move(self.spool.sidecar(job), rejected / f"{stem}{SIDECAR_SUFFIX}")
+            if self.spool.companions(job).is_dir():  # a WFDB header's signal files, beside it as they came
+                shutil.move(self.spool.companions(job), rejected / f"{stem}{COMPANIONS_SUFFIX}")
             write_reason(rejected, stem, text)
         except OSError as exc:
             LOG.error("%s: cannot move the rejected input (%s)", job.tag, exc)
