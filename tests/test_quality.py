@@ -199,7 +199,7 @@ def test_both_doors_reject_with_the_reason_and_keep_the_warnings(tmp_path, ptbxl
 
 
 def test_verdicts_are_counted_on_metrics(ptbxl):
-    from ecg_dicom.service import metrics
+    from ecg_dicom import metrics
 
     x, fs = ptbxl
     t = np.arange(x.size) / fs

@@ -38,11 +38,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
 from ecg_dicom.files import write_reason
-from ecg_dicom.service.memory import release_freed_memory
+from ecg_dicom.memory import release_freed_memory
 from ecg_dicom.queue import Job, JobQueue
 from ecg_dicom.tls import client_context
 

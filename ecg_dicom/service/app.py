@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ecg_dicom import logsafe
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Settings, load_config_or_report, log_effective
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import CheckpointError, ConfigError

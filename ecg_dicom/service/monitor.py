@@ -2,7 +2,7 @@
 
 ``GET /health``: ``200 {"status": "ready", "checks": {...}}`` when the listener, the
 worker and the job store all work, else ``503`` with ``"status": "unavailable"`` and the
-failing checks. ``GET /metrics``: the Prometheus text format (:mod:`ecg_dicom.service.metrics`).
+failing checks. ``GET /metrics``: the Prometheus text format (:mod:`ecg_dicom.metrics`).
 One thread serves requests one at a time (they are cheap), each with a 5 s socket timeout,
 so a slow client cannot pile up threads or job-store connections.
 """
@@ -17,7 +17,7 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 
 LOG = logging.getLogger("ecg_dicom.monitor")
 Check = Callable[[], bool]

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Folders
 from ecg_dicom.config import Worker as WorkerSettings
 from ecg_dicom.core.inference import Reconstruction, ReconstructionTask, Reconstructor
@@ -34,7 +34,7 @@ from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
 from ecg_dicom.inputs import LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 from ecg_dicom.logsafe import strip_wire, wire
-from ecg_dicom.service.memory import release_freed_memory
+from ecg_dicom.memory import release_freed_memory
 from ecg_dicom.outputs.results import result_file_names, write_outputs
 from ecg_dicom.queue import Job, JobQueue
 
