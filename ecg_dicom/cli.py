@@ -29,7 +29,7 @@ AI-reconstructed leads are an estimate, not for diagnosis."""
 
 # subcommand -> module whose ``run(args) -> int`` carries it out
 _COMMANDS = {
-    "convert": "ecg_dicom.convert.batch",
+    "convert": "ecg_dicom.convert",
     "train": "ecg_dicom.training.train",
     "ensemble": "ecg_dicom.training.ensemble",
     "export": "ecg_dicom.core.export",

@@ -366,13 +366,9 @@ def process_and_save_npy_files(input_folder: str | Path, output_folder: str | Pa
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ecg-dicom convert``: exit 0 when every input converted (or was done), 1 when any
-    failed, 2 on setup errors."""
+    """``ecg-dicom convert`` on this machine's processes (``--engine single``): exit 0 when
+    every input converted (or was done), 1 when any failed, 2 on setup errors."""
     started = time.perf_counter()
-    if getattr(args, "engine", "single") == "ray":
-        from ecg_dicom.convert.ray_engine import run_ray
-
-        return run_ray(args)
     try:
         if args.device.startswith("cuda"):
             import torch
