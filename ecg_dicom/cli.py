@@ -174,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the DICOM service (C-STORE listener, watched folder, delivery to PACS)")
     p.add_argument("--config", required=True, help=config_help)
 
-    p = sub.add_parser("status", help="is the service running; its queue; recent rejections and dead letters")
+    p = sub.add_parser("status", help="is the service running; its queue; recent rejections and dead letters",
+                       epilog="exit status: 0 running (and /health ready, where http is configured), 1 a job"
+                              " asked for does not exist, 2 bad configuration, 3 NOT RUNNING, 4 running but"
+                              " /health degraded, unavailable or not answering")
     p.add_argument("--config", required=True, help=config_help)
     p.add_argument("jobs", nargs="*", type=int, metavar="JOB",
                    help="show these jobs in full: origin, name, state, reason and the result files they made")

@@ -243,7 +243,7 @@ def ecg_dicom(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def status_counts(config: Path) -> dict[str, int]:
     """The job counts ``ecg-dicom status --config`` prints, as {label: count}."""
     out = ecg_dicom("status", "--config", str(config))
-    assert out.returncode == 0, out.stderr
+    assert out.returncode in (0, 3, 4), out.stderr  # running, not running, not ready: counts printed alike
     labels = ("waiting", "processing", "delivering", "done", "rejected", "dead-lettered")
     counts = {}
     for line in out.stdout.splitlines():

@@ -116,6 +116,9 @@ class Delivery:
         self.tls_args = (client_context(pacs.tls), pacs.host) if pacs.tls is not None else None
         self._open = None  # the association kept open between batches by run(), and when it was last used
         self._last_used = 0.0
+        # failing since (Unix time), failed attempts, last reason; None while delivery works.
+        # Written by the delivery thread, read by /health (one tuple: replaced whole).
+        self._failing: tuple[float, int, str] | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Deliver due jobs until ``stop`` is set; the association in hand is finished first."""
@@ -139,6 +142,32 @@ class Delivery:
         finally:
             self._release()
 
+    def concern(self) -> str | None:
+        """Why delivery is degraded (the PACS unreachable, refusing associations, out of
+        resources: attempts failing since the first of them, none delivered), or None."""
+        failing = self._failing
+        if failing is None:
+            return None
+        since, attempts, reason = failing
+        return (f"delivery to {self.pacs.ae_title} at {self.pacs.host}:{self.pacs.port} failing for"
+                f" {time.time() - since:.0f} s ({attempts} failed attempts, none delivered since; last:"
+                f" {reason})")
+
+    def _failed(self, reason: str) -> None:
+        """One failed attempt that says the PACS is not taking results (not one object's fault)."""
+        failing = self._failing
+        if failing is None:
+            LOG.warning("delivery to %s degraded: %s", self.pacs.ae_title, reason)
+            self._failing = (time.time(), 1, reason)
+        else:
+            self._failing = (failing[0], failing[1] + 1, reason)
+
+    def _succeeded(self) -> None:
+        failing, self._failing = self._failing, None
+        if failing is not None:
+            LOG.info("delivery to %s works again after %.0f s (%d failed attempts)", self.pacs.ae_title,
+                     time.time() - failing[0], failing[1])
+
     def _release(self) -> None:
         """Release the association kept open, if any."""
         assoc, self._open = self._open, None
@@ -156,6 +185,7 @@ class Delivery:
         if not assoc.is_established:
             if assoc.is_rejected and getattr(assoc.acceptor.primitive, "result", None) == REJECTED_PERMANENT:
                 reason = "association rejected permanently by PACS (check AE titles / PACS config)"
+                self._failed(reason)
                 for job in jobs:
                     self._dead(job, reason)
             else:
@@ -169,6 +199,7 @@ class Delivery:
                 if sum(name.endswith(".dcm") for name in job.outputs) > 3:  # a split result: ~110 for an hour
                     release_freed_memory()
                 if outcome is Outcome.DELIVERED:
+                    self._succeeded()
                     self.queue.delivered(job.id)
                     metrics.JOBS_FINISHED.labels("done").inc()
                     if job.created:
@@ -213,6 +244,7 @@ class Delivery:
 
     def _retry(self, job: Job, reason: str) -> None:
         metrics.PACS_FAILURES.labels("transient").inc()
+        self._failed(reason)
         attempts = job.attempts + 1
         since = job.deliver_since or time.time()
         if time.time() - since > self.pacs.give_up_after_s:

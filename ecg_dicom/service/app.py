@@ -168,7 +168,7 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
                           f"{exc.strerror or exc}") from exc
-    monitor = _start_monitor(settings, queue, server, threads[0]) if settings.http else None
+    monitor = _start_monitor(settings, queue, server, threads[0], delivery) if settings.http else None
     for t in threads:
         t.start()
     LOG.info("service ready")
@@ -196,8 +196,10 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     return 0
 
 
-def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread) -> Monitor:
-    """``/health`` (listener, worker, job store) and ``/metrics`` on ``settings.http``."""
+def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread,
+                   delivery: Delivery | None) -> Monitor:
+    """``/health`` (listener, worker, job store; degraded while PACS delivery fails) and
+    ``/metrics`` on ``settings.http``."""
     metrics.register_job_store(queue.counts, settings.limits.queue_high_water)
     if metrics.quality_verdict not in QUALITY_LISTENERS:  # the gate's verdicts on /metrics
         QUALITY_LISTENERS.append(metrics.quality_verdict)
@@ -207,7 +209,8 @@ def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threadin
         "job_store": lambda: isinstance(queue.counts(), dict),
     }
     try:
-        return Monitor(settings.http.host, settings.http.port, checks).start()
+        concerns = {"pacs": delivery.concern} if delivery is not None else {}
+        return Monitor(settings.http.host, settings.http.port, checks, concerns).start()
     except OSError as exc:
         server.shutdown()
         raise ConfigError(f"http: cannot listen on {settings.http.host}:{settings.http.port}: "
