@@ -189,11 +189,14 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     """
     path = Path(path)
     try:
-        check_input_bytes(os.stat(path).st_size, limits)
+        size = os.stat(path).st_size
+        check_input_bytes(size, limits)
         npy = is_npy_file(path)
         dicom = not npy and (is_dicom_file(path) or path.suffix.lower() in (".dcm", ".dicom"))
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
+    if size == 0:
+        raise InputError("empty file (0 bytes)")
     if npy:
         signal = check_single_lead(read_npy_array(path, limits), fs, units)
         return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy",

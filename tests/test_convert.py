@@ -71,6 +71,8 @@ def test_each_bad_input_gets_a_reason_and_the_rest_convert(tiny_checkpoint, tmp_
         np.save(inp / f"{stem}.npy", array)
     np.save(inp / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (inp / "garbage.npy").write_bytes(b"this is not numpy")
+    (inp / "empty.npy").write_bytes(b"")
+    (inp / "blank.dcm").write_bytes(b"")
     np.save(inp / "good.npy", synthetic_lead())
     before = folder_digest(inp)
 
@@ -79,6 +81,8 @@ def test_each_bad_input_gets_a_reason_and_the_rest_convert(tiny_checkpoint, tmp_
     assert (out / "good.npy").exists()
     expected = {**{k: m for k, (_, m) in BAD_INPUTS.items()},
                 "pickled": "objects", "garbage": "neither a .npy array nor a DICOM file"}
+    for empty in ("empty", "blank"):   # its own reason, not a text file's (issue 20 item 4)
+        assert (out / f"{empty}.reason.txt").read_text().strip() == "empty file (0 bytes)"
     for stem, match in expected.items():
         assert not (out / f"{stem}.npy").exists()
         assert match in (out / f"{stem}.reason.txt").read_text(), stem

@@ -13,11 +13,16 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ecg-dicom convert``: hand the arguments to the engine asked for (exit 0, 1 or 2)."""
-    if getattr(args, "engine", "single") == "ray":
-        from ecg_dicom.convert.ray_engine import run_ray
+    """``ecg-dicom convert``: hand the arguments to the engine asked for (exit 0, 1 or 2).
+    Warnings (ours, pydicom's) reach stderr as ``serve`` logs them: escaped, values read
+    from an input hashed (:mod:`ecg_dicom.logsafe`)."""
+    from ecg_dicom.logsafe import routed
 
-        return run_ray(args)
-    from ecg_dicom.convert.batch import run as run_single
+    with routed("ecg-dicom"):
+        if getattr(args, "engine", "single") == "ray":
+            from ecg_dicom.convert.ray_engine import run_ray
 
-    return run_single(args)
+            return run_ray(args)
+        from ecg_dicom.convert.batch import run as run_single
+
+        return run_single(args)
