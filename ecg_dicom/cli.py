@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a folder of one-lead ECGs to 12-lead ECGs")
     p.add_argument("input_dir", help="folder (tree) of one-lead inputs: .npy (+ <stem>.json sidecar) and DICOM")
     p.add_argument("output_dir", help="where the results go, in the same layout")
-    p.add_argument("--fs", type=float, default=500.0,
-                   help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default 500)")
+    p.add_argument("--fs", type=float, default=None,
+                   help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default: 500,"
+                        " assumed, and said so on stderr and in each result's .json and page)")
     p.add_argument("--units", choices=("uV", "mV"), default="uV",
                    help="units of .npy inputs without a sidecar saying otherwise (default uV)")
     p.add_argument("--format", choices=("npy", "dicom", "both"), default="npy", dest="output_format",

@@ -39,6 +39,14 @@ LOG = logging.getLogger("ecg_dicom.inputs")
 QUALITY_LISTENERS: list[Callable[[QualityReport], None]] = []
 
 
+# where a lead's sampling rate came from (the result's .json "fs_source", the page)
+FS_FROM_DICOM = "DICOM header"
+FS_FROM_SIDECAR = "sidecar"
+FS_GIVEN = "given (--fs)"
+FS_ASSUMED = "assumed (no sidecar)"
+NPY_DEFAULT_FS = 500.0  # Hz: the rate of a .npy nothing says the rate of
+
+
 @dataclass
 class LeadInput:
     """One lead ready for the model.
@@ -47,7 +55,9 @@ class LeadInput:
     object (None for .npy); content_hash: sha256 hex of the file's bytes (deterministic
     output UIDs for .npy); kind: "npy" or "dicom"; sidecar: what the .npy's sidecar said
     (None without one; see :mod:`ecg_dicom.sidecar`); quality: the signal-quality gate's
-    verdict on the lead ("ok" or "warn": a rejected lead never becomes a LeadInput).
+    verdict on the lead ("ok" or "warn": a rejected lead never becomes a LeadInput);
+    fs_source: where ``fs`` came from (:data:`FS_FROM_DICOM`, :data:`FS_FROM_SIDECAR`,
+    :data:`FS_GIVEN` or :data:`FS_ASSUMED`).
     """
 
     signal_uv: np.ndarray
@@ -58,6 +68,12 @@ class LeadInput:
     kind: str
     sidecar: Sidecar | None = None
     quality: QualityReport | None = None
+    fs_source: str = ""
+
+    @property
+    def fs_assumed(self) -> bool:
+        """True when nothing said the rate: a .npy without a sidecar's ``fs`` or an ``--fs``."""
+        return self.fs_source == FS_ASSUMED
 
 
 def refuse_links(path: str | Path) -> None:
@@ -176,13 +192,14 @@ def incomplete_reason(path: str | Path) -> str | None:
     return None
 
 
-def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",
-              limits: Limits = DEFAULT_LIMITS, gated: bool = True) -> LeadInput:
+def load_lead(path: str | Path, input_lead: str = "I", fs: float = NPY_DEFAULT_FS, units: str = "uV",
+              limits: Limits = DEFAULT_LIMITS, gated: bool = True, fs_source: str = FS_GIVEN) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
 
     A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
-    (its own sampling rate and units). Inputs beyond ``limits`` are refused before they are
+    (its own sampling rate and units). ``fs_source`` says where a .npy's ``fs`` came from
+    (:attr:`LeadInput.fs_source`). Inputs beyond ``limits`` are refused before they are
     decoded. The lead then passes the signal-quality gate (:func:`gate`), unless ``gated`` is
     False: then the caller gates it (:func:`gate_many`, for a batch). Raises
     :class:`InputError` (:class:`SignalQualityError` from the gate) with a one-line reason.
@@ -200,14 +217,14 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     if npy:
         signal = check_single_lead(read_npy_array(path, limits), fs, units)
         return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy",
-                         quality=gate(signal, fs) if gated else None)
+                         quality=gate(signal, fs) if gated else None, fs_source=fs_source)
     if dicom:
         from ecg_dicom.dicom.reader import read_dicom_lead
 
         lead = read_dicom_lead(path, input_lead, limits)
         signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
         return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom",
-                         quality=gate(signal, lead.fs) if gated else None)
+                         quality=gate(signal, lead.fs) if gated else None, fs_source=FS_FROM_DICOM)
     raise InputError("neither a .npy array nor a DICOM file (no NUMPY magic, no DICM preamble)")
 
 
@@ -253,23 +270,25 @@ def gate_many(leads: Sequence[LeadInput]) -> list[InputError | None]:
     return refusals
 
 
-def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",
+def load_input(path: str | Path, input_lead: str, fs: float = NPY_DEFAULT_FS, units: str = "uV",
                sidecar: str | Path | None = None, limits: Limits = DEFAULT_LIMITS,
-               gated: bool = True) -> LeadInput:
+               gated: bool = True, fs_source: str = FS_ASSUMED) -> LeadInput:
     """Read one input the way both doors (``serve``, ``convert``) read it: ``path`` plus its
     sidecar file ``sidecar`` (None or missing: no sidecar; see :func:`ecg_dicom.sidecar.sidecar_path`).
 
     The sidecar's ``fs`` and ``units`` replace the defaults ``fs`` and ``units`` (which apply
-    to a ``.npy`` without one); its ``lead`` must be ``input_lead``, the lead the model
+    to a ``.npy`` without one; ``fs_source`` says whether ``fs`` was given or assumed); its
+    ``lead`` must be ``input_lead``, the lead the model
     takes; its patient/study keys travel with the result. ``gated``: see :func:`load_lead`.
     Raises :class:`InputError`.
     """
     params = read_sidecar(sidecar)
     if params is None:
-        return load_lead(path, input_lead, fs, units, limits, gated)
+        return load_lead(path, input_lead, fs, units, limits, gated, fs_source)
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
-    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated)
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated,
+                     FS_FROM_SIDECAR if params.fs else fs_source)
     if item.kind != "npy":
         raise InputError("a sidecar .json belongs to a .npy input; this is a DICOM file, which carries "
                          "its own rate, lead and patient")

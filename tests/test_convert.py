@@ -170,3 +170,43 @@ def test_convert_honours_the_same_sidecar_as_the_service(shared_data, tiny_check
     assert (ds.PatientID, str(ds.PatientName), ds.StudyDate) == ("MRN-7", "Doe^Jane", "20240501")
     assert "no PatientID" in (tmp_path / "out" / "badside.reason.txt").read_text()
     assert "stray.json: a sidecar with no stray.npy beside it" in capsys.readouterr().err
+
+
+def test_the_rate_of_each_result_says_where_it_came_from_and_an_assumed_one_is_said(tiny_checkpoint, tmp_path,
+                                                                                     capsys, shared_data):
+    """Issue 20 item 5: a .npy without a sidecar was converted at 500 Hz without a word."""
+    import shutil
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    np.save(inp / "bare.npy", synthetic_lead())
+    np.save(inp / "told.npy", synthetic_lead(fs=250.0))
+    (inp / "told.json").write_text(json.dumps({"fs": 250}))
+    shutil.copy(shared_data / "dicom/12lead/mortara_eli250_waveform_ecg.dcm", inp / "cart.dcm")
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 0
+    sources = {stem: json.loads((tmp_path / "out" / f"{stem}.json").read_text())["fs_source"]
+               for stem in ("bare", "told", "cart")}
+    assert sources == {"bare": "assumed (no sidecar)", "told": "sidecar", "cart": "DICOM header"}
+    err = capsys.readouterr().err
+    assert "1 .npy input(s) without a sidecar's fs: rate assumed 500 Hz (say it with --fs or a sidecar): bare" in err
+    # said with --fs: given, and nothing to warn about
+    assert convert(inp, tmp_path / "given", tiny_checkpoint, "--fs", "500") == 0
+    assert json.loads((tmp_path / "given" / "bare.json").read_text())["fs_source"] == "given (--fs)"
+    assert "rate assumed" not in capsys.readouterr().err
+
+
+def test_a_1000_hz_npy_read_at_the_assumed_rate_is_flagged_on_stderr_and_in_the_json(tiny_checkpoint, tmp_path,
+                                                                                      capsys, shared_data):
+    from ecg_dicom.training.data import read_wfdb_record
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptb" / "s0010_re.hea")
+    assert rec.fs == 1000
+    np.save(inp / "holter.npy", rec.leads[0][:10_000].astype(np.float32))
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 0
+    meta = json.loads((tmp_path / "out" / "holter.json").read_text())
+    assert meta["fs"] == 500 and meta["fs_source"] == "assumed (no sidecar)"
+    assert meta["quality"]["status"] == "warn" and [f["code"] for f in meta["quality"]["flags"]] == ["rate"]
+    err = capsys.readouterr().err
+    assert "ecg-dicom: holter: sampling rate probably higher than 500 Hz" in err and "recorded at 1000 Hz?" in err

@@ -3,7 +3,7 @@ both doors write the same files the same way:
 
 - ``<stem>.npy``: (12, N) float32 µV (format npy/both);
 - ``<stem>.dcm`` (or ``<stem>_001.dcm``, ...): the 12-lead waveform object (format dicom/both);
-- ``<stem>.json``: what the arrays do not say: rate, measured lead, model, per-lead
+- ``<stem>.json``: what the arrays do not say: rate (and where it came from), measured lead, model, per-lead
   uncertainty, the signal-quality verdict with its measured values, and what the source said
   about patient and acquisition (the header of the page; ``ecg-dicom plot`` reads it);
 - on request ``<stem>.confidence.json``;
@@ -90,6 +90,7 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
     sigma = lead_uncertainties(recon.sigma, reconstructor.input_lead) if recon.sigma is not None else None
     return {
         "fs": float(item.fs),
+        "fs_source": item.fs_source or None,  # DICOM header, sidecar, given (--fs), assumed (no sidecar)
         "lead": reconstructor.input_lead,
         "units": "uV",
         "leads": list(LEADS_12),

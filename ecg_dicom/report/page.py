@@ -60,7 +60,8 @@ class ReportData:
     what the source gave (DICOM keywords: PatientName, PatientID, PatientBirthDate,
     PatientSex, AcquisitionDateTime, Manufacturer, ManufacturerModelName, InstitutionName);
     sigma_uv: the model's RMS uncertainty per AI lead (µV) or None; quality: the gate's
-    report or None.
+    report or None; fs_source: where the rate came from (``assumed (no sidecar)`` is printed
+    beside it), or None.
     """
 
     leads_uv: np.ndarray
@@ -71,6 +72,7 @@ class ReportData:
     header: dict[str, str] = field(default_factory=dict)
     sigma_uv: dict[str, float] | None = None
     quality: QualityReport | None = None
+    fs_source: str | None = None
 
 
 def _person_name(value: str) -> str:
@@ -107,10 +109,15 @@ def header_lines(data: ReportData) -> list[str]:
     n = data.leads_uv.shape[1]
     source = (f"Acquired: {acquired}    Device: {device}"
               + (f" ({h['InstitutionName']})" if h.get("InstitutionName") else "")
-              + f"    Sampling rate: {data.fs:g} Hz    Duration: {n / data.fs:.1f} s")
+              + f"    Sampling rate: {data.fs:g} Hz{_rate_note(data.fs_source)}    Duration: {n / data.fs:.1f} s")
     model = (f"Measured: lead {data.input_lead} only. Other 11 leads: {data.model_name},"
              f" model version {data.model_version}")
     return [patient, source, model]
+
+
+def _rate_note(fs_source: str | None) -> str:
+    """`` (ASSUMED: no sidecar)`` when nothing said the rate; else nothing (the source said it)."""
+    return " (ASSUMED: nothing gave the rate)" if fs_source and fs_source.startswith("assumed") else ""
 
 
 def _quality_line(quality: QualityReport | None, input_lead: str) -> tuple[str, str]:
