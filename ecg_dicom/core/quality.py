@@ -19,7 +19,7 @@ heart rate         R peaks found with a Pan–Tompkins-style detector (5–15 Hz
                    derivative energy, 150 ms integration, adaptive threshold); bpm
 rate               whether the signal contradicts its sampling rate (a ``.npy`` without a
                    sidecar read at an assumed rate): the median frequency of the
-                   derivative of the median beat (QRS energy, 11–30 Hz in 95 % of real
+                   derivative of the median beat (QRS energy, 13–26 Hz in 90 % of real
                    records) with the heart rate; a rate half the true one puts it below
                    12 Hz at under 55 bpm, a rate 2–5 times too high above 35 Hz at over
                    90 bpm
