@@ -501,6 +501,28 @@ def _r_peaks(spectra: _Spectra) -> list[np.ndarray]:
     return out
 
 
+RR_IRREGULAR = 0.10  # rr_variation above this: the rhythm is called irregular on the page
+
+
+def rr_variation(rr_s: np.ndarray) -> float | None:
+    """How irregular the RR intervals (s) are: their robust spread (1.4826 × median absolute
+    deviation) over their median; None with fewer than 3 intervals. Sinus rhythm stays well
+    under :data:`RR_IRREGULAR`; atrial fibrillation lies far above it."""
+    rr = np.asarray(rr_s, dtype=np.float64)
+    if rr.size < 3:
+        return None
+    middle = _median(rr)
+    return float(1.4826 * _median(np.abs(rr - middle)) / middle) if middle > 0 else None
+
+
+def rhythm(x_uv: np.ndarray, fs: float) -> tuple[float | None, float | None, int]:
+    """Heart rate (bpm), RR variation (:func:`rr_variation`) and beats of one lead, as the
+    gate measures them: (N,) µV at ``fs`` Hz."""
+    peaks = detect_r_peaks(x_uv, fs)
+    rr = np.diff(peaks) / fs
+    return (60.0 / _median(rr) if rr.size else None), rr_variation(rr), int(peaks.size)
+
+
 def detect_r_peaks(x_uv: np.ndarray, fs: float) -> np.ndarray:
     """Sample indices of R peaks (QRS complexes) in one lead: (N,) µV -> (beats,) int.
 
@@ -828,6 +850,8 @@ def _report(x: np.ndarray, fs: float, duration: float, th: Thresholds, dead: np.
     m["beats"] = int(peaks.size)
     hr = 60.0 / _median(rr) if rr.size else None
     m["heart_rate_bpm"] = None if hr is None else round(hr, 1)
+    variation = rr_variation(rr)
+    m["rr_variation"] = None if variation is None else round(variation, 3)
     live = duration - flat_s
     if hr is None and live >= 4.0:
         flags.append(Flag("heart_rate", "warn", "no QRS complexes found"))
