@@ -16,8 +16,9 @@ uncertainty σ in mV. A recorded ECG (``recorded``: a cart's own 12 leads, nothi
 reconstructed) is drawn all black under a neutral banner that says so. Traces get a
 zero-phase 0.5 Hz high-pass for display only (as a cart's baseline filter); no low-pass, no
 notch: what the lead holds is what is drawn. As on a cart, each trace is clipped at its own
-row, and when a complex would not fit its row at 10 mm/mV the whole page is drawn at half
-gain (5 mm/mV, the calibration pulse too), printed in the footer. The page shows the first
+row, and when a complex would leave its row at 10 mm/mV by more than 5 mm the whole page is
+drawn at half gain (5 mm/mV, the calibration pulse too), printed beside the heart rate and
+in the footer. The page shows the first
 10 s of a longer record and says so ("0–10 s of 38.4 s").
 
 matplotlib draws it (a figure whose one axes spans the page in mm, so every coordinate below
@@ -52,7 +53,8 @@ CAL_MM = 10.0  # room at the start of each row for the calibration pulse
 BANNER = "AI-reconstructed leads — not for diagnosis"
 RECORDED_BANNER = "Recorded ECG — all 12 leads as measured by the device, none reconstructed"
 HALF_GAIN_MM_PER_MV = 5.0
-ROW_ROOM_MM = (21.0, 16.0)  # room above and below a row's baseline before its trace would leave the row
+ROW_ROOM_MM = (22.5, 16.5)  # room above and below a row's baseline before its trace would leave the row
+CLIP_TOLERANCE_MM = 5.0  # at 10 mm/mV a peak may be cut this much at its row's edge (as a cart cuts it)
 LABEL_PT = 9.0  # lead and σ labels: legible on screen at 60 dpi
 HEADER_PT = 8.2
 HEADER_STEP_MM = 3.5
@@ -227,13 +229,15 @@ def _layout(data: ReportData, top: float) -> list[tuple[str, int, int, float, fl
 
 def page_gain(display: np.ndarray, data: ReportData) -> tuple[float, float]:
     """(mm/mV for the page, the tallest excursion in mV): 10 mm/mV, or half gain when a
-    complex would leave its row at 10 mm/mV (room: :data:`ROW_ROOM_MM` above / below)."""
+    complex would leave its row at 10 mm/mV (room: :data:`ROW_ROOM_MM` above / below) by more
+    than :data:`CLIP_TOLERANCE_MM`; a peak within that is cut at its row, as a cart does."""
     up = down = 0.0
     for lead, start, stop, *_ in _layout(data, 0.0):
         if start < stop:
             part = display[LEADS_12.index(lead), start:stop] / 1000.0
             up, down = max(up, float(part.max())), max(down, float(-part.min()))
-    fits = up * MM_PER_MV <= ROW_ROOM_MM[0] and down * MM_PER_MV <= ROW_ROOM_MM[1]
+    fits = (up * MM_PER_MV <= ROW_ROOM_MM[0] + CLIP_TOLERANCE_MM
+            and down * MM_PER_MV <= ROW_ROOM_MM[1] + CLIP_TOLERANCE_MM)
     return (MM_PER_MV if fits else HALF_GAIN_MM_PER_MV), max(up, down)
 
 
