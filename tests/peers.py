@@ -142,9 +142,10 @@ class Orthanc:
     ``stop()`` then ``start()`` again keeps the same ports and storage.
     """
 
-    def __init__(self, folder: Path, aet: str = PACS_AET) -> None:
+    def __init__(self, folder: Path, aet: str = PACS_AET, extra: dict[str, Any] | None = None) -> None:
         self.folder = Path(folder)
         self.aet = aet
+        self.extra = dict(extra or {})  # more configuration keys (DicomModalities, ...)
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -160,7 +161,7 @@ class Orthanc:
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": self.aet,
                   "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": True,
                   "DicomAlwaysAllowStore": True, "SaveJobs": False, "OrthancExplorerEnabled": False,
-                  "WebDavEnabled": False}
+                  "WebDavEnabled": False, **self.extra}
         cfg = self.folder / "orthanc.json"
         cfg.write_text(json.dumps(config))
         with open(self.folder / "orthanc.log", "ab") as log:

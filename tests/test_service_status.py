@@ -183,3 +183,31 @@ def test_monitor_reports_degraded_with_200_and_unavailable_with_503() -> None:
     checks["worker"] = lambda: True
     assert monitor.health()["degraded"] == {"pacs": "its check failed to run"}
     monitor.server.server_close()
+
+
+def test_the_readme_orthanc_entry_admits_our_ae_title_and_no_other(tmp_path, shared_data):
+    """Issue 20 item 4: the README shows the PACS side of the connection (Orthanc's
+    DicomModalities entry for our AE title). That entry, with Orthanc taking stores only
+    from listed modalities, admits ECGDICOM's C-STORE and refuses any other caller."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from peers import SERVICE_AET, dcmtk
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"In Orthanc's configuration.*?```json\n(.*?)```", readme, flags=re.S).group(1)
+    entry = json.loads(block)
+    [(aet, _host, port)] = entry["DicomModalities"].values()
+    assert (aet, port) == (SERVICE_AET, 11112) and entry["DicomCheckCalledAet"] is True
+    modalities = {name: [aet, "127.0.0.1", free_port()] for name in entry["DicomModalities"]}
+    ecg = tmp_path / "x.dcm"
+    shutil.copy(shared_data.joinpath(*MORTARA), ecg)
+    with Orthanc(tmp_path / "orthanc", aet=entry["DicomAet"],
+                 extra={"DicomModalities": modalities, "DicomAlwaysAllowStore": False}) as pacs:
+        def send(calling: str) -> int:
+            return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", entry["DicomAet"], "127.0.0.1",
+                                   str(pacs.dicom_port), str(ecg)], capture_output=True, timeout=60).returncode
+        assert send("CART9") != 0 and pacs.instances() == []
+        assert send(SERVICE_AET) == 0 and len(pacs.instances()) == 1
