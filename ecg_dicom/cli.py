@@ -32,7 +32,7 @@ AI-reconstructed leads are an estimate, not for diagnosis."""
 
 # subcommand -> module whose ``run(args) -> int`` carries it out
 _COMMANDS = {
-    "convert": "ecg_dicom.convert.batch",
+    "convert": "ecg_dicom.convert",
     "train": "ecg_dicom.training.train",
     "ensemble": "ecg_dicom.training.ensemble",
     "export": "ecg_dicom.core.export",
@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input_dir", help="folder (tree) of inputs: .npy (+ <stem>.json sidecar), DICOM, GE MUSE / "
                    "Philips / HL7 aECG XML, WFDB records (.hea + signal files)")
     p.add_argument("output_dir", help="where the results go, in the same layout")
-    p.add_argument("--fs", type=float, default=500.0,
-                   help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default 500)")
+    p.add_argument("--fs", type=float, default=None,
+                   help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default: 500,"
+                        " assumed, and said so on stderr and in each result's .json and page)")
     p.add_argument("--units", choices=("uV", "mV"), default="uV",
                    help="units of .npy inputs without a sidecar saying otherwise (default uV)")
     p.add_argument("--format", choices=("npy", "dicom", "both"), default="npy", dest="output_format",
@@ -187,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the DICOM service (C-STORE listener, watched folder, delivery to PACS)")
     p.add_argument("--config", required=True, help=config_help)
 
-    p = sub.add_parser("status", help="is the service running; its queue; recent rejections and dead letters")
+    p = sub.add_parser("status", help="is the service running; its queue; recent rejections and dead letters",
+                       epilog="exit status: 0 running (and /health ready, where http is configured), 1 a job"
+                              " asked for does not exist, 2 bad configuration, 3 NOT RUNNING, 4 running but"
+                              " /health degraded, unavailable or not answering")
     p.add_argument("--config", required=True, help=config_help)
     p.add_argument("jobs", nargs="*", type=int, metavar="JOB",
                    help="show these jobs in full: origin, name, state, reason and the result files they made")

@@ -25,7 +25,6 @@ after a crash gets its own reservation back.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import sqlite3
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ecg_dicom.files import counted_stems
+from ecg_dicom.logsafe import digest
 
 STATES = ("waiting", "processing", "delivering", "done", "rejected", "dead")
 KEY_LENGTH = 16
@@ -124,7 +124,7 @@ class Job:
     @property
     def tag(self) -> str:
         """How the job appears in logs: id and a hash of its name (a UID, never a patient name)."""
-        return f"job {self.id} [{hashlib.sha256(self.name.encode()).hexdigest()[:10]}]"
+        return f"job {self.id} [{digest(self.name, 10)}]"
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def tiny_checkpoint_ii(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_reconstructor(tiny_checkpoint: Path) -> Reconstructor:
-    return Reconstructor.from_checkpoint(tiny_checkpoint, input_lead="I")
+    return Reconstructor.from_checkpoint(tiny_checkpoint, input_lead="I", precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from ecg_dicom.core.accuracy import MODEL_CARD_R
 from ecg_dicom.dicom.reader import read_dicom_leads
 from ecg_dicom.leads import LEADS_12
 from ecg_dicom.queue import JobQueue
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.service.accuracy import WARN_EVERY_S, AccuracyMonitor, device_model, summarize
 from ecg_dicom.service.monitor import Monitor
 from ecg_dicom.training.data import read_wfdb_record

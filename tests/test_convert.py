@@ -71,6 +71,8 @@ def test_each_bad_input_gets_a_reason_and_the_rest_convert(tiny_checkpoint, tmp_
         np.save(inp / f"{stem}.npy", array)
     np.save(inp / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (inp / "garbage.npy").write_bytes(b"this is not numpy")
+    (inp / "empty.npy").write_bytes(b"")
+    (inp / "blank.dcm").write_bytes(b"")
     np.save(inp / "good.npy", synthetic_lead())
     before = folder_digest(inp)
 
@@ -79,6 +81,8 @@ def test_each_bad_input_gets_a_reason_and_the_rest_convert(tiny_checkpoint, tmp_
     assert (out / "good.npy").exists()
     expected = {**{k: m for k, (_, m) in BAD_INPUTS.items()},
                 "pickled": "objects", "garbage": "neither a .npy array nor a DICOM file"}
+    for empty in ("empty", "blank"):   # its own reason, not a text file's (issue 20 item 4)
+        assert (out / f"{empty}.reason.txt").read_text().strip() == "empty file (0 bytes)"
     for stem, match in expected.items():
         assert not (out / f"{stem}.npy").exists()
         assert match in (out / f"{stem}.reason.txt").read_text(), stem
@@ -225,3 +229,43 @@ def test_vendor_formats_convert_under_their_patient(shared_data, tiny_checkpoint
     (inp / "00001_lr.dat").write_bytes(bytes(data))
     assert convert(inp, out, tiny_checkpoint, "--format", "both", "--report") == 0
     assert "converted 1, rejected 0, skipped as done 5" in capsys.readouterr().err
+
+
+def test_the_rate_of_each_result_says_where_it_came_from_and_an_assumed_one_is_said(tiny_checkpoint, tmp_path,
+                                                                                     capsys, shared_data):
+    """Issue 20 item 5: a .npy without a sidecar was converted at 500 Hz without a word."""
+    import shutil
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    np.save(inp / "bare.npy", synthetic_lead())
+    np.save(inp / "told.npy", synthetic_lead(fs=250.0))
+    (inp / "told.json").write_text(json.dumps({"fs": 250}))
+    shutil.copy(shared_data / "dicom/12lead/mortara_eli250_waveform_ecg.dcm", inp / "cart.dcm")
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 0
+    sources = {stem: json.loads((tmp_path / "out" / f"{stem}.json").read_text())["fs_source"]
+               for stem in ("bare", "told", "cart")}
+    assert sources == {"bare": "assumed (no sidecar)", "told": "sidecar", "cart": "DICOM header"}
+    err = capsys.readouterr().err
+    assert "1 .npy input(s) without a sidecar's fs: rate assumed 500 Hz (say it with --fs or a sidecar): bare" in err
+    # said with --fs: given, and nothing to warn about
+    assert convert(inp, tmp_path / "given", tiny_checkpoint, "--fs", "500") == 0
+    assert json.loads((tmp_path / "given" / "bare.json").read_text())["fs_source"] == "given (--fs)"
+    assert "rate assumed" not in capsys.readouterr().err
+
+
+def test_a_1000_hz_npy_read_at_the_assumed_rate_is_flagged_on_stderr_and_in_the_json(tiny_checkpoint, tmp_path,
+                                                                                      capsys, shared_data):
+    from ecg_dicom.training.data import read_wfdb_record
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptb" / "s0010_re.hea")
+    assert rec.fs == 1000
+    np.save(inp / "holter.npy", rec.leads[0][:10_000].astype(np.float32))
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 0
+    meta = json.loads((tmp_path / "out" / "holter.json").read_text())
+    assert meta["fs"] == 500 and meta["fs_source"] == "assumed (no sidecar)"
+    assert meta["quality"]["status"] == "warn" and [f["code"] for f in meta["quality"]["flags"]] == ["rate"]
+    err = capsys.readouterr().err
+    assert "ecg-dicom: holter: sampling rate probably higher than 500 Hz" in err and "recorded at 1000 Hz?" in err

@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 import crafted
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import load_config
 from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.scp import TOO_LARGE, start_scp

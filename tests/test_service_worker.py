@@ -292,3 +292,17 @@ def test_a_wfdb_record_is_read_from_its_companions_and_rejected_with_them(site, 
     assert (folders.rejected / "short.files" / "short.dat").read_bytes() == data[:500]
     assert (folders.rejected / "short.hea").is_file()
     assert list(spool.folder.iterdir()) == []
+
+
+def test_an_assumed_rate_is_logged_and_written_with_the_result(site, caplog):
+    """Issue 20 item 5: the service says when a .npy's rate is assumed, and whose sidecar sets it."""
+    folders, queue, spool, worker, _ = site
+    spool.store_bytes(npy_bytes(synthetic_lead()), "bare.npy", "test")
+    job = queue.get(spool.store_bytes(npy_bytes(synthetic_lead(fs=250.0)), "told.npy", "test"))
+    spool.sidecar(job).write_text(json.dumps({"fs": 250}))
+    with caplog.at_level("WARNING", logger="ecg_dicom.worker"):
+        run_once(worker)
+    assert json.loads((folders.output / "bare.json").read_text())["fs_source"] == "assumed (no sidecar)"
+    assert json.loads((folders.output / "told.json").read_text())["fs_source"] == "sidecar"
+    assumed = [r.getMessage() for r in caplog.records if "rate was assumed" in r.getMessage()]
+    assert len(assumed) == 1 and "assumed to be 500 Hz" in assumed[0]

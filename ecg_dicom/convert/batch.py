@@ -46,7 +46,7 @@ from ecg_dicom.core.runners import OnnxRunner, default_threads
 from ecg_dicom.errors import EcgDicomError, InputError
 from ecg_dicom.extras import require
 from ecg_dicom.files import deferred_sync, sync_filesystem, write_reason
-from ecg_dicom.inputs import LeadInput, gate_many, load_input
+from ecg_dicom.inputs import FS_ASSUMED, FS_GIVEN, NPY_DEFAULT_FS, LeadInput, gate_many, load_input
 from ecg_dicom.logsafe import strip_wire
 from ecg_dicom.leads import learned_leads
 from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
@@ -67,7 +67,9 @@ CONVERTED, REJECTED, DONE = "converted", "rejected", "done"
 class ConvertSettings:
     """How inputs are read and what is written for each; recorded in each completion marker.
 
-    fs (Hz) and units apply to ``.npy`` inputs (DICOM brings its own); output_format is one
+    fs (Hz) and units apply to ``.npy`` inputs (DICOM brings its own), fs_source says whether
+    fs was given (``--fs``) or assumed (not part of the marker: the results are the same);
+    output_format is one
     of :data:`OUTPUT_FORMATS`; confidence adds ``<stem>.confidence.json``; report is the
     paper size ("A4", "Letter") of the 12-lead page (``<stem>.pdf``, and ``<stem>.report.dcm``
     with DICOM output), or None for no page; input_lead: "auto" to choose per input among the
@@ -80,12 +82,14 @@ class ConvertSettings:
     confidence: bool = False
     report: str | None = None
     input_lead: str | None = None
+    fs_source: str = FS_ASSUMED
 
     def marker_settings(self, reconstructor: Reconstructor,
                         models: dict[str, Reconstructor] | None = None) -> dict:
         """What a completed result must have been made with to count as done."""
         models = models or {reconstructor.input_lead: reconstructor}
-        return {**asdict(self), "input_lead": self.input_lead or reconstructor.input_lead,
+        settings = {k: v for k, v in asdict(self).items() if k != "fs_source"}
+        return {**settings, "input_lead": self.input_lead or reconstructor.input_lead,
                 "model_version": "+".join(m.model_version for m in models.values()),
                 "precision": reconstructor.precision, "ecg_dicom": __version__}
 
@@ -99,6 +103,8 @@ class ItemResult:
     status: str
     reason: str = ""
     written: list[Path] = field(default_factory=list)
+    fs_assumed: float | None = None  # converted at a rate nothing said (Hz)
+    rate_warning: str = ""  # the gate suspects the rate: its flag's text
 
 
 @dataclass
@@ -109,15 +115,31 @@ class ConvertReport:
     written: dict[str, list[Path]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
+    fs_assumed: dict[str, float] = field(default_factory=dict)  # converted at a rate nothing said
 
     def add(self, result: ItemResult) -> None:
         if result.status == CONVERTED:
             self.written[result.name] = result.written
+            if result.fs_assumed is not None:
+                self.fs_assumed[result.name] = result.fs_assumed
+            if result.rate_warning:
+                print(f"ecg-dicom: {result.name}: {result.rate_warning}", file=sys.stderr)
         elif result.status == REJECTED:
             self.failed[result.name] = result.reason
             print(f"ecg-dicom: skipped {result.name}: {result.reason}", file=sys.stderr)
         else:
             self.done.append(result.name)
+
+    def assumed_rate_note(self) -> str | None:
+        """One line naming the inputs converted at an assumed rate (a .npy without a sidecar's
+        ``fs`` and no ``--fs``), or None."""
+        if not self.fs_assumed:
+            return None
+        names = sorted(self.fs_assumed)
+        rates = sorted(set(self.fs_assumed.values()))
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return (f"ecg-dicom: {len(names)} .npy input(s) without a sidecar's fs: rate assumed"
+                f" {'/'.join(f'{r:g}' for r in rates)} Hz (say it with --fs or a sidecar): {shown}")
 
     def summary(self, seconds: float) -> str:
         """``converted N, rejected M, skipped as done K in T s (R ECG/s)``."""
@@ -143,7 +165,7 @@ def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSett
     comes after, for the whole batch (:func:`ecg_dicom.inputs.gate_many`), except for the lead
     ``input_lead: auto`` chose (gated to be chosen)."""
     return load_input(item.source, settings.input_lead or reconstructor.input_lead, settings.fs, settings.units,
-                      sidecar_path(item.source), gated=False, models=tuple(models))
+                      sidecar_path(item.source), gated=False, models=tuple(models), fs_source=settings.fs_source)
 
 
 def _window_groups(loaded: list[tuple[int, ArchiveItem, LeadInput]], reconstructor: Reconstructor,
@@ -177,7 +199,9 @@ def _write(item: ArchiveItem, lead: LeadInput, recon, reconstructor: Reconstruct
     except OSError as exc:
         return reject(item, f"cannot write its results: {exc.strerror or exc}")
     (item.out_dir / f"{item.stem}.reason.txt").unlink(missing_ok=True)  # from an earlier, refused try
-    return ItemResult(item.name, CONVERTED, written=written)
+    rate = [f.text for f in (lead.quality.flags if lead.quality is not None else []) if f.code == "rate"]
+    return ItemResult(item.name, CONVERTED, written=written, fs_assumed=lead.fs if lead.fs_assumed else None,
+                      rate_warning=rate[0] if rate else "")
 
 
 def _sync(items: Iterable[ArchiveItem]) -> None:
@@ -307,14 +331,14 @@ def find_archive(input_dir: str | Path, output_dir: str | Path, output_format: s
 
 
 def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,
-                   fs: float = 500.0, units: str = "uV", output_format: str = "npy",
+                   fs: float | None = None, units: str = "uV", output_format: str = "npy",
                    confidence: bool = False, batch_size: int = FILES_PER_BATCH,
                    report_paper: str | None = None, workers: int = 1,
                    models: dict[str, Reconstructor] | None = None, input_lead: str | None = None) -> ConvertReport:
     """Convert every input below ``input_dir`` into ``output_dir``, on this machine.
 
-    .npy inputs are one lead in ``units`` at ``fs`` Hz unless their ``<stem>.json`` sidecar
-    says otherwise (the service's sidecar, patient and study included: :mod:`ecg_dicom.sidecar`);
+    .npy inputs are one lead in ``units`` at ``fs`` Hz (None: 500 Hz assumed, and said so in
+    each result's ``.json`` and on stderr) unless their ``<stem>.json`` sidecar says otherwise (the service's sidecar, patient and study included: :mod:`ecg_dicom.sidecar`);
     DICOM inputs bring their own. ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV
     and/or ``OUT/a/x.dcm``; a refused input gets ``OUT/a/x.reason.txt`` and a line on stderr;
     an input already converted with the same settings is skipped. ``batch_size`` inputs are
@@ -325,7 +349,8 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
     reconstructed from the lead the model does best from (:mod:`ecg_dicom.core.leadchoice`).
     """
     items = find_archive(input_dir, output_dir, output_format)
-    settings = ConvertSettings(fs, units, output_format, confidence, report_paper, input_lead)
+    settings = ConvertSettings(NPY_DEFAULT_FS if fs is None else fs, units, output_format, confidence, report_paper,
+                               input_lead, FS_ASSUMED if fs is None else FS_GIVEN)
     report = ConvertReport()
     bar = None
     if sys.stderr.isatty():
@@ -406,13 +431,9 @@ def process_and_save_npy_files(input_folder: str | Path, output_folder: str | Pa
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ecg-dicom convert``: exit 0 when every input converted (or was done), 1 when any
-    failed, 2 on setup errors."""
+    """``ecg-dicom convert`` on this machine's processes (``--engine single``): exit 0 when
+    every input converted (or was done), 1 when any failed, 2 on setup errors."""
     started = time.perf_counter()
-    if getattr(args, "engine", "single") == "ray":
-        from ecg_dicom.convert.ray_engine import run_ray
-
-        return run_ray(args)
     try:
         if args.device.startswith("cuda"):
             torch = require("torch", f"--device {args.device}")
@@ -437,5 +458,8 @@ def run(args: argparse.Namespace) -> int:
     except EcgDicomError as exc:
         print(f"ecg-dicom convert: {exc}", file=sys.stderr)
         return 2
+    note = report.assumed_rate_note()
+    if note:
+        print(note, file=sys.stderr)
     print(f"{report.summary(time.perf_counter() - started)} -> {args.output_dir}", file=sys.stderr)
     return 1 if report.failed else 0

@@ -50,6 +50,7 @@ from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import EcgDicomError
 from ecg_dicom.extras import install_hint
 from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+from ecg_dicom.inputs import FS_ASSUMED, FS_GIVEN, NPY_DEFAULT_FS
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,9 @@ def run_ray(args: argparse.Namespace) -> int:
                                 " model per worker)")
         # Loaded here once to fail early (exit 2) on a bad checkpoint; each worker loads its own.
         Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, "cpu", precision=args.precision, threads=1)
-        settings = ConvertSettings(args.fs, args.units, args.output_format, args.confidence,
-                                   args.paper if getattr(args, "report", False) else None)
+        settings = ConvertSettings(NPY_DEFAULT_FS if args.fs is None else args.fs, args.units, args.output_format,
+                                   args.confidence, args.paper if getattr(args, "report", False) else None,
+                                   fs_source=FS_ASSUMED if args.fs is None else FS_GIVEN)
         local = args.address is None
         cpus = max(local_cpus(), args.num_workers or 0) if local else None
         temp_dir = Path(args.ray_temp_dir).resolve() if args.ray_temp_dir else None

@@ -31,7 +31,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES, MDC_CODES, SCPECG_CODES
+from ecg_dicom.dicom.codes import AI_GROUP_LABEL, ECG_WAVEFORM_SOP_CLASSES, MDC_CODES, SCPECG_CODES
 from ecg_dicom.errors import InputError, WaveformError
 from ecg_dicom.leads import canonical_lead_name
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_inflated_size, check_waveform_size
@@ -494,7 +494,8 @@ class ResultObject:
     leads_uv: (12, N) float64 µV in LEADS_12 order; fs: Hz; input_lead: the measured lead
     (group 1); sigma_uv: per AI lead the RMS uncertainty written in its derivation text (µV);
     model_name / model_version: from the equipment attributes; quality_text: the signal-quality
-    annotation, if any; dataset: the object.
+    annotation, if any; dataset: the object; reconstructed: False for a recorded ECG (a cart's
+    own object: no group of ours labelled AI RECONSTRUCTED), whose 12 leads are all measured.
     """
 
     leads_uv: np.ndarray
@@ -505,10 +506,12 @@ class ResultObject:
     model_version: str
     quality_text: str | None
     dataset: Dataset
+    reconstructed: bool = True
 
 
 def read_result_object(source: str | Path | Dataset) -> ResultObject:
-    """Read a 12-lead result written by :mod:`ecg_dicom.dicom.writer` (all 12 leads, µV).
+    """Read a 12-lead result written by :mod:`ecg_dicom.dicom.writer` (all 12 leads, µV), or a
+    recorded 12-lead ECG (``reconstructed`` False).
 
     Raises WaveformError when a lead is missing or the object is not a waveform.
     """
@@ -547,8 +550,10 @@ def read_result_object(source: str | Path | Dataset) -> ResultObject:
                    if str(a.get("UnformattedTextValue", "")).startswith("Signal quality")]
         versions = ds.get("SoftwareVersions") or []
         versions = [versions] if isinstance(versions, str) else list(versions)
+        reconstructed = any(str(g.get("MultiplexGroupLabel", "")) == AI_GROUP_LABEL for g in groups)
         return ResultObject(np.stack([leads[lead] for lead in LEADS_12]), float(fs), input_lead or "I", sigma,
                             str(ds.get("ManufacturerModelName", "") or "unknown model"),
-                            str(versions[-1]) if versions else "unknown", quality[0] if quality else None, ds)
+                            str(versions[-1]) if versions else "unknown", quality[0] if quality else None, ds,
+                            reconstructed)
     except _PARSE_ERRORS as exc:
         raise WaveformError(f"malformed DICOM object: {type(exc).__name__}: {exc}") from exc

@@ -62,7 +62,7 @@ from pydicom.sequence import Sequence
 from pydicom.valuerep import DSfloat
 
 from ecg_dicom.core.preprocess import resample_fs
-from ecg_dicom.dicom.codes import SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
+from ecg_dicom.dicom.codes import AI_GROUP_LABEL, SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
 from ecg_dicom.dicom.provenance import (
     NOT_FOR_DIAGNOSIS,
     acquisition_start,
@@ -272,7 +272,7 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
             _multiplex_group([input_lead], segment[[LEADS_12.index(input_lead)]], fs_out,
                              "DERIVED" if resampled else "ORIGINAL", "INPUT LEAD", [input_derivation]),
             _multiplex_group(others, segment[[LEADS_12.index(lead) for lead in others]], fs_out,
-                             "DERIVED", "AI RECONSTRUCTED", derivations),
+                             "DERIVED", AI_GROUP_LABEL, derivations),
         ])
         ds.WaveformAnnotationSequence = Sequence([
             _annotation(1, f"Lead {input_lead} as acquired (the model's input).{part_text}"),

@@ -33,7 +33,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.logsafe import escape
 
 LOG = logging.getLogger("ecg_dicom.scp")

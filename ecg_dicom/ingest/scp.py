@@ -30,7 +30,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Settings
 from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES
 from ecg_dicom.errors import InputError

@@ -16,7 +16,8 @@ from pathlib import Path
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import file_sha256
 from ecg_dicom.core.leadchoice import AUTO, model_leads
-from ecg_dicom.inputs.base import QUALITY_LISTENERS, LeadInput, choose_lead, gate, gate_many, refuse_links
+from ecg_dicom.inputs.base import FS_ASSUMED, FS_FROM_DICOM, FS_FROM_FILE, FS_FROM_SIDECAR, FS_GIVEN, \
+    NPY_DEFAULT_FS, QUALITY_LISTENERS, LeadInput, choose_lead, gate, gate_many, refuse_links
 from ecg_dicom.inputs.demographics import merge_sidecar
 from ecg_dicom.inputs.dicom import DICOM_MAGIC_OFFSET, is_dicom_file, read_dicom_input
 from ecg_dicom.inputs.npy import NPY_MAGIC, _NPY_HEADER_ERRORS, _npy_data_bytes, _npy_header, is_npy_file, \
@@ -28,7 +29,7 @@ from ecg_dicom.inputs.wfdb import is_wfdb_header, read_header, read_wfdb, signal
 from ecg_dicom.inputs.xmlsafe import SNIFF_BYTES, parse_xml, sniff_root
 from ecg_dicom.sidecar import read_sidecar
 
-__all__ = ["QUALITY_LISTENERS", "LeadInput", "file_sha256", "gate", "gate_many", "incomplete_reason", "input_kind",
+__all__ = ["FS_ASSUMED", "FS_FROM_DICOM", "FS_FROM_FILE", "FS_FROM_SIDECAR", "FS_GIVEN", "NPY_DEFAULT_FS", "QUALITY_LISTENERS", "LeadInput", "file_sha256", "gate", "gate_many", "incomplete_reason", "input_kind",
            "is_dicom_file", "is_npy_file", "load_input", "load_lead", "looks_like_input", "read_npy_array",
            "record_sha256", "refuse_links", "wfdb_companions"]
 
@@ -150,9 +151,10 @@ def _wfdb_incomplete(path: Path) -> str | None:
     return None
 
 
-def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",
+def load_lead(path: str | Path, input_lead: str = "I", fs: float = NPY_DEFAULT_FS, units: str = "uV",
               limits: Limits = DEFAULT_LIMITS, gated: bool = True,
-              models: tuple[str, ...] | None = None, signal_dir: str | Path | None = None) -> LeadInput:
+              models: tuple[str, ...] | None = None, signal_dir: str | Path | None = None,
+              fs_source: str = FS_GIVEN) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
 
     ``input_lead`` "auto": a source holding several leads gives the lead the model does best
@@ -166,17 +168,22 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     a WFDB header whose signal files are in ``signal_dir``, default beside it) by its reader,
     which also gives every lead it holds and its patient (:mod:`.demographics`). Inputs
     beyond ``limits`` are refused before they are decoded. The lead then passes the
-    signal-quality gate (:func:`gate`), unless ``gated`` is False: then the caller gates it (:func:`gate_many`, for a batch). Raises
-    :class:`InputError` (:class:`SignalQualityError` from the gate) with a one-line reason.
+    signal-quality gate (:func:`gate`), unless ``gated`` is False: then the caller gates it
+    (:func:`gate_many`, for a batch). ``fs_source`` says where a .npy's ``fs`` came from
+    (:attr:`LeadInput.fs_source`). Raises :class:`InputError` (:class:`SignalQualityError`
+    from the gate) with a one-line reason.
     """
     path = Path(path)
     try:
-        check_input_bytes(os.stat(path).st_size, limits)
-        kind = input_kind(path)
+        size = os.stat(path).st_size
+        check_input_bytes(size, limits)
+        kind = input_kind(path) if size else None
         if kind is None and path.suffix.lower() in (".dcm", ".dicom"):
             kind = "dicom"
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
+    if size == 0:
+        raise InputError("empty file (0 bytes)")
     auto = input_lead == AUTO
     lead = "I" if auto else input_lead  # auto: read lead I, then choose among the source's leads
     if kind == "npy":
@@ -193,6 +200,7 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
         raise InputError("neither a .npy array nor a DICOM file nor a vendor ECG (no NUMPY magic, no DICM "
                          "preamble, no GE MUSE / Philips Sierra / HL7 aECG XML root, no WFDB record line, no SCP-ECG "
                          "section 0)")
+    item.fs_source = fs_source if kind == "npy" else FS_FROM_DICOM if kind == "dicom" else FS_FROM_FILE
     if auto and item.source_leads:
         return choose_lead(item, models if models is not None else model_leads(AUTO))
     if gated:
@@ -265,10 +273,10 @@ def _read_wfdb_input(path: Path, input_lead: str, limits: Limits, signal_dir: st
     return item
 
 
-def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str = "uV",
+def load_input(path: str | Path, input_lead: str, fs: float = NPY_DEFAULT_FS, units: str = "uV",
                sidecar: str | Path | None = None, limits: Limits = DEFAULT_LIMITS,
                gated: bool = True, models: tuple[str, ...] | None = None,
-               signal_dir: str | Path | None = None) -> LeadInput:
+               signal_dir: str | Path | None = None, fs_source: str = FS_ASSUMED) -> LeadInput:
     """Read one input the way both doors (``serve``, ``convert``) read it: ``path`` plus its
     sidecar file ``sidecar`` (None or missing: no sidecar; see :func:`ecg_dicom.sidecar.sidecar_path`).
 
@@ -277,19 +285,20 @@ def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str 
     takes (with ``auto``: one of ``models``, the lead read); its patient/study keys travel with
     the result. A vendor file (MUSE, Philips, aECG, SCP-ECG, WFDB) brings its own patient and
     acquisition; a sidecar beside it overrides them key by key (its ``fs`` and ``units`` are
-    refused: the file states its own). ``gated``, ``models``, ``signal_dir``: see
-    :func:`load_lead`. Raises :class:`InputError`.
+    refused: the file states its own). ``fs_source``: whether the default ``fs`` was given or
+    assumed. ``gated``, ``models``, ``signal_dir``: see :func:`load_lead`. Raises :class:`InputError`.
     """
     params = read_sidecar(sidecar)
     if params is None:
-        return load_lead(path, input_lead, fs, units, limits, gated, models, signal_dir)
+        return load_lead(path, input_lead, fs, units, limits, gated, models, signal_dir, fs_source)
     if input_lead == AUTO and params.lead is not None:
         if params.lead not in (models if models is not None else model_leads(AUTO)):
             raise InputError(f"sidecar says lead {params.lead}; no model for it is loaded")
         input_lead = params.lead
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
-    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated, models, signal_dir)
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated, models, signal_dir,
+                     FS_FROM_SIDECAR if params.fs else fs_source)
     if item.kind in VENDOR_KINDS:
         if params.fs is not None or params.units is not None:
             raise InputError(f"sidecar .json gives fs or units, but this {item.kind} file states its own rate and "

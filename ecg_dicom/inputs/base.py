@@ -25,6 +25,14 @@ LOG = logging.getLogger("ecg_dicom.inputs")
 # hook for counters such as the service's metrics (rejections and warnings by flag).
 QUALITY_LISTENERS: list[Callable[[QualityReport], None]] = []
 
+# where a lead's sampling rate came from (the result's .json "fs_source", the page)
+FS_FROM_DICOM = "DICOM header"
+FS_FROM_FILE = "file header"          # a vendor file (MUSE, Philips, aECG, SCP-ECG, WFDB) states its rate
+FS_FROM_SIDECAR = "sidecar"
+FS_GIVEN = "given (--fs)"
+FS_ASSUMED = "assumed (no sidecar)"
+NPY_DEFAULT_FS = 500.0  # Hz: the rate of a .npy nothing says the rate of
+
 
 @dataclass
 class LeadInput:
@@ -39,7 +47,9 @@ class LeadInput:
     :mod:`ecg_dicom.sidecar`, :mod:`ecg_dicom.inputs.demographics`); quality: the signal-quality gate's
     verdict on the lead ("ok" or "warn": a rejected lead never becomes a LeadInput);
     source_leads: every lead the source holds, canonical name -> (N,) float64 µV at ``fs``
-    (None for a one-lead source): what the choice of input lead and the accuracy monitor read.
+    (None for a one-lead source): what the choice of input lead and the accuracy monitor read;
+    fs_source: where ``fs`` came from (:data:`FS_FROM_DICOM`, :data:`FS_FROM_FILE`,
+    :data:`FS_FROM_SIDECAR`, :data:`FS_GIVEN` or :data:`FS_ASSUMED`).
     """
 
     signal_uv: np.ndarray
@@ -51,6 +61,12 @@ class LeadInput:
     sidecar: Sidecar | None = None
     quality: QualityReport | None = None
     source_leads: dict[str, np.ndarray] | None = None
+    fs_source: str = ""
+
+    @property
+    def fs_assumed(self) -> bool:
+        """True when nothing said the rate: a .npy without a sidecar's ``fs`` or an ``--fs``."""
+        return self.fs_source == FS_ASSUMED
 
 
 def choose_lead(item: LeadInput, models: Sequence[str]) -> LeadInput:

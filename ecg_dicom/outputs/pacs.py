@@ -43,14 +43,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
 from ecg_dicom.files import write_reason
 from ecg_dicom.logsafe import uid_hash
 from ecg_dicom.outputs import commitment
 from ecg_dicom.outputs.destination import Destination, Outcome, dicom_results, summary
-from ecg_dicom.service.memory import release_freed_memory
+from ecg_dicom.memory import release_freed_memory
 from ecg_dicom.queue import Job, JobQueue
 from ecg_dicom.tls import client_context
 
@@ -227,6 +227,9 @@ class Delivery:
         self.batch_size = batch_size
         self.rng = random.Random()
         self._lock = threading.Lock()  # a job settled by this thread or by a commitment report, not both
+        # failing since (Unix time), failed attempts, last reason; None while delivery works.
+        # Written by the delivery thread, read by /health (one tuple: replaced whole).
+        self._failing: tuple[float, int, str] | None = None
         self.destinations: list[Destination] = []
         if pacs.cstore:
             self.destinations.append(CStore(queue, pacs, folders, ae_title, self.commitment_report))
@@ -261,6 +264,31 @@ class Delivery:
     def _release(self) -> None:
         for destination in self.destinations:
             destination.release()
+
+    def concern(self) -> str | None:
+        """Why delivery is degraded (the PACS unreachable, refusing associations, out of
+        resources: attempts failing since the first of them, none delivered), or None."""
+        failing = self._failing
+        if failing is None:
+            return None
+        since, attempts, reason = failing
+        return (f"delivery to {self.pacs.describe().replace('@', ' at ', 1)} failing for {time.time() - since:.0f} s"
+                f" ({attempts} failed attempts, none delivered since; last: {reason})")
+
+    def _failed(self, reason: str) -> None:
+        """One failed attempt that says the PACS is not taking results (not one object's fault)."""
+        failing = self._failing
+        if failing is None:
+            LOG.warning("delivery to %s degraded: %s", self.pacs.describe(), reason)
+            self._failing = (time.time(), 1, reason)
+        else:
+            self._failing = (failing[0], failing[1] + 1, reason)
+
+    def _succeeded(self) -> None:
+        failing, self._failing = self._failing, None
+        if failing is not None:
+            LOG.info("delivery to %s works again after %.0f s (%d failed attempts)", self.pacs.describe(),
+                     time.time() - failing[0], failing[1])
 
     def deliver(self, jobs: list[Job], keep_open: bool = False) -> None:
         """Send ``jobs`` wherever they are still missing; each job ends delivered, awaiting its
@@ -306,6 +334,7 @@ class Delivery:
             LOG.info("%s stored at %s; awaiting its storage commitment report", job.tag, self.pacs.ae_title)
 
     def _finish(self, job: Job, text: str) -> None:
+        self._succeeded()
         self.queue.delivered(job.id)
         metrics.JOBS_FINISHED.labels("done").inc()
         if job.created:
@@ -343,6 +372,7 @@ class Delivery:
 
     def _retry(self, job: Job, reason: str) -> None:
         metrics.PACS_FAILURES.labels("transient").inc()
+        self._failed(reason)
         attempts = job.attempts + 1
         since = job.deliver_since or time.time()
         if time.time() - since > self.pacs.give_up_after_s:

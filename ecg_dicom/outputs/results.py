@@ -3,11 +3,12 @@ both doors write the same files the same way:
 
 - ``<stem>.npy``: (12, N) float32 µV (format npy/both);
 - ``<stem>.dcm`` (or ``<stem>_001.dcm``, ...): the 12-lead waveform object (format dicom/both);
-- ``<stem>.json``: what the arrays do not say: rate, the lead the model was given
-  (``input_lead``), model, per-lead uncertainty, the signal-quality verdict with its measured
-  values, what the source said about patient and acquisition (the header of the page;
-  ``ecg-dicom plot`` reads it), and, when the source also measured the leads we reconstruct,
-  ``accuracy`` (per lead r and RMSE µV, the ``evaluate`` protocol) and ``source_complete``;
+- ``<stem>.json``: what the arrays do not say: rate (and where it came from: ``fs_source``), the
+  lead the model was given (``input_lead``), model, per-lead uncertainty, the signal-quality
+  verdict with its measured values, what the source said about patient and acquisition (the
+  header of the page; ``ecg-dicom plot`` reads it), and, when the source also measured the
+  leads we reconstruct, ``accuracy`` (per lead r and RMSE µV, the ``evaluate`` protocol) and
+  ``source_complete``;
 - on request ``<stem>.confidence.json``;
 - with a report: ``<stem>.pdf``, the 12-lead page, and (format dicom/both)
   ``<stem>.report.dcm``, the same page as an Encapsulated PDF object for PACS.
@@ -101,6 +102,7 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
     sigma = lead_uncertainties(recon.sigma, reconstructor.input_lead) if recon.sigma is not None else None
     return {
         "fs": float(item.fs),
+        "fs_source": item.fs_source or None,  # DICOM header, sidecar, given (--fs), assumed (no sidecar)
         "lead": reconstructor.input_lead,
         "input_lead": reconstructor.input_lead,
         "units": "uV",

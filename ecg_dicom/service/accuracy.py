@@ -23,7 +23,7 @@ import numpy as np
 from ecg_dicom.config import AccuracyMonitor as MonitorSettings
 from ecg_dicom.core.accuracy import MODEL_CARD_R
 from ecg_dicom.queue import AccuracyRow, JobQueue
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 
 LOG = logging.getLogger("ecg_dicom.accuracy")
 WARN_EVERY_S = 24 * 3600.0

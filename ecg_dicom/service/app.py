@@ -31,7 +31,7 @@ import numpy as np
 from pynetdicom import evt
 
 from ecg_dicom import logsafe
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Settings, load_config_or_report, log_effective
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.leadchoice import model_leads
@@ -183,7 +183,7 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
                           f"{exc.strerror or exc}") from exc
-    monitor = _start_monitor(settings, queue, server, threads[0], accuracy) if settings.http else None
+    monitor = _start_monitor(settings, queue, server, threads[0], delivery, accuracy) if settings.http else None
     for t in threads:
         t.start()
     LOG.info("service ready")
@@ -212,8 +212,10 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
 
 
 def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread,
-                   accuracy: AccuracyMonitor | None = None) -> Monitor:
-    """``/health`` (listener, worker, job store) and ``/metrics`` on ``settings.http``."""
+                   delivery: Delivery | None, accuracy: AccuracyMonitor | None = None) -> Monitor:
+    """``/health`` (listener, worker, job store; degraded while PACS delivery fails or the
+    accuracy monitor finds the reconstructions below the model card) and ``/metrics`` on
+    ``settings.http``."""
     metrics.register_job_store(queue.counts, settings.limits.queue_high_water)
     if metrics.quality_verdict not in QUALITY_LISTENERS:  # the gate's verdicts on /metrics
         QUALITY_LISTENERS.append(metrics.quality_verdict)
@@ -223,7 +225,8 @@ def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threadin
         "job_store": lambda: isinstance(queue.counts(), dict),
     }
     try:
-        return Monitor(settings.http.host, settings.http.port, checks,
+        concerns = {"pacs": delivery.concern} if delivery is not None else {}
+        return Monitor(settings.http.host, settings.http.port, checks, concerns,
                        degraded=accuracy.degraded if accuracy is not None else None).start()
     except OSError as exc:
         server.shutdown()

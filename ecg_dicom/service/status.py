@@ -9,6 +9,11 @@ storage commitment, with their reasons. With job ids,
 each job in full: where it came from, under which name, its state and the files it
 produced (the job -> result files mapping). ``--json`` prints the same as one JSON object.
 Everything printed from the wire or a dropped file's name is escaped.
+
+Exit status, for scripts and monitors: 0 running (and ``/health`` ready, where configured);
+1 a job asked for does not exist; 2 a bad configuration; 3 not running (:data:`NOT_RUNNING`,
+as the LSB's ``status`` action); 4 running but ``/health`` is not ready (degraded,
+unavailable or not answering: :data:`NOT_READY`).
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ LABELS = {"waiting": "waiting", "processing": "processing", "delivering": "deliv
           "rejected": "rejected", "dead": "dead-lettered"}
 RECENT = 10
 HEALTH_TIMEOUT_S = 3.0
+NOT_RUNNING = 3
+NOT_READY = 4
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the status; 0, or 1 when a job asked for does not exist, 2 for a bad configuration."""
+    """Print the status; exit 0 running (and ready), 1 a job asked for does not exist, 2 a bad
+    configuration, 3 not running, 4 running but not ready (see the module's docstring)."""
     settings = load_config_or_report(args.config, "status")
     if settings is None:
         return 2
@@ -50,7 +58,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1))
     else:
         print_report(report, settings)
-    return 1 if report.get("unknown_jobs") else 0
+    return exit_status(report)
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """The exit status for a :func:`collect` report (the configuration was good)."""
+    if report.get("unknown_jobs"):
+        return 1
+    if not report["service"]["running"]:
+        return NOT_RUNNING
+    if report.get("health_status", "ready") != "ready":
+        return NOT_READY
+    return 0
 
 
 def run_accuracy(settings: Settings, since: str | None, as_json: bool) -> int:
@@ -91,7 +110,7 @@ def collect(settings: Settings, queue: JobQueue, job_ids: list[int], recent: int
     report: dict[str, Any] = {"service": {"running": service is not None, **(service or {})}}
     health = _health(settings)
     if health is not None:
-        report["health"] = health
+        report["health"], report["health_status"] = health
     report["counts"] = {LABELS[state]: n for state, n in queue.counts().items()}
     if job_ids:
         found = {i: queue.find(i) for i in job_ids}
@@ -167,8 +186,9 @@ def _job_dict(job: Job) -> dict[str, Any]:
             "updated": job.updated, "delivered_to": list(job.delivered_to), "commitment": job.commitment}
 
 
-def _health(settings: Settings) -> str | None:
-    """What the service's ``/health`` says, when the configuration has an ``http`` section."""
+def _health(settings: Settings) -> tuple[str, str] | None:
+    """What the service's ``/health`` says, when the configuration has an ``http`` section: a
+    line to print and the status (``ready``, ``degraded``, ``unavailable``, ``no answer``)."""
     http = getattr(settings, "http", None)
     if http is None:
         return None
@@ -176,12 +196,20 @@ def _health(settings: Settings) -> str | None:
     url = f"http://{host}:{http.port}/health"
     try:
         with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as rsp:
-            body = rsp.read(200).decode("utf-8", "replace").strip().splitlines()
-            return f"{rsp.status} {body[0] if body else ''} ({url})"
+            code, body = rsp.status, rsp.read(4000)
     except urllib.error.HTTPError as exc:
-        return f"{exc.code} not ready ({url})"
+        code, body = exc.code, exc.read(4000)
     except (OSError, ValueError) as exc:
-        return f"no answer ({getattr(exc, 'reason', exc)}; {url})"
+        return f"no answer ({getattr(exc, 'reason', exc)}; {url})", "no answer"
+    try:
+        state = json.loads(body)
+        status = str(state["status"])
+    except (ValueError, KeyError, TypeError):
+        return f"{code} {_escape(body[:200].decode('utf-8', 'replace'))} ({url})", "unavailable"
+    failing = [name for name, ok in state.get("checks", {}).items() if not ok]
+    details = [f"{name} failing" for name in failing]
+    details += [f"{name}: {reason}" for name, reason in state.get("degraded", {}).items()]
+    return f"{code} {status}{': ' if details else ''}{'; '.join(_escape(d) for d in details)} ({url})", status
 
 
 def _when(timestamp: float | None) -> str:

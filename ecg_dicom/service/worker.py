@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Folders
 from ecg_dicom.core.accuracy import source_complete
 from ecg_dicom.config import Worker as WorkerSettings
@@ -32,16 +32,15 @@ from ecg_dicom.core.inference import Reconstruction, ReconstructionTask, Reconst
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
 from ecg_dicom.ingest import COMPANIONS_SUFFIX, SIDECAR_SUFFIX, Spool
-from ecg_dicom.inputs import LeadInput, load_input, refuse_links
+from ecg_dicom.inputs import NPY_DEFAULT_FS, LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 from ecg_dicom.logsafe import strip_wire, wire
-from ecg_dicom.service.memory import release_freed_memory
+from ecg_dicom.memory import release_freed_memory
 from ecg_dicom.outputs.results import result_accuracy, result_file_names, write_outputs
 from ecg_dicom.queue import Job, JobQueue
 from ecg_dicom.service.accuracy import AccuracyMonitor, device_model
 
 LOG = logging.getLogger("ecg_dicom.worker")
-NPY_DEFAULT_FS = 500.0
 # How long to wait before trying again when outputs could not be written (disk full, ...)
 OUTPUT_RETRY_S = 5.0
 LONG_JOB_WINDOWS = 64      # model windows (5 s each, 2.5 s apart) above which a job is worked on in steps
@@ -310,6 +309,12 @@ class Worker:
                  "awaiting delivery" if deliver else
                  "kept locally: the source holds all 12 measured leads (deliver_when_source_complete: false)"
                  if self.deliver and complete else "done")
+        if inp.fs_assumed:
+            LOG.warning("%s: a .npy without a sidecar's fs: its rate was assumed to be %g Hz (a sidecar"
+                        " <name>.json with \"fs\" says it)", job.tag, inp.fs)
+        for flag in (inp.quality.flags if inp.quality is not None else []):
+            if flag.code == "rate":
+                LOG.warning("%s: %s", job.tag, flag.text)
 
     def reject(self, job: Job, reason: str) -> None:
         """Move the input to ``rejected/`` and then write ``<stem>.reason.txt`` beside it, last,
