@@ -1,7 +1,11 @@
 # ecg-dicom service image: C-STORE listener on 11112, folders under the /data volume.
 #   docker build -t ecg-dicom .
-#   docker run -p 127.0.0.1:11112:11112 -v ecg-data:/data [-v ./my-site.yaml:/config/site.yaml:ro] ecg-dicom
-# (host loopback only; -p 11112:11112 opens the port to the network: see config/docker.yaml)
+#   docker run -p 127.0.0.1:11112:11112 -v ecg-data:/data -v ./tls:/config/tls:ro \
+#              [-v ./my-site.yaml:/config/site.yaml:ro] ecg-dicom
+# (host loopback only; -p 11112:11112 opens the port to the network: see config/docker.yaml.
+# The shipped config listens with DICOM TLS: without a certificate and key mounted at
+# /config/tls/{server.crt,server.key,ca.crt} it does not start, unless your config opts out
+# with listen.insecure_plaintext_ok: true)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

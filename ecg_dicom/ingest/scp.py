@@ -75,12 +75,14 @@ def build_ae(settings: Settings) -> AE:
     if settings.allowed_callers is not None:
         ae.require_calling_aet = list(settings.allowed_callers)
     ae.require_called_aet = True
-    # associations are counted by the Admission (see guard.py); pynetdicom's own count, which
-    # includes idle connections, only backs it up
-    ae.maximum_associations = settings.max_associations + settings.listen.max_pending + 8
-    # before the A-ASSOCIATE-RQ (ARTIM): short; afterwards the DIMSE / network timeouts
+    # associations are counted by the Admission (see guard.py); pynetdicom's own count includes
+    # the pending connections (and those being closed), so it is set where it never bites first
+    ae.maximum_associations = settings.max_associations + 2 * settings.listen.max_pending + 16
+    # before the A-ASSOCIATE-RQ (ARTIM): short; afterwards a message must be complete within the
+    # DIMSE timeout, and an association on which nothing arrives is aborted after idle_timeout_s
     ae.acse_timeout = settings.listen.handshake_timeout_s
-    ae.dimse_timeout = ae.network_timeout = settings.listen.timeout_s
+    ae.dimse_timeout = settings.listen.timeout_s
+    ae.network_timeout = settings.listen.idle_timeout_s
     return ae
 
 
@@ -124,9 +126,13 @@ def handle_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: St
     """EVT_C_STORE: check size and backlog, write the encoded dataset durably, record the
     job, then answer Success."""
     started = time.perf_counter()
+    if gate is not None:
+        gate.admission.store_started(event.assoc)
     try:
         return _store(event, spool, counter, gate)
     finally:
+        if gate is not None:
+            gate.admission.store_finished(event.assoc)
         metrics.STORE_SECONDS.observe(time.perf_counter() - started)
 
 
@@ -189,7 +195,8 @@ def start_scp(settings: Settings, spool: Spool) -> tuple[AE, ThreadedAssociation
     counter = StoreCounter()
     listen = settings.listen
     admission = Admission(settings.ae_title, settings.allowed_callers, settings.max_associations,
-                          listen.max_pending, settings.limits.max_input_bytes, listen.handshake_timeout_s)
+                          listen.max_pending, settings.limits.max_input_bytes, listen.handshake_timeout_s,
+                          listen.preempt_idle_s)
     gate = StoreGate(spool, settings.limits, admission)
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [spool, counter, gate]),
