@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, next_attempt);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS output_names (
     key    TEXT PRIMARY KEY,          -- the file name, case-folded
     job_id INTEGER NOT NULL
@@ -205,16 +206,27 @@ class JobQueue:
         row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('waiting', 'processing')").fetchone()
         return int(row[0])
 
+    def writable(self) -> bool:
+        """Whether a change can be committed now (one probe row is rewritten; False on a full
+        disk or a read-only store)."""
+        try:
+            self._db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+            return True
+        except sqlite3.Error:
+            return False
+
     def wait_for_new(self, timeout: float) -> None:
         """Block until a job is added (or ``timeout`` seconds pass)."""
         self._new_job.wait(timeout)
         self._new_job.clear()
 
     # -- worker ------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Put jobs interrupted while ``processing`` back to ``waiting``; returns how many."""
-        cur = self._db.execute("UPDATE jobs SET state = 'waiting', updated = ? WHERE state = 'processing'",
-                               (time.time(),))
+    def recover(self, exclude: Iterable[int] = ()) -> int:
+        """Put jobs interrupted while ``processing`` (but those in ``exclude``, still in hand)
+        back to ``waiting``; returns how many."""
+        skip = sorted(set(exclude))
+        cur = self._db.execute(f"UPDATE jobs SET state = 'waiting', updated = ? WHERE state = 'processing' "
+                               f"AND id NOT IN ({','.join('?' * len(skip))})", (time.time(), *skip))
         return cur.rowcount
 
     def claim(self, limit: int, exclude: Iterable[int] = ()) -> list[Job]:

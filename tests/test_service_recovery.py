@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from peers import (
     Orthanc,
     Service,
     dcmtk,
+    free_port,
     status_counts,
     stored_ok,
     storescu,
@@ -158,3 +163,92 @@ def test_permanent_rejection_by_pacs_goes_to_dead_letter(tmp_path, tiny_checkpoi
             assert (dead / f"{uid}.dcm").is_file()
             assert "rejected permanently" in (dead / f"{uid}.reason.txt").read_text()
             assert pacs.instances() == []
+
+
+# -- issue 22, item 1: a full disk ----------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MiB tmpfs for output, work folder and job store (unmounted afterwards)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def health(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as rsp:
+            return rsp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Write a file that leaves ``leave`` bytes free on ``disk``."""
+    st = os.statvfs(disk)
+    size = st.f_bavail * st.f_frsize - leave
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        chunk = b"\0" * (1 << 20)
+        while size > 0:
+            size -= fh.write(chunk[:size])
+    return filler
+
+
+def test_a_full_disk_holds_jobs_only_until_space_returns_and_health_says_so(tmp_path, tiny_checkpoint,
+                                                                            shared_data, small_disk):
+    """Output, work folder and job store on one 40 MiB file system, filled to ~400 kB free;
+    40 C-STOREs. Used to: one job stuck in `processing` (its release failed on the same full
+    disk) until a restart, while /health said ready."""
+    inputs = make_inputs(shared_data / "dicom" / "hemodynamic" / "ge_maclab_12lead_in_hemodynamic_sop.dcm",
+                         tmp_path / "cart", 41)
+    files = list(inputs)
+    http = free_port()
+    cfg = write_config(tmp_path / "site", tiny_checkpoint, http={"host": "127.0.0.1", "port": http},
+                       folders={"watch": str(small_disk / "inbox"), "output": str(small_disk / "outbox"),
+                                "work": str(small_disk / "work")})
+    svc = Service(cfg).start()
+    seen: list[int] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=lambda: [seen.append(health(http)) for _ in iter(lambda: stop.wait(0.2), True)],
+                              daemon=True)
+    try:
+        assert storescu(svc.port, files[:1]).returncode == 0   # a first job: fonts cached, store warm
+        wait_for(lambda: svc.settled(1), 60, "the first job done")
+        assert health(http) == 200
+        pid = svc.proc.pid
+        filler = fill(small_disk, leave=400_000)
+        poller.start()
+        acked, refused = [], []
+        for path in files[1:]:
+            result = storescu(svc.port, [path], timeout=60)
+            (acked if stored_ok(result.stdout + result.stderr) else refused).append(path)
+        assert acked and refused, (len(acked), len(refused))
+        wait_for(lambda: 503 in seen, 30, "/health not ready while the disk is full")
+        time.sleep(3)   # the worker tries again meanwhile (every 5 s)
+        filler.unlink()
+        wait_for(lambda: svc.settled(1 + len(acked)), 90, "every accepted job done once space is back")
+        wait_for(lambda: health(http) == 200, 30, "/health ready again")
+        assert svc.proc.pid == pid   # no restart
+        assert svc.counts() == {"done": 1 + len(acked)}
+        for path in acked:
+            assert (svc.output / f"{inputs[path]}.dcm").is_file(), path
+        # the cart sends again what was refused: nothing lost
+        again = storescu(svc.port, refused, timeout=120)
+        assert len(stored_ok(again.stdout + again.stderr)) == len(refused)
+        wait_for(lambda: svc.settled(len(files)), 120, "the re-sent inputs done")
+        log = svc.log_text()
+        # one line when writing starts failing (not one per retry), one when it works again
+        assert log.count("cannot write outputs") <= 2 and "outputs can be written again" in log, log[-3000:]
+        assert "Traceback" not in log
+    finally:
+        stop.set()
+        svc.kill9()

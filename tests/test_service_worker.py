@@ -271,3 +271,58 @@ def test_the_service_says_how_to_declare_millivolts(site):
     spool.store_bytes(npy_bytes(synthetic_lead() / 1000), "mv.npy", "test")
     run_once(worker)
     assert '"units": "mV" in the .npy\'s <stem>.json sidecar' in (folders.rejected / "mv.reason.txt").read_text()
+
+
+def test_a_job_whose_release_failed_on_a_full_disk_is_done_once_space_returns(site, monkeypatch, caplog):
+    """Issue 22 item 1: the outputs cannot be written (ENOSPC) and the job store, on the same
+    full disk, cannot take the job back either: the job used to stay `processing` until a
+    restart. Now the worker hands it back itself once the store can be written again."""
+    import sqlite3
+
+    from peers import wait_for
+
+    import ecg_dicom.service.worker as worker_module
+
+    caplog.set_level("INFO", logger="ecg_dicom")
+    folders, queue, spool, worker, _ = site
+    job_id = spool.store_bytes(npy_bytes(synthetic_lead(seconds=5.0)), "full.npy", "test")
+    failures = {"write": 3, "release": 1, "claim": 2}
+    states: list[bool] = []
+    real_write, real_release, real_claim = worker_module.write_outputs, queue.release, queue.claim
+
+    def write(*args, **kwargs):
+        if failures["write"]:
+            failures["write"] -= 1
+            raise OSError(28, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    def release(job: int) -> None:
+        if failures["release"]:
+            failures["release"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        real_release(job)
+
+    def claim(*args, **kwargs):
+        states.append(worker.storage_ok)
+        if failures["claim"] and not failures["release"]:   # the store still full for a while
+            failures["claim"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "write_outputs", write)
+    monkeypatch.setattr(worker_module, "OUTPUT_RETRY_S", 0.05)
+    monkeypatch.setattr(queue, "release", release)
+    monkeypatch.setattr(queue, "claim", claim)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: queue.get(job_id).state == "done", 30, "the job done without a restart")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert (folders.output / "full.npy").is_file()
+    assert False in states and worker.storage_ok    # not ready while failing, ready again after
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors   # one when outputs start failing, one when the job store does
+    assert "job store can be written again" in caplog.text and "outputs can be written again" in caplog.text

@@ -50,6 +50,7 @@ class Spool:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.queue = queue
+        self.failing = False  # the last store_bytes failed (disk full, job store unavailable...)
 
     def path(self, job: Job) -> Path:
         """The job's input file."""
@@ -68,11 +69,27 @@ class Spool:
         target = self.folder / f"{key}-{safe_stem(filename)}"
         try:
             write_bytes_atomic(target, data)
-            return self.queue.add(key, output_name(filename), origin, target.name, source_name=filename)
+            job_id = self.queue.add(key, output_name(filename), origin, target.name, source_name=filename)
         except BaseException:
+            self.failing = True
             _unlink_quietly(target.with_name(f".{target.name}{_PART}"))
             _unlink_quietly(target)
             raise
+        self.failing = False
+        return job_id
+
+    def writable(self) -> bool:
+        """False while inputs cannot be spooled: after a failed :meth:`store_bytes`, until a
+        probe file can be written (and fsynced) in the spool again."""
+        if self.failing:
+            probe = self.folder / f".probe{_PART}"
+            try:
+                write_bytes_atomic(probe, b"probe")
+                self.failing = False
+            except OSError:
+                _unlink_quietly(probe.with_name(f".{probe.name}{_PART}"))
+            _unlink_quietly(probe)
+        return not self.failing
 
     def claim(self, path: Path, origin: str, sidecar: Path | None = None, note: str | None = None) -> int | None:
         """Take a complete file out of the watched folder by moving it into the spool.

@@ -168,7 +168,7 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
                           f"{exc.strerror or exc}") from exc
-    monitor = _start_monitor(settings, queue, server, threads[0]) if settings.http else None
+    monitor = _start_monitor(settings, queue, server, threads[0], worker, spool) if settings.http else None
     for t in threads:
         t.start()
     LOG.info("service ready")
@@ -196,8 +196,11 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     return 0
 
 
-def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread) -> Monitor:
-    """``/health`` (listener, worker, job store) and ``/metrics`` on ``settings.http``."""
+def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread, work: Worker,
+                   spool: Spool) -> Monitor:
+    """``/health`` (listener, worker, job store, storage) and ``/metrics`` on ``settings.http``.
+    ``storage``: the job store commits, and neither the worker's outputs nor the last input
+    spooled failed to be written (a full disk makes the service not ready until space returns)."""
     metrics.register_job_store(queue.counts, settings.limits.queue_high_water)
     if metrics.quality_verdict not in QUALITY_LISTENERS:  # the gate's verdicts on /metrics
         QUALITY_LISTENERS.append(metrics.quality_verdict)
@@ -205,6 +208,7 @@ def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threadin
         "listener": lambda: server.thread.is_alive() and server.socket.fileno() != -1,
         "worker": worker.is_alive,
         "job_store": lambda: isinstance(queue.counts(), dict),
+        "storage": lambda: work.storage_ok and spool.writable() and queue.writable(),
     }
     try:
         return Monitor(settings.http.host, settings.http.port, checks).start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -84,6 +85,15 @@ class Worker:
         self.report_paper = report_paper
         self.stop: threading.Event | None = None
         self.output_blocked = False  # set when outputs could not be written: pause, then retry
+        # monotonic time since when outputs cannot be written / the job store cannot be
+        # written (None: they can); /health is not ready meanwhile
+        self.output_failing_since: float | None = None
+        self.store_failing_since: float | None = None
+        # jobs this worker claimed but could not give back (the job store failed too): handed
+        # back to waiting as soon as the store can be written again
+        self._unreleased: set[int] = set()
+        self._orphans_possible = False
+        self._store_failures = 0
         self.long: _LongJob | None = None
         self._later: set[int] = set()  # long jobs put back while another one is in hand
 
@@ -94,15 +104,67 @@ class Worker:
         self.stop = stop
         while not stop.is_set():
             try:
+                failures = self._store_failures
+                self.requeue_orphans()
                 if not self.step(stop):
                     self.queue.wait_for_new(1.0)
-            except Exception:  # the job store itself failing: keep going, jobs stay recorded
+                if self._store_failures == failures:  # a whole step without a failure of the store
+                    self._store_ok()
+            except sqlite3.Error as exc:  # the job store failing (disk full...): jobs stay recorded
+                self._store_failed(exc)
+            except Exception:  # anything else: keep going, jobs stay recorded
                 LOG.exception("worker error; pausing before the next batch")
+                self._orphans_possible = True
                 self.output_blocked = True
             if self.output_blocked:
                 self.output_blocked = False
                 stop.wait(OUTPUT_RETRY_S)
         self.put_back_long_job()
+
+    @property
+    def storage_ok(self) -> bool:
+        """False while outputs or the job store cannot be written (``/health`` is then not ready)."""
+        return self.output_failing_since is None and self.store_failing_since is None
+
+    def requeue_orphans(self) -> None:
+        """After a failure of the job store: every ``processing`` job this worker does not hold
+        (one whose release failed, or claimed in a transaction that failed half-way) goes back
+        to ``waiting``, without waiting for a restart. Raises sqlite3.Error while the store still
+        cannot be written."""
+        if not self._orphans_possible and not self._unreleased:
+            return
+        held = [self.long.job.id] if self.long is not None else []
+        n = self.queue.recover(exclude=held)
+        self._unreleased.clear()
+        self._orphans_possible = False
+        if n:
+            LOG.info("%d job(s) the worker could not give back while the job store failed are waiting again", n)
+
+    def _store_failed(self, exc: sqlite3.Error) -> None:
+        """One ERROR when the job store starts failing (not one per retry); pause, then retry."""
+        self._orphans_possible = True
+        self.output_blocked = True
+        self._store_failures += 1
+        if self.store_failing_since is None:
+            self.store_failing_since = time.monotonic()
+            LOG.error("the job store cannot be written (%s: %s): pausing; tried again every %g s, /health is not "
+                      "ready meanwhile", type(exc).__name__, exc, OUTPUT_RETRY_S)
+        else:
+            LOG.debug("the job store still cannot be written (%s)", exc)
+
+    def _store_ok(self) -> None:
+        if self.store_failing_since is not None:
+            LOG.info("the job store can be written again (after %.0f s)", time.monotonic() - self.store_failing_since)
+            self.store_failing_since = None
+
+    def _release(self, job: Job) -> None:
+        """Give a claimed job back to ``waiting``; if the job store fails, remember it and
+        try again once the store works (:meth:`requeue_orphans`)."""
+        try:
+            self.queue.release(job.id)
+        except sqlite3.Error as exc:
+            self._unreleased.add(job.id)
+            self._store_failed(exc)
 
     def step(self, stop: threading.Event) -> bool:
         """One unit of work: a batch of waiting jobs, else one step of the long job in hand.
@@ -246,9 +308,14 @@ class Worker:
             self.reject(job, str(exc))
             return
         except OSError as exc:
-            LOG.error("%s: cannot write outputs (%s); will try again", job.tag, exc)
-            self.queue.release(job.id)
+            if self.output_failing_since is None:
+                self.output_failing_since = time.monotonic()
+                LOG.error("%s: cannot write outputs (%s); tried again every %g s, /health is not ready meanwhile",
+                          job.tag, exc, OUTPUT_RETRY_S)
+            else:
+                LOG.debug("%s: still cannot write outputs (%s)", job.tag, exc)
             self.output_blocked = True
+            self._release(job)
             return
         except Exception as exc:  # the writer refusing this record: its problem, not the service's
             LOG.exception("%s: unexpected error while writing outputs", job.tag)
@@ -256,6 +323,9 @@ class Worker:
             return
         outputs = [p.name for p in written]
         assert outputs == names, f"wrote {outputs}, reserved {names}"
+        if self.output_failing_since is not None:
+            LOG.info("outputs can be written again (after %.0f s)", time.monotonic() - self.output_failing_since)
+            self.output_failing_since = None
         self.queue.processed(job.id, outputs, self.deliver)
         metrics.job_processed(job.created, self.deliver)
         self.spool.remove(job)
