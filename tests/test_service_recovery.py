@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from peers import (
     Orthanc,
     Service,
     dcmtk,
+    ecg_dicom,
     free_port,
     status_counts,
     stored_ok,
@@ -252,3 +254,54 @@ def test_a_full_disk_holds_jobs_only_until_space_returns_and_health_says_so(tmp_
     finally:
         stop.set()
         svc.kill9()
+
+
+# -- issue 22, item 3: a cart that reuses a SOP Instance UID ------------------------------------
+def test_a_reused_source_uid_with_other_content_gets_its_own_output_uids(tmp_path, tiny_checkpoint, shared_data):
+    """8 C-STOREs with one SOP Instance UID and different waveforms used to give 8 results
+    with one output SOP Instance UID (the PACS kept one). A replay of the same bytes still
+    gives the same output UIDs (no duplicate at PACS)."""
+    ds = dcmread(shared_data / "dicom" / "hemodynamic" / "ge_maclab_12lead_in_hemodynamic_sop.dcm")
+    group = ds.WaveformSequence[0]
+    channels = int(group.NumberOfWaveformChannels)
+    samples = np.frombuffer(group.WaveformData, dtype="<i2")
+    uid = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    cart = tmp_path / "cart"
+    cart.mkdir()
+    files = []
+    for i in range(8):   # the same UID, another recording each time (the samples shifted in time)
+        group.WaveformData = np.roll(samples, 37 * channels * i).astype("<i2").tobytes()
+        files.append(cart / f"same_uid_{i}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        cfg = write_config(tmp_path / "site", tiny_checkpoint,
+                           pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+        with Service(cfg) as svc:
+            sent = storescu(svc.port, files)
+            assert len(stored_ok(sent.stdout + sent.stderr)) == 8
+            wait_for(lambda: svc.settled(8), 120, "8 results delivered")
+            results = sorted(svc.output.glob(f"{uid}*.dcm"))
+            waveforms = [p for p in results if not p.name.endswith(".report.dcm")]
+            assert len(waveforms) == 8
+            output_uids = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in waveforms}
+            assert len(output_uids) == 8
+            assert sum(1 for u in output_uids for hit in pacs.lookup(u) if hit["Type"] == "Instance") == 8
+            assert len(pacs.instances()) == 16   # each: the waveform and its report page
+            # visible: the log (UID hashed), the job's note in status, the result's .json
+            log = svc.log_text()
+            assert log.count("came with different content in job") == 7 and uid not in log
+            notes = [job["note"] for job in svc.jobs()]
+            assert notes[0] is None and all("reuses UIDs" in n for n in notes[1:])
+            meta = json.loads((svc.output / f"{uid}-8.json").read_text())
+            assert meta["source_uid_reused"]["other_jobs"] == [1, 2, 3, 4, 5, 6, 7]
+            shown = ecg_dicom("status", "--config", str(cfg), "8")
+            assert "note: the source SOP Instance UID came with different content" in shown.stdout
+            # a replay of the first object's bytes: its own job, the same output UIDs as the first
+            sent = storescu(svc.port, files[:1])
+            assert len(stored_ok(sent.stdout + sent.stderr)) == 1
+            wait_for(lambda: svc.settled(9), 60, "the replay delivered")
+            first = dcmread(svc.output / f"{uid}.dcm", stop_before_pixels=True).SOPInstanceUID
+            replay = dcmread(svc.output / f"{uid}-9.dcm", stop_before_pixels=True).SOPInstanceUID
+            assert replay == first
+            assert len(pacs.instances()) == 16

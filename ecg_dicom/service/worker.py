@@ -34,9 +34,9 @@ from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_rea
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool
 from ecg_dicom.inputs import LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
-from ecg_dicom.logsafe import strip_wire, wire
+from ecg_dicom.logsafe import strip_wire, uid_hash, wire
 from ecg_dicom.service.memory import release_freed_memory
-from ecg_dicom.outputs.results import result_file_names, write_outputs
+from ecg_dicom.outputs.results import result_file_names, uid_anchor_hash, write_outputs
 from ecg_dicom.queue import Job, JobQueue
 
 LOG = logging.getLogger("ecg_dicom.worker")
@@ -303,7 +303,7 @@ class Worker:
                 LOG.info("%s: its output name is taken by another input; results get a distinct name "
                          "(ecg-dicom status %d shows them)", job.tag, job.id)
             written = write_outputs(out, stem, inp, result, self.reconstructor, "both", confidence=False,
-                                    report=self.report_paper)
+                                    report=self.report_paper, remarks=self.source_reuse(job, inp))
         except InputError as exc:
             self.reject(job, str(exc))
             return
@@ -331,6 +331,25 @@ class Worker:
         self.spool.remove(job)
         LOG.info("%s: %d outputs written, signal quality %s, %s", job.tag, len(outputs),
                  inp.quality.status if inp.quality else "n/a", "awaiting delivery" if self.deliver else "done")
+
+    def source_reuse(self, job: Job, inp: LeadInput) -> dict | None:
+        """A DICOM input whose SOP Instance UID came with other content in another job (a cart that
+        reuses UIDs): logged (UID hashed), noted in the job and returned for the result's
+        ``.json``; its outputs get their own UIDs (they derive from UID and content). None
+        otherwise."""
+        uid = str(inp.dataset.get("SOPInstanceUID", "") or "") if inp.dataset is not None else ""
+        if not uid:
+            return None
+        others = self.queue.note_source(uid, uid_anchor_hash(inp), job.id)
+        if not others:
+            return None
+        jobs = ", ".join(str(i) for i in others[:10]) + (" ..." if len(others) > 10 else "")
+        text = (f"the source SOP Instance UID came with different content in job {jobs} too: the source reuses "
+                "UIDs; this result has output UIDs of its own")
+        LOG.warning("%s: source SOP Instance %s came with different content in job %s too: its results get output "
+                    "UIDs of their own", job.tag, uid_hash(uid), jobs)
+        self.queue.set_note(job.id, text)
+        return {"source_uid_reused": {"other_jobs": others, "note": text}}
 
     def reject(self, job: Job, reason: str) -> None:
         """Move the input to ``rejected/`` and then write ``<stem>.reason.txt`` beside it, last,
