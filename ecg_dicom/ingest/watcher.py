@@ -25,7 +25,13 @@ is taken. A sidecar that arrives after its ``.npy`` was taken, or one that has h
 ``.npy`` beside it for ``stray_sidecar_s``, is moved to ``rejected/`` with a reason (a
 rejected job of its own, listed by ``ecg-dicom status``), never left in the folder forever.
 
-Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``).
+Skipped: hidden files (``.name``; but ``..npy``, ``.dcm``..., nothing but dots before an
+input suffix, are inputs with no name), partial files (``*.part``, ``*.tmp``, ``*~``).
+What can never be an input is moved to ``rejected/`` with a reason (a rejected job, listed by
+``ecg-dicom status``) at the next rescan, never opened and never left in the folder: named
+pipes (FIFOs), device nodes and sockets, and folders named like an input (``x.npy/``,
+``x.dcm/``). Where it cannot be moved (``rejected/`` on another file system, no
+permission) one WARNING says why, once.
 A symbolic link is taken as a link (never followed, never read) and refused by the worker
 with a reason. While the job store's backlog is at the high-water mark
 (``limits.queue_high_water``) no file is taken: dropped files wait in the folder, safe,
@@ -47,7 +53,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ecg_dicom.config import Watcher as WatcherSettings
-from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
+from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, safe_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool, output_name
 from ecg_dicom.inputs import incomplete_reason
 from ecg_dicom.queue import new_key
@@ -61,9 +67,32 @@ EVENTED_FALLBACK_S = 30.0
 SAME_NAME_WINDOW_S = 60.0   # a file named like one taken this recently may be its second part
 
 
+_INPUT_SUFFIXES = ("npy", "dcm", "dicom")
+# what a rescan finds that is neither a file nor a link: (test of st_mode, what the reason calls it)
+_NOT_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device node"),
+              (stat.S_ISBLK, "a block device node"), (stat.S_ISSOCK, "a socket"))
+
+
 def is_candidate(path: Path) -> bool:
-    """True for a file name the watcher may take (not hidden, partial or a sidecar)."""
-    return not path.name.startswith(".") and not path.name.lower().endswith(_SKIP_SUFFIXES)
+    """True for a file name the watcher may take (not hidden, partial or a sidecar). A name
+    that is nothing but dots and an input suffix (``..npy``) is an input without a name, not a
+    hidden file."""
+    name = path.name
+    hidden = name.startswith(".") and name.lstrip(".").lower() not in _INPUT_SUFFIXES
+    return not hidden and not name.lower().endswith(_SKIP_SUFFIXES)
+
+
+def never_input(path: Path, mode: int) -> str | None:
+    """Why the folder entry ``path`` (its own ``mode``) can never be an input, or None: a
+    FIFO, device node or socket (never opened: reading a FIFO blocks), or a folder named like
+    an input."""
+    for test, what in _NOT_FILES:
+        if test(mode):
+            return f"{what}, not a file: refused unread (only regular files are taken)"
+    if stat.S_ISDIR(mode) and path.name.lower().rsplit(".", 1)[-1] in _INPUT_SUFFIXES and "." in path.name:
+        return ("a folder named like an input: the watched folder is read at its top level only; drop the "
+                ".npy/.dcm files themselves")
+    return None
 
 
 class _Events(FileSystemEventHandler):
@@ -118,6 +147,8 @@ class FolderWatcher:
         self._taken: dict[str, tuple[int, float]] = {}
         # sidecars seen with no .npy beside them: path -> monotonic time first seen so
         self._lone_sidecars: dict[Path, float] = {}
+        # entries that can never be inputs but could not be moved aside: (path, inode), warned once
+        self._stuck: set[tuple[Path, int]] = set()
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
         # path -> (size, mtime_ns, monotonic time this signature was first seen,
@@ -175,6 +206,15 @@ class FolderWatcher:
             LOG.error("cannot list the watch folder %s: %s", self.folder, exc)
             return
         for entry in entries:
+            if is_candidate(entry):
+                try:
+                    st = entry.lstat()
+                except OSError:
+                    continue
+                reason = never_input(entry, st.st_mode)
+                if reason is not None:
+                    self._refuse_entry(entry, st, reason)
+                    continue
             self.notify(entry, complete=False)
 
     def take_ready(self) -> int:
@@ -360,6 +400,33 @@ class FolderWatcher:
             return 0
         except OSError as exc:
             LOG.error("job %d: cannot move the refused sidecar (%s)", job_id, exc)
+        LOG.warning("job %d rejected: %s", job_id, reason)
+        return 1
+
+    def _refuse_entry(self, path: Path, st: os.stat_result, reason: str) -> int:
+        """Move something that can never be an input to ``rejected/`` (renamed, never opened
+        or copied) with its reason, recorded as a rejected job; where it cannot be moved,
+        one WARNING."""
+        if (path, st.st_ino) in self._stuck:
+            return 0
+        name = safe_stem(path.name)
+        try:
+            self.rejected.mkdir(parents=True, exist_ok=True)
+            stem = free_stem(self.rejected, name, ("", REASON_SUFFIX))
+            os.rename(path, self.rejected / stem)   # a rename only: copying a FIFO would block
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            self._stuck.add((path, st.st_ino))
+            LOG.warning("a folder entry that can never be an input stays in the watched folder: %s; it cannot be "
+                        "moved to %s (%s): remove it", reason, self.rejected, exc.strerror or exc)
+            return 0
+        job_id = self.spool.queue.add_rejected(new_key(), output_name(path.name), "watch", path.name, reason,
+                                               [REJECTED_PREFIX + stem, REJECTED_PREFIX + stem + REASON_SUFFIX])
+        try:
+            write_reason(self.rejected, stem, reason)
+        except OSError as exc:
+            LOG.error("job %d: cannot write the reason file (%s)", job_id, exc)
         LOG.warning("job %d rejected: %s", job_id, reason)
         return 1
 
