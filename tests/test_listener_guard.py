@@ -451,6 +451,59 @@ def test_the_watched_folder_waits_while_the_backlog_is_at_high_water(tmp_path):
     queue.close()
 
 
+def test_the_high_water_mark_is_never_passed_by_concurrent_senders(listener, shared_data, tmp_path):
+    """Issue 22 item 5: check and insert were not atomic across associations (203 for 200)."""
+    svc = listener(limits={"queue_high_water": 20}, max_associations=10)
+    files = ecg_copies(shared_data, tmp_path / "ecgs", 64)
+    peak = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], svc.queue.backlog())
+            stop.wait(0.005)
+
+    sampler = threading.Thread(target=watch, daemon=True)
+    sampler.start()
+    senders = [subprocess.Popen([dcmtk("storescu"), "-v", "-aet", CART_AET, "-aec", SERVICE_AET, "127.0.0.1",
+                                 str(svc.port), *map(str, files[i::8])], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in range(8)]
+    outputs = [p.communicate(timeout=120)[0] for p in senders]
+    stop.set()
+    sampler.join(5)
+    accepted = sum(len(stored_ok(out)) for out in outputs)
+    assert accepted == 20 and svc.queue.backlog() == 20 and peak[0] <= 20, (accepted, peak)
+    assert all("Refused: OutOfResources" in out for out in outputs if len(stored_ok(out)) < 8)
+
+
+def test_the_watched_folder_resumes_below_90_percent_of_the_mark(tmp_path, caplog):
+    """The watcher flapped between "back-pressure" and "over" at every job around the mark."""
+    from ecg_dicom.config import Watcher as WatcherSettings
+    from ecg_dicom.ingest.watcher import FolderWatcher
+
+    caplog.set_level("INFO", logger="ecg_dicom")
+    (tmp_path / "inbox").mkdir()
+    queue = JobQueue(tmp_path / "work" / "queue.sqlite3")
+    spool = Spool(tmp_path / "work" / "spool", queue)
+    for i in range(10):
+        queue.add(f"{i:016d}", f"job{i}", "scp", "x")
+    watcher = FolderWatcher(tmp_path / "inbox", spool, WatcherSettings(), high_water=10)
+    paused = []
+    for _ in range(3):   # the worker finishes one job, another arrives, ... around the mark
+        paused.append(watcher._backlog_full())
+        job = queue.claim(1)[0]
+        queue.processed(job.id, [], deliver=False)
+        paused.append(watcher._backlog_full())   # 9 of 10: still paused (resumes below 9)
+        queue.add(f"{job.id + 100:016d}", "again", "scp", "x")
+    assert paused == [True] * 6
+    for job in queue.claim(2):
+        queue.processed(job.id, [], deliver=False)
+    assert watcher._backlog_full() is False      # 8: below 90 % of the mark
+    assert caplog.text.count("back-pressure: 10 jobs waiting") == 1
+    assert caplog.text.count("back-pressure over") == 1
+    queue.close()
+
+
 def test_health_and_metrics_endpoints():
     import json
     import urllib.error

@@ -97,21 +97,12 @@ class StoreGate:
         self._lock = threading.Lock()
 
     def refusal(self, event: evt.Event, data: bytes | None) -> tuple[int, str, str] | None:
-        """(status, metric label, reason) to answer instead of storing, or None to store."""
+        """(status, metric label, reason) to answer instead of storing, or None to store
+        (the backlog is checked by :meth:`ecg_dicom.ingest.Spool.admit`, with the store)."""
         received = self.admission.take_oversize(event.assoc)
         if received is not None:
             return TOO_LARGE, "too_large", (f"data set over {self.limits.max_input_bytes} bytes "
                                             "(limits.max_input_bytes)")
-        backlog = self.spool.queue.backlog()
-        if backlog >= self.limits.queue_high_water:
-            with self._lock:
-                now = time.monotonic()
-                if now - self._last_warning >= BACKPRESSURE_LOG_S:
-                    self._last_warning = now
-                    LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water %d): stores answered "
-                                "0xA700 Out of Resources until the backlog is below it", backlog,
-                                self.limits.queue_high_water)
-            return OUT_OF_RESOURCES, "queue_full", "queue full: retry later"
         if data is not None:
             try:
                 check_input_bytes(len(data), self.limits)
@@ -120,6 +111,17 @@ class StoreGate:
             except InputError as exc:
                 return TOO_LARGE, "corrupt" if "corrupt" in str(exc) else "too_large", str(exc)
         return None
+
+    def backpressure(self) -> tuple[int, str, str]:
+        """The answer while the backlog is at the high-water mark (one warning per BACKPRESSURE_LOG_S)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_warning >= BACKPRESSURE_LOG_S:
+                self._last_warning = now
+                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water %d): stores answered "
+                            "0xA700 Out of Resources until the backlog is below it", self.spool.queue.backlog(),
+                            self.limits.queue_high_water)
+        return OUT_OF_RESOURCES, "queue_full", "queue full: retry later"
 
 
 def handle_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None = None) -> Any:
@@ -138,7 +140,15 @@ def handle_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: St
 
 def _store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None) -> Any:
     uid = str(event.request.AffectedSOPInstanceUID or "instance")
+    with spool.admit(gate.limits.queue_high_water if gate is not None else None) as admitted:
+        return _admitted_store(event, spool, counter, gate, uid, admitted)
+
+
+def _admitted_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None, uid: str,
+                    admitted: bool) -> Any:
     refusal = gate.refusal(event, None) if gate is not None else None
+    if refusal is None and not admitted and gate is not None:
+        refusal = gate.backpressure()
     data = b""
     if refusal is None:
         data = event.encoded_dataset(include_meta=False)

@@ -34,7 +34,8 @@ pipes (FIFOs), device nodes and sockets, and folders named like an input (``x.np
 permission) one WARNING says why, once.
 A symbolic link is taken as a link (never followed, never read) and refused by the worker
 with a reason. While the job store's backlog is at the high-water mark
-(``limits.queue_high_water``) no file is taken: dropped files wait in the folder, safe,
+(``limits.queue_high_water``; counted together with the C-STOREs being stored, so the mark is
+never passed, and resumed below 90 % of it) no file is taken: dropped files wait in the folder, safe,
 until the worker catches up.
 """
 
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import stat
@@ -65,6 +67,7 @@ _SKIP_SUFFIXES = (*_PARTIAL_SUFFIXES, SIDECAR_SUFFIX)
 _TICK_S = 0.2
 EVENTED_FALLBACK_S = 30.0
 SAME_NAME_WINDOW_S = 60.0   # a file named like one taken this recently may be its second part
+RESUME_FRACTION = 0.9       # after back-pressure, files are taken again once the backlog is below 90 % of the mark
 
 
 _INPUT_SUFFIXES = ("npy", "dcm", "dicom")
@@ -329,13 +332,15 @@ class FolderWatcher:
             note = (f"A file of the same name was taken {time.monotonic() - earlier[1]:.1f} s before it (job "
                     f"{earlier[0]}): if one file was written in several opens, each part is rejected; drop files "
                     "by writing them elsewhere or as NAME.part, then renaming them into the folder.")
-        try:
-            job_id = self.spool.claim(path, origin="watch",
-                                      sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None,
-                                      note=note)
-        except OSError as exc:
-            LOG.error("cannot take a dropped file into the spool: %s", exc)
-            return 0
+        with self.spool.admit(self.high_water) as admitted:   # the mark, atomically with the C-STOREs
+            if not admitted:
+                return 0   # stays in the folder; taken once the backlog is below the mark
+            try:
+                job_id = self.spool.claim(path, origin="watch", note=note,
+                                          sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None)
+            except OSError as exc:
+                LOG.error("cannot take a dropped file into the spool: %s", exc)
+                return 0
         if job_id is None:
             return 0
         self._remember_taken(path.name, job_id)
@@ -431,15 +436,18 @@ class FolderWatcher:
         return 1
 
     def _backlog_full(self) -> bool:
-        """True (files are left where they are) while the backlog is at the high-water mark."""
+        """True (files are left where they are) from when the backlog reaches the high-water
+        mark until it is below RESUME_FRACTION of it (hysteresis: the pause is not logged on
+        and off at every job around the mark)."""
         if self.high_water is None:
             return False
-        full = self.spool.queue.backlog() >= self.high_water
+        backlog = self.spool.queue.backlog()
+        full = backlog >= (self.high_water * RESUME_FRACTION if self.paused else self.high_water)
         if full != self.paused:
             self.paused = full
             if full:
-                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water): the watch folder waits",
-                            self.high_water)
+                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water): the watch folder waits until "
+                            "the backlog is below %d", self.high_water, math.ceil(self.high_water * RESUME_FRACTION))
             else:
                 LOG.info("back-pressure over: the watch folder is taken again")
         return full
