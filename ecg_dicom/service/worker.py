@@ -10,7 +10,8 @@ Long inputs do not hold short ones back: an input of more than :data:`LONG_JOB_W
 model windows (about 2.7 minutes of ECG) is a long job, worked on one forward batch at a
 time (:class:`~ecg_dicom.core.inference.ReconstructionTask`) with the short jobs that
 arrive meanwhile done in between; its progress is logged every :data:`PROGRESS_LOG_STEP` %. One long job is in hand at a time (others wait their turn in the job store), so
-memory stays bounded, and what it freed is handed back to the system afterwards. A stop
+memory stays bounded, and what it freed is handed back to the system afterwards (as is what
+a burst of inputs freed, whenever the worker runs out of work). A stop
 request is honoured between two steps: a long job in hand goes back to ``waiting`` and
 starts again at the next start.
 """
@@ -94,6 +95,7 @@ class Worker:
         self._unreleased: set[int] = set()
         self._orphans_possible = False
         self._store_failures = 0
+        self._busy = False  # work was done since the worker last found nothing to do
         self.long: _LongJob | None = None
         self._later: set[int] = set()  # long jobs put back while another one is in hand
 
@@ -106,7 +108,12 @@ class Worker:
             try:
                 failures = self._store_failures
                 self.requeue_orphans()
-                if not self.step(stop):
+                if self.step(stop):
+                    self._busy = True
+                else:
+                    if self._busy:   # a burst is over: hand what it freed back to the system
+                        self._busy = False
+                        release_freed_memory()
                     self.queue.wait_for_new(1.0)
                 if self._store_failures == failures:  # a whole step without a failure of the store
                     self._store_ok()
