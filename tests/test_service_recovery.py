@@ -308,3 +308,61 @@ def test_a_reused_source_uid_with_other_content_gets_its_own_output_uids(tmp_pat
             replay = dcmread(svc.output / f"{uid}-9.dcm", stop_before_pixels=True).SOPInstanceUID
             assert replay == first
             assert len(pacs.instances()) == 16
+
+
+# -- issue 22: durability repeated after its changes ---------------------------------------------
+PACS_DOWN_S = float(os.environ.get("DURABILITY_PACS_DOWN_S", "20"))   # the issue's run: 60
+
+
+def _send_all(port: int, files: list[str], senders: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([dcmtk("storescu"), "-v", "-aet", "CART1", "-aec", "ECGDICOM", "127.0.0.1", str(port),
+                              *files[i::senders]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(senders) if files[i::senders]]
+
+
+def test_three_kill_9s_under_six_senders_and_a_pacs_outage_lose_nothing_and_duplicate_nothing(
+        tmp_path, tiny_checkpoint, shared_data):
+    """6 carts sending at once; the service killed (-9) three times while they send; the PACS
+    down for PACS_DOWN_S meanwhile (from the first kill). The carts send again what was not
+    acknowledged. Every input ends with exactly one result (and one report page) at Orthanc,
+    counted by SOP Instance UID."""
+    inputs = make_inputs(shared_data / "dicom" / "hemodynamic" / "ge_maclab_12lead_in_hemodynamic_sop.dcm",
+                         tmp_path / "cart", 90)
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        cfg = write_config(tmp_path / "site", tiny_checkpoint, max_associations=10,
+                           pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+        svc = Service(cfg).start()
+        acked: set[str] = set()
+        down_since = None
+        try:
+            for kill in range(3):
+                before = sum(svc.counts().values())
+                carts = _send_all(svc.port, [p for p in inputs if p not in acked], 6)
+                wait_for(lambda: sum(svc.counts().values()) >= before + 12, 60, "stores accepted", interval=0.01)
+                svc.kill9()
+                for cart in carts:
+                    acked |= set(stored_ok(cart.communicate(timeout=60)[0]))
+                if kill == 0:
+                    pacs.stop()
+                    down_since = time.monotonic()
+                svc.start()
+            rest = [p for p in inputs if p not in acked]
+            for cart in _send_all(svc.port, rest, 6):
+                acked |= set(stored_ok(cart.communicate(timeout=120)[0]))
+            assert acked == set(inputs)
+            wait_for(lambda: svc.counts().get("delivering", 0) + svc.counts().get("done", 0) >= len(inputs), 120,
+                     "every result written, awaiting the PACS")
+            time.sleep(max(0.0, PACS_DOWN_S - (time.monotonic() - down_since)))
+            pacs.start()
+            wait_for(lambda: svc.settled(len(inputs)), 120, "every result delivered once the PACS is back")
+            counts = svc.counts()
+            assert set(counts) == {"done"}, counts
+            # 0 lost, 0 duplicated: one result per input, and nothing else at the PACS
+            copies = {uid: orthanc_copies(pacs, svc.output, uid) for uid in inputs.values()}
+            assert set(copies.values()) == {1}, {u: n for u, n in copies.items() if n != 1}
+            assert len(pacs.instances()) == 2 * len(inputs)   # each: the waveform and its report page
+            print(f"durability: {len(inputs)} inputs, 3 kill -9, PACS down {PACS_DOWN_S:g} s: "
+                  f"{counts['done']} jobs done, {len(pacs.instances())} instances at Orthanc")
+            assert svc.stop() == 0
+        finally:
+            svc.kill9()

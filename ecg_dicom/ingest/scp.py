@@ -159,14 +159,19 @@ def _admitted_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate:
         if status != OUT_OF_RESOURCES:
             LOG.warning("store from %s refused (0x%04X): %s", caller_text(event.assoc), status, reason)
         return _status(status, reason)
+    was_failing = spool.failing
     try:
         data = event.encoded_dataset(include_meta=True)
         job_id = spool.store_bytes(data, f"{uid}.dcm", origin="scp")
     except (OSError, sqlite3.Error) as exc:
-        LOG.error("store from %s not accepted: cannot spool it (%s)", caller_text(event.assoc), exc)
+        # one ERROR when spooling starts failing (disk full...), not one per store meanwhile
+        LOG.log(logging.DEBUG if was_failing else logging.ERROR, "store from %s not accepted: cannot spool it "
+                "(%s); stores are answered 0xA700 Out of Resources until it works again", caller_text(event.assoc), exc)
         metrics.STORES.labels("out_of_resources").inc()
         # Failed - Out of Resources (disk full, I/O error, queue unavailable): the sender retries
         return OUT_OF_RESOURCES
+    if was_failing:
+        LOG.info("stores are spooled again")
     counter.add(event.assoc)
     metrics.STORES.labels("success").inc()
     LOG.info("job %d accepted from %s (%d bytes)", job_id, caller_text(event.assoc), len(data))
