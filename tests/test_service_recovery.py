@@ -311,7 +311,7 @@ def test_a_reused_source_uid_with_other_content_gets_its_own_output_uids(tmp_pat
 
 
 # -- issue 22: durability repeated after its changes ---------------------------------------------
-PACS_DOWN_S = float(os.environ.get("DURABILITY_PACS_DOWN_S", "20"))   # the issue's run: 60
+PACS_DOWN_S = float(os.environ.get("DURABILITY_PACS_DOWN_S", "10"))   # the issue's run: 60
 
 
 def _send_all(port: int, files: list[str], senders: int) -> list[subprocess.Popen]:

@@ -286,9 +286,16 @@ def test_a_job_whose_release_failed_on_a_full_disk_is_done_once_space_returns(si
     caplog.set_level("INFO", logger="ecg_dicom")
     folders, queue, spool, worker, _ = site
     job_id = spool.store_bytes(npy_bytes(synthetic_lead(seconds=5.0)), "full.npy", "test")
-    failures = {"write": 3, "release": 1, "claim": 2}
+    failures = {"reserve": 1, "write": 3, "release": 1, "claim": 2}
     states: list[bool] = []
     real_write, real_release, real_claim = worker_module.write_outputs, queue.release, queue.claim
+    real_reserve = queue.reserve_names
+
+    def reserve(*args, **kwargs):   # the job store full when the names are reserved: not the input's fault
+        if failures["reserve"]:
+            failures["reserve"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_reserve(*args, **kwargs)
 
     def write(*args, **kwargs):
         if failures["write"]:
@@ -313,6 +320,7 @@ def test_a_job_whose_release_failed_on_a_full_disk_is_done_once_space_returns(si
     monkeypatch.setattr(worker_module, "OUTPUT_RETRY_S", 0.05)
     monkeypatch.setattr(queue, "release", release)
     monkeypatch.setattr(queue, "claim", claim)
+    monkeypatch.setattr(queue, "reserve_names", reserve)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -326,3 +334,4 @@ def test_a_job_whose_release_failed_on_a_full_disk_is_done_once_space_returns(si
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 2, errors   # one when outputs start failing, one when the job store does
     assert "job store can be written again" in caplog.text and "outputs can be written again" in caplog.text
+    assert "Traceback" not in caplog.text and queue.counts()["rejected"] == 0

@@ -314,6 +314,10 @@ class Worker:
         except InputError as exc:
             self.reject(job, str(exc))
             return
+        except sqlite3.Error as exc:  # the job store failing (disk full): not the input's fault
+            self._store_failed(exc)
+            self._release(job)
+            return
         except OSError as exc:
             if self.output_failing_since is None:
                 self.output_failing_since = time.monotonic()
