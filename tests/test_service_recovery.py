@@ -240,7 +240,11 @@ def test_a_full_disk_holds_jobs_only_until_space_returns_and_health_says_so(tmp_
         wait_for(lambda: 503 in seen, 30, "/health not ready while the disk is full")
         time.sleep(3)   # the worker tries again meanwhile (every 5 s)
         filler.unlink()
+        freed = time.monotonic()
         wait_for(lambda: svc.settled(1 + len(acked)), 90, "every accepted job done once space is back")
+        print(f"full disk: {len(acked)} stores accepted, {len(refused)} answered 0xA700, /health 503 in "
+              f"{seen.count(503)} of {len(seen)} polls; all accepted done {time.monotonic() - freed:.1f} s after "
+              "space returned")
         wait_for(lambda: health(http) == 200, 30, "/health ready again")
         assert svc.proc.pid == pid   # no restart
         assert svc.counts() == {"done": 1 + len(acked)}
