@@ -2,7 +2,11 @@
 #   make image                        (docker where it runs, else podman: localhost/ecg-dicom:latest)
 #   docker build -t ecg-dicom .
 #   docker run -p 127.0.0.1:11112:11112 -v ecg-data:/data [-v ./my-site.yaml:/config/site.yaml:ro] ecg-dicom
-# (host loopback only; -p 11112:11112 opens the port to the network: see config/docker.yaml)
+#              (+ -v ./tls:/config/tls:ro: see below)
+# (host loopback only; -p 11112:11112 opens the port to the network: see config/docker.yaml.
+# The shipped config listens with DICOM TLS: without a certificate and key mounted at
+# /config/tls/{server.crt,server.key,ca.crt} it does not start, unless your config opts out
+# with listen.insecure_plaintext_ok: true)
 #
 # BASE: any Debian-like image with python3 (>= 3.11) and its venv module. Without a registry,
 # `make image` builds localhost/debian-base:bookworm (mmdebstrap, Debian's python3) and passes it.

@@ -21,6 +21,7 @@ strict (``"11112"`` is not a port, ``true`` is not a number).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -62,6 +63,17 @@ def _ae_title(value: str) -> str:
         raise ValueError(f"{value!r} is not an AE title (1-{AE_TITLE_MAX} printable ASCII characters, "
                          "no backslash)")
     return value
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.x, ::1, localhost)."""
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _host(value: str) -> str:
@@ -139,20 +151,39 @@ class ClientTls:
 
 @dataclass(config=_STRICT)
 class Listen:
-    """Where the C-STORE SCP listens; ``timeout_s`` is its DIMSE/network timeout.
+    """Where the C-STORE SCP listens; ``timeout_s`` is its DIMSE timeout (a message begun
+    must be complete within it).
 
     ``handshake_timeout_s``: how long a new connection may take to complete TLS and send its
     A-ASSOCIATE request (real carts need milliseconds), so idle connections cannot hold the
-    listener; ``max_pending``: connections allowed to be in that phase at once (the oldest is
-    dropped for a new one). ``tls``: DICOM TLS; with it, plain connections are refused.
+    listener; ``max_pending``: connections allowed to be in that phase at once (they take no
+    association slot; past it the oldest of the address holding the most is dropped).
+    ``idle_timeout_s``: an association on which nothing arrives for this long is aborted;
+    ``preempt_idle_s``: while every slot is taken, an association that has sent no DIMSE
+    message and has been idle this long gives its slot to a new request (one that has, after
+    2 s idle; never one in the middle of a store). ``tls``: DICOM TLS; with it,
+    plain connections are refused. ``insecure_plaintext_ok``: listening on an address other
+    than loopback without TLS is refused at start unless this is true (see README, Security).
     """
 
     host: Host = "127.0.0.1"
     port: Port = 11112
     timeout_s: Seconds = 30.0
-    handshake_timeout_s: Seconds = 5.0
-    max_pending: Count = 32
+    handshake_timeout_s: Seconds = 3.0
+    max_pending: Count = 256
+    idle_timeout_s: Seconds = 10.0
+    preempt_idle_s: Seconds = 0.2
     tls: ServerTls | None = None
+    insecure_plaintext_ok: StrictBool = False
+
+    @model_validator(mode="after")
+    def _plaintext_on_a_network(self) -> "Listen":
+        if self.tls is None and not self.insecure_plaintext_ok and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and tls is not set: DICOM would travel unencrypted "
+                "and AE titles are not secrets. Configure listen.tls (a mounted certificate and key), or set "
+                "listen.insecure_plaintext_ok: true to accept plain DICOM on the network (README, Security)")
+        return self
 
 
 @dataclass(config=_STRICT)

@@ -35,6 +35,7 @@ _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
 _OURS = "ecg_dicom"
 MAX_WIRE_CHARS = 64
 MAX_LINE_CHARS = 2000
+TRACEBACK_HEADER = "Traceback (most recent call last):"
 
 
 def digest(value: object, n: int = 8) -> str:
@@ -110,10 +111,13 @@ class SafeFormatter(logging.Formatter):
             record.message = saved
 
     def formatException(self, ei) -> str:  # noqa: N802
+        """``Traceback (most recent call last):``, the frames, and the exception's type with its
+        message hashed (the header as Python writes it, so ``grep Traceback`` finds every one)."""
         exc_type, exc, tb = ei
         frames = "".join(traceback.format_tb(tb)).rstrip("\n")
         name = getattr(exc_type, "__name__", "Exception")
-        return escape(f"{frames}\n{name}: (message withheld, #{digest(exc)})").replace("\\n", "\n")
+        text = escape(f"{frames}\n{name}: (message withheld, #{digest(exc)})").replace("\\n", "\n")
+        return f"{TRACEBACK_HEADER}\n{text}"
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802
         return escape(stack_info).replace("\\n", "\n")

@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, next_attempt);
+CREATE TABLE IF NOT EXISTS source_uids (   -- which content arrived under which source SOP Instance UID
+    uid     TEXT NOT NULL,
+    content TEXT NOT NULL,            -- the content hash the output UIDs derive from
+    job_id  INTEGER NOT NULL,
+    PRIMARY KEY (uid, content)
+);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS output_names (
     key    TEXT PRIMARY KEY,          -- the file name, case-folded
     job_id INTEGER NOT NULL
@@ -239,16 +246,27 @@ class JobQueue:
         row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('waiting', 'processing')").fetchone()
         return int(row[0])
 
+    def writable(self) -> bool:
+        """Whether a change can be committed now (one probe row is rewritten; False on a full
+        disk or a read-only store)."""
+        try:
+            self._db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+            return True
+        except sqlite3.Error:
+            return False
+
     def wait_for_new(self, timeout: float) -> None:
         """Block until a job is added (or ``timeout`` seconds pass)."""
         self._new_job.wait(timeout)
         self._new_job.clear()
 
     # -- worker ------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Put jobs interrupted while ``processing`` back to ``waiting``; returns how many."""
-        cur = self._db.execute("UPDATE jobs SET state = 'waiting', updated = ? WHERE state = 'processing'",
-                               (time.time(),))
+    def recover(self, exclude: Iterable[int] = ()) -> int:
+        """Put jobs interrupted while ``processing`` (but those in ``exclude``, still in hand)
+        back to ``waiting``; returns how many."""
+        skip = sorted(set(exclude))
+        cur = self._db.execute(f"UPDATE jobs SET state = 'waiting', updated = ? WHERE state = 'processing' "
+                               f"AND id NOT IN ({','.join('?' * len(skip))})", (time.time(), *skip))
         return cur.rowcount
 
     def claim(self, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
@@ -300,6 +318,20 @@ class JobQueue:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def note_source(self, uid: str, content: str, job_id: int) -> list[int]:
+        """Record that ``job_id`` brought ``content`` under source SOP Instance UID ``uid``;
+        returns the jobs that brought *other* content under the same UID (a source reusing
+        its UIDs), oldest first."""
+        db = self._db
+        db.execute("INSERT OR IGNORE INTO source_uids (uid, content, job_id) VALUES (?, ?, ?)", (uid, content, job_id))
+        rows = db.execute("SELECT job_id FROM source_uids WHERE uid = ? AND content != ? ORDER BY job_id",
+                          (uid, content)).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def set_note(self, job_id: int, note: str) -> None:
+        """Attach a remark to a job (shown by ``ecg-dicom status``)."""
+        self._db.execute("UPDATE jobs SET note = ?, updated = ? WHERE id = ?", (note, time.time(), job_id))
 
     def set_outputs(self, job_id: int, outputs: list[str]) -> None:
         """Record the files a job produced (or is about to), relative to the output folder."""

@@ -348,6 +348,7 @@ def test_fuzz_both_doors(tmp_path, tiny_checkpoint, shared_data):
         elapsed = time.monotonic() - t0
         time.sleep(2.0)
         rss_peak, rss_after = rss_mib(pid, "VmHWM"), rss_mib(pid)
+        print(f"fuzz burst: RSS {rss_before:.0f} MiB before, peak {rss_peak:.0f}, {rss_after:.0f} after")
 
         # the service still answers
         assert echoscu(service.port)

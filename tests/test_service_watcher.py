@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import threading
 import time
 
@@ -260,3 +261,50 @@ def test_a_refused_header_still_takes_its_signal_file_along(watched):
     time.sleep(1.5)
     [job] = queue.jobs()
     assert (spool.companions(job) / "rec.dat").is_file() and list(inbox.iterdir()) == []
+
+
+def test_entries_that_can_never_be_inputs_are_moved_aside_with_a_reason(watched, tmp_path, caplog):
+    """Issue 22 item 4: `..npy`, FIFOs, device nodes and folders named *.npy / *.dcm used to
+    stay in the inbox forever without a word. A FIFO is never opened (that would block)."""
+    inbox, queue, spool, start = watched
+    (inbox / "..npy").write_bytes(npy_bytes())
+    os.mkfifo(inbox / "pipe.npy")
+    os.mkfifo(inbox / "plain_fifo")
+    try:
+        os.mknod(inbox / "dev.dcm", 0o600 | stat.S_IFCHR, os.makedev(1, 3))   # like /dev/null
+        device = True
+    except PermissionError:
+        device = False
+    (inbox / "folder.npy").mkdir()
+    (inbox / "folder.npy" / "inside.npy").write_bytes(b"x")
+    (inbox / "study.DCM").mkdir()
+    (inbox / "archive").mkdir()            # an ordinary subfolder: not ours to move
+    start()
+    expected = 5 + device
+    wait_for(lambda: len(queue.jobs()) == expected, 15, "every entry taken or refused")
+    assert sorted(p.name for p in inbox.iterdir()) == ["archive"]
+    rejected = tmp_path / "rejected"
+    reasons = {p.name: p.read_text() for p in rejected.glob("*.reason.txt")}
+    assert "named pipe (FIFO)" in reasons["pipe.npy.reason.txt"] and "named pipe" in reasons["plain_fifo.reason.txt"]
+    assert stat.S_ISFIFO((rejected / "pipe.npy").lstat().st_mode)
+    assert "folder named like an input" in reasons["folder.npy.reason.txt"]
+    assert (rejected / "folder.npy" / "inside.npy").read_bytes() == b"x"   # moved whole, not emptied
+    assert "folder named like an input" in reasons["study.DCM.reason.txt"]
+    if device:
+        assert "device node" in reasons["dev.dcm.reason.txt"]
+    states = sorted(job.state for job in queue.jobs())
+    assert states == ["rejected"] * (expected - 1) + ["waiting"]      # `..npy` is an input: taken
+    [taken] = [job for job in queue.jobs() if job.state == "waiting"]
+    assert taken.source_name == "..npy" and spool.path(taken).read_bytes() == npy_bytes()
+    assert caplog.text.count("rejected: ") >= expected - 1
+
+
+def test_an_entry_that_cannot_be_moved_aside_is_named_once_in_the_log(watched, tmp_path, caplog):
+    inbox, queue, _, start = watched
+    (tmp_path / "rejected").write_text("a file where the rejected folder should be")
+    os.mkfifo(inbox / "pipe.npy")
+    start()
+    wait_for(lambda: "can never be an input stays in the watched folder" in caplog.text, 10, "the warning")
+    time.sleep(1.5)   # three more rescans
+    assert caplog.text.count("can never be an input stays in the watched folder") == 1
+    assert queue.jobs() == [] and (inbox / "pipe.npy").exists()

@@ -306,3 +306,67 @@ def test_an_assumed_rate_is_logged_and_written_with_the_result(site, caplog):
     assert json.loads((folders.output / "told.json").read_text())["fs_source"] == "sidecar"
     assumed = [r.getMessage() for r in caplog.records if "rate was assumed" in r.getMessage()]
     assert len(assumed) == 1 and "assumed to be 500 Hz" in assumed[0]
+
+
+def test_a_job_whose_release_failed_on_a_full_disk_is_done_once_space_returns(site, monkeypatch, caplog):
+    """Issue 22 item 1: the outputs cannot be written (ENOSPC) and the job store, on the same
+    full disk, cannot take the job back either: the job used to stay `processing` until a
+    restart. Now the worker hands it back itself once the store can be written again."""
+    import sqlite3
+
+    from peers import wait_for
+
+    import ecg_dicom.service.worker as worker_module
+
+    caplog.set_level("INFO", logger="ecg_dicom")
+    folders, queue, spool, worker, _ = site
+    job_id = spool.store_bytes(npy_bytes(synthetic_lead(seconds=5.0)), "full.npy", "test")
+    failures = {"reserve": 1, "write": 3, "release": 1, "claim": 2}
+    states: list[bool] = []
+    real_write, real_release, real_claim = worker_module.write_outputs, queue.release, queue.claim
+    real_reserve = queue.reserve_names
+
+    def reserve(*args, **kwargs):   # the job store full when the names are reserved: not the input's fault
+        if failures["reserve"]:
+            failures["reserve"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_reserve(*args, **kwargs)
+
+    def write(*args, **kwargs):
+        if failures["write"]:
+            failures["write"] -= 1
+            raise OSError(28, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    def release(job: int) -> None:
+        if failures["release"]:
+            failures["release"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        real_release(job)
+
+    def claim(*args, **kwargs):
+        states.append(worker.storage_ok)
+        if failures["claim"] and not failures["release"]:   # the store still full for a while
+            failures["claim"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "write_outputs", write)
+    monkeypatch.setattr(worker_module, "OUTPUT_RETRY_S", 0.05)
+    monkeypatch.setattr(queue, "release", release)
+    monkeypatch.setattr(queue, "claim", claim)
+    monkeypatch.setattr(queue, "reserve_names", reserve)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: queue.get(job_id).state == "done", 30, "the job done without a restart")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert (folders.output / "full.npy").is_file()
+    assert False in states and worker.storage_ok    # not ready while failing, ready again after
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors   # one when outputs start failing, one when the job store does
+    assert "job store can be written again" in caplog.text and "outputs can be written again" in caplog.text
+    assert "Traceback" not in caplog.text and queue.counts()["rejected"] == 0

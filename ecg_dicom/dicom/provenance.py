@@ -18,8 +18,10 @@ same deterministic way.
   and its version as Processing Equipment and, when the source names it, the cart as
   Acquisition Equipment (so a page drawn from our object alone can say which device).
 - UIDs: ``generate_uid(entropy_srcs=[kind, anchor, model version, input lead, ...])`` where
-  the anchor is the source SOP Instance UID (or the content hash): a replay of the same
-  input gives the same UIDs and never a duplicate at PACS.
+  the anchor is the source SOP Instance UID together with the content hash (without a
+  source: the content hash): a replay of the same input gives the same UIDs and never a
+  duplicate at PACS, and a cart that reuses a SOP Instance UID for another recording gets
+  other output UIDs (the PACS would otherwise keep one of the two results).
 """
 
 from __future__ import annotations
@@ -75,9 +77,10 @@ def valid_uid(value: object) -> bool:
 
 
 def uid_anchor(source: Dataset | None, content_hash: str | None) -> str:
-    """What the output UIDs are derived from: the source SOP Instance UID, else the content hash."""
+    """What the output UIDs are derived from: the source SOP Instance UID and the content
+    hash (either alone when the other is missing)."""
     source_uid = source.get("SOPInstanceUID") if source is not None else None
-    anchor = str(source_uid) if source_uid else content_hash
+    anchor = "\n".join(str(part) for part in (source_uid, content_hash) if part)
     if not anchor:
         raise ValueError("need the source's SOP Instance UID or the input's content hash for the UIDs")
     return anchor

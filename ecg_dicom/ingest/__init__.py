@@ -17,7 +17,10 @@ import errno
 import logging
 import os
 import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ecg_dicom.files import fsync_dir, safe_stem, write_bytes_atomic
 from ecg_dicom.queue import KEY_LENGTH, Job, JobQueue, new_key
@@ -53,6 +56,26 @@ class Spool:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.queue = queue
+        self.failing = False  # the last store_bytes failed (disk full, job store unavailable...)
+        self._admit_lock = threading.Lock()
+        self._admitted = 0  # inputs let in by admit() and not yet recorded (or given up)
+
+    @contextmanager
+    def admit(self, high_water: int | None) -> Iterator[bool]:
+        """Back-pressure, atomically for every door and association: yields True (and counts
+        the input as in flight until the block ends) when the backlog plus the inputs already
+        in flight is below ``high_water`` (None: no limit), else False. Check and count happen
+        under one lock, so concurrent senders never take the backlog past the mark."""
+        with self._admit_lock:
+            ok = high_water is None or self.queue.backlog() + self._admitted < high_water
+            if ok:
+                self._admitted += 1
+        try:
+            yield ok
+        finally:
+            if ok:
+                with self._admit_lock:
+                    self._admitted -= 1
 
     def path(self, job: Job) -> Path:
         """The job's input file."""
@@ -75,11 +98,27 @@ class Spool:
         target = self.folder / f"{key}-{safe_stem(filename)}"
         try:
             write_bytes_atomic(target, data)
-            return self.queue.add(key, output_name(filename), origin, target.name, source_name=filename)
+            job_id = self.queue.add(key, output_name(filename), origin, target.name, source_name=filename)
         except BaseException:
+            self.failing = True
             _unlink_quietly(target.with_name(f".{target.name}{_PART}"))
             _unlink_quietly(target)
             raise
+        self.failing = False
+        return job_id
+
+    def writable(self) -> bool:
+        """False while inputs cannot be spooled: after a failed :meth:`store_bytes`, until a
+        probe file can be written (and fsynced) in the spool again."""
+        if self.failing:
+            probe = self.folder / f".probe{_PART}"
+            try:
+                write_bytes_atomic(probe, b"probe")
+                self.failing = False
+            except OSError:
+                _unlink_quietly(probe.with_name(f".{probe.name}{_PART}"))
+            _unlink_quietly(probe)
+        return not self.failing
 
     def claim(self, path: Path, origin: str, sidecar: Path | None = None, note: str | None = None,
               companions: list[Path] = ()) -> int | None:

@@ -81,12 +81,14 @@ def build_ae(settings: Settings) -> AE:
     if callers is not None:
         ae.require_calling_aet = list(callers)
     ae.require_called_aet = True
-    # associations are counted by the Admission (see guard.py); pynetdicom's own count, which
-    # includes idle connections, only backs it up
-    ae.maximum_associations = settings.max_associations + settings.listen.max_pending + 8
-    # before the A-ASSOCIATE-RQ (ARTIM): short; afterwards the DIMSE / network timeouts
+    # associations are counted by the Admission (see guard.py); pynetdicom's own count includes
+    # the pending connections (and those being closed), so it is set where it never bites first
+    ae.maximum_associations = settings.max_associations + 2 * settings.listen.max_pending + 16
+    # before the A-ASSOCIATE-RQ (ARTIM): short; afterwards a message must be complete within the
+    # DIMSE timeout, and an association on which nothing arrives is aborted after idle_timeout_s
     ae.acse_timeout = settings.listen.handshake_timeout_s
-    ae.dimse_timeout = ae.network_timeout = settings.listen.timeout_s
+    ae.dimse_timeout = settings.listen.timeout_s
+    ae.network_timeout = settings.listen.idle_timeout_s
     return ae
 
 
@@ -114,21 +116,12 @@ class StoreGate:
         self._lock = threading.Lock()
 
     def refusal(self, event: evt.Event, data: bytes | None) -> tuple[int, str, str] | None:
-        """(status, metric label, reason) to answer instead of storing, or None to store."""
+        """(status, metric label, reason) to answer instead of storing, or None to store
+        (the backlog is checked by :meth:`ecg_dicom.ingest.Spool.admit`, with the store)."""
         received = self.admission.take_oversize(event.assoc)
         if received is not None:
             return TOO_LARGE, "too_large", (f"data set over {self.limits.max_input_bytes} bytes "
                                             "(limits.max_input_bytes)")
-        backlog = self.spool.queue.backlog()
-        if backlog >= self.limits.queue_high_water:
-            with self._lock:
-                now = time.monotonic()
-                if now - self._last_warning >= BACKPRESSURE_LOG_S:
-                    self._last_warning = now
-                    LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water %d): stores answered "
-                                "0xA700 Out of Resources until the backlog is below it", backlog,
-                                self.limits.queue_high_water)
-            return OUT_OF_RESOURCES, "queue_full", "queue full: retry later"
         if data is not None:
             try:
                 check_input_bytes(len(data), self.limits)
@@ -138,20 +131,43 @@ class StoreGate:
                 return TOO_LARGE, "corrupt" if "corrupt" in str(exc) else "too_large", str(exc)
         return None
 
+    def backpressure(self) -> tuple[int, str, str]:
+        """The answer while the backlog is at the high-water mark (one warning per BACKPRESSURE_LOG_S)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_warning >= BACKPRESSURE_LOG_S:
+                self._last_warning = now
+                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water %d): stores answered "
+                            "0xA700 Out of Resources until the backlog is below it", self.spool.queue.backlog(),
+                            self.limits.queue_high_water)
+        return OUT_OF_RESOURCES, "queue_full", "queue full: retry later"
+
 
 def handle_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None = None) -> Any:
     """EVT_C_STORE: check size and backlog, write the encoded dataset durably, record the
     job, then answer Success."""
     started = time.perf_counter()
+    if gate is not None:
+        gate.admission.store_started(event.assoc)
     try:
         return _store(event, spool, counter, gate)
     finally:
+        if gate is not None:
+            gate.admission.store_finished(event.assoc)
         metrics.STORE_SECONDS.observe(time.perf_counter() - started)
 
 
 def _store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None) -> Any:
     uid = str(event.request.AffectedSOPInstanceUID or "instance")
+    with spool.admit(gate.limits.queue_high_water if gate is not None else None) as admitted:
+        return _admitted_store(event, spool, counter, gate, uid, admitted)
+
+
+def _admitted_store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGate | None, uid: str,
+                    admitted: bool) -> Any:
     refusal = gate.refusal(event, None) if gate is not None else None
+    if refusal is None and not admitted and gate is not None:
+        refusal = gate.backpressure()
     data = b""
     if refusal is None:
         data = event.encoded_dataset(include_meta=False)
@@ -162,14 +178,19 @@ def _store(event: evt.Event, spool: Spool, counter: StoreCounter, gate: StoreGat
         if status != OUT_OF_RESOURCES:
             LOG.warning("store from %s refused (0x%04X): %s", caller_text(event.assoc), status, reason)
         return _status(status, reason)
+    was_failing = spool.failing
     try:
         data = event.encoded_dataset(include_meta=True)
         job_id = spool.store_bytes(data, f"{uid}.dcm", origin="scp")
     except (OSError, sqlite3.Error) as exc:
-        LOG.error("store from %s not accepted: cannot spool it (%s)", caller_text(event.assoc), exc)
+        # one ERROR when spooling starts failing (disk full...), not one per store meanwhile
+        LOG.log(logging.DEBUG if was_failing else logging.ERROR, "store from %s not accepted: cannot spool it "
+                "(%s); stores are answered 0xA700 Out of Resources until it works again", caller_text(event.assoc), exc)
         metrics.STORES.labels("out_of_resources").inc()
         # Failed - Out of Resources (disk full, I/O error, queue unavailable): the sender retries
         return OUT_OF_RESOURCES
+    if was_failing:
+        LOG.info("stores are spooled again")
     counter.add(event.assoc)
     metrics.STORES.labels("success").inc()
     LOG.info("job %d accepted from %s (%d bytes)", job_id, caller_text(event.assoc), len(data))
@@ -210,7 +231,8 @@ def start_scp(settings: Settings, spool: Spool,
     counter = StoreCounter()
     listen = settings.listen
     admission = Admission(settings.ae_title, allowed_callers(settings), settings.max_associations,
-                          listen.max_pending, settings.limits.max_input_bytes, listen.handshake_timeout_s)
+                          listen.max_pending, settings.limits.max_input_bytes, listen.handshake_timeout_s,
+                          listen.preempt_idle_s)
     gate = StoreGate(spool, settings.limits, admission)
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [spool, counter, gate]),

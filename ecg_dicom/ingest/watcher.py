@@ -34,10 +34,17 @@ and rejected with the reason); a ``.dat`` or
 that arrives after its header was taken) is refused like a stray sidecar. Drop the signal
 files first, or together with the header.
 
-Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``).
+Skipped: hidden files (``.name``; but ``..npy``, ``.dcm``..., nothing but dots before an
+input suffix, are inputs with no name), partial files (``*.part``, ``*.tmp``, ``*~``).
+What can never be an input is moved to ``rejected/`` with a reason (a rejected job, listed by
+``ecg-dicom status``) at the next rescan, never opened and never left in the folder: named
+pipes (FIFOs), device nodes and sockets, and folders named like an input (``x.npy/``,
+``x.dcm/``). Where it cannot be moved (``rejected/`` on another file system, no
+permission) one WARNING says why, once.
 A symbolic link is taken as a link (never followed, never read) and refused by the worker
 with a reason. While the job store's backlog is at the high-water mark
-(``limits.queue_high_water``) no file is taken: dropped files wait in the folder, safe,
+(``limits.queue_high_water``; counted together with the C-STOREs being stored, so the mark is
+never passed, and resumed below 90 % of it) no file is taken: dropped files wait in the folder, safe,
 until the worker catches up.
 """
 
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import stat
@@ -56,7 +64,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ecg_dicom.config import Watcher as WatcherSettings
-from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
+from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, safe_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool, output_name
 from ecg_dicom.inputs import incomplete_reason, wfdb_companions
 from ecg_dicom.queue import new_key
@@ -69,12 +77,36 @@ _SKIP_SUFFIXES = (*_PARTIAL_SUFFIXES, SIDECAR_SUFFIX, *COMPANION_SUFFIXES)
 _TICK_S = 0.2
 EVENTED_FALLBACK_S = 30.0
 SAME_NAME_WINDOW_S = 60.0   # a file named like one taken this recently may be its second part
+RESUME_FRACTION = 0.9       # after back-pressure, files are taken again once the backlog is below 90 % of the mark
+
+
+_INPUT_SUFFIXES = ("npy", "dcm", "dicom")
+# what a rescan finds that is neither a file nor a link: (test of st_mode, what the reason calls it)
+_NOT_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device node"),
+              (stat.S_ISBLK, "a block device node"), (stat.S_ISSOCK, "a socket"))
 
 
 def is_candidate(path: Path) -> bool:
     """True for a file name the watcher may take (not hidden, partial, a sidecar or a WFDB
-    signal file)."""
-    return not path.name.startswith(".") and not path.name.lower().endswith(_SKIP_SUFFIXES)
+    signal file). A name
+    that is nothing but dots and an input suffix (``..npy``) is an input without a name, not a
+    hidden file."""
+    name = path.name
+    hidden = name.startswith(".") and name.lstrip(".").lower() not in _INPUT_SUFFIXES
+    return not hidden and not name.lower().endswith(_SKIP_SUFFIXES)
+
+
+def never_input(path: Path, mode: int) -> str | None:
+    """Why the folder entry ``path`` (its own ``mode``) can never be an input, or None: a
+    FIFO, device node or socket (never opened: reading a FIFO blocks), or a folder named like
+    an input."""
+    for test, what in _NOT_FILES:
+        if test(mode):
+            return f"{what}, not a file: refused unread (only regular files are taken)"
+    if stat.S_ISDIR(mode) and path.name.lower().rsplit(".", 1)[-1] in _INPUT_SUFFIXES and "." in path.name:
+        return ("a folder named like an input: the watched folder is read at its top level only; drop the "
+                ".npy/.dcm files themselves")
+    return None
 
 
 class _Events(FileSystemEventHandler):
@@ -132,6 +164,8 @@ class FolderWatcher:
         self._lone_sidecars: dict[Path, float] = {}
         # WFDB headers held for their signal files: path -> what they wait for (a change restarts the wait)
         self._waiting_for: dict[Path, str] = {}
+        # entries that can never be inputs but could not be moved aside: (path, inode), warned once
+        self._stuck: set[tuple[Path, int]] = set()
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
         # path -> (size, mtime_ns, monotonic time this signature was first seen,
@@ -189,6 +223,15 @@ class FolderWatcher:
             LOG.error("cannot list the watch folder %s: %s", self.folder, exc)
             return
         for entry in entries:
+            if is_candidate(entry):
+                try:
+                    st = entry.lstat()
+                except OSError:
+                    continue
+                reason = never_input(entry, st.st_mode)
+                if reason is not None:
+                    self._refuse_entry(entry, st, reason)
+                    continue
             self.notify(entry, complete=False)
 
     def take_ready(self) -> int:
@@ -333,13 +376,16 @@ class FolderWatcher:
             companions = [] if stat.S_ISLNK(path.lstat().st_mode) else [path.parent / n for n in wfdb_companions(path)]
         except FileNotFoundError:
             return 0
-        try:
-            job_id = self.spool.claim(path, origin="watch",
-                                      sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None,
-                                      note=note, companions=[c for c in companions if os.path.lexists(c)])
-        except OSError as exc:
-            LOG.error("cannot take a dropped file into the spool: %s", exc)
-            return 0
+        with self.spool.admit(self.high_water) as admitted:   # the mark, atomically with the C-STOREs
+            if not admitted:
+                return 0   # stays in the folder; taken once the backlog is below the mark
+            try:
+                job_id = self.spool.claim(path, origin="watch", note=note,
+                                          sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None,
+                                          companions=[c for c in companions if os.path.lexists(c)])
+            except OSError as exc:
+                LOG.error("cannot take a dropped file into the spool: %s", exc)
+                return 0
         if job_id is None:
             return 0
         self._remember_taken(path.name, job_id)
@@ -415,16 +461,46 @@ class FolderWatcher:
         LOG.warning("job %d rejected: %s", job_id, reason)
         return 1
 
+    def _refuse_entry(self, path: Path, st: os.stat_result, reason: str) -> int:
+        """Move something that can never be an input to ``rejected/`` (renamed, never opened
+        or copied) with its reason, recorded as a rejected job; where it cannot be moved,
+        one WARNING."""
+        if (path, st.st_ino) in self._stuck:
+            return 0
+        name = safe_stem(path.name)
+        try:
+            self.rejected.mkdir(parents=True, exist_ok=True)
+            stem = free_stem(self.rejected, name, ("", REASON_SUFFIX))
+            os.rename(path, self.rejected / stem)   # a rename only: copying a FIFO would block
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            self._stuck.add((path, st.st_ino))
+            LOG.warning("a folder entry that can never be an input stays in the watched folder: %s; it cannot be "
+                        "moved to %s (%s): remove it", reason, self.rejected, exc.strerror or exc)
+            return 0
+        job_id = self.spool.queue.add_rejected(new_key(), output_name(path.name), "watch", path.name, reason,
+                                               [REJECTED_PREFIX + stem, REJECTED_PREFIX + stem + REASON_SUFFIX])
+        try:
+            write_reason(self.rejected, stem, reason)
+        except OSError as exc:
+            LOG.error("job %d: cannot write the reason file (%s)", job_id, exc)
+        LOG.warning("job %d rejected: %s", job_id, reason)
+        return 1
+
     def _backlog_full(self) -> bool:
-        """True (files are left where they are) while the backlog is at the high-water mark."""
+        """True (files are left where they are) from when the backlog reaches the high-water
+        mark until it is below RESUME_FRACTION of it (hysteresis: the pause is not logged on
+        and off at every job around the mark)."""
         if self.high_water is None:
             return False
-        full = self.spool.queue.backlog() >= self.high_water
+        backlog = self.spool.queue.backlog()
+        full = backlog >= (self.high_water * RESUME_FRACTION if self.paused else self.high_water)
         if full != self.paused:
             self.paused = full
             if full:
-                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water): the watch folder waits",
-                            self.high_water)
+                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water): the watch folder waits until "
+                            "the backlog is below %d", self.high_water, math.ceil(self.high_water * RESUME_FRACTION))
             else:
                 LOG.info("back-pressure over: the watch folder is taken again")
         return full

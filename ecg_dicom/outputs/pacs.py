@@ -27,6 +27,13 @@ the job store (so they survive restarts) after ``retry_initial_s * 2**(attempts)
 capped at ``retry_max_s``, times a jitter in [0.5, 1]; a job still undelivered
 ``give_up_after_s`` after its results were written is dead-lettered. Output UIDs are
 deterministic, so sending an instance again after a crash does not make a second copy.
+
+Logging while the PACS fails (one line per change, not per attempt): a job's first failed
+attempt is a WARNING, its further attempts DEBUG; every :data:`SUMMARY_S` seconds with
+failures a WARNING sums them up (attempts, jobs, the last reason, jobs awaiting delivery);
+the first delivery after failures says the PACS takes results again. pynetdicom's own ERROR
+lines for a failed association request (two to five per attempt) are dropped: the reason
+is in ours (see :class:`_RequestFailures`).
 """
 
 from __future__ import annotations
@@ -59,6 +66,31 @@ WARNING_STATUSES = (0xB000, 0xB006, 0xB007)
 REJECTED_PERMANENT = 1
 ERROR_PAUSE_S = 5.0
 IDLE_RELEASE_S = 2.0  # an association kept open for the next results is released after this long unused
+SUMMARY_S = 60.0      # while deliveries fail: one summary line per this many seconds
+
+
+class _RequestFailures(logging.Filter):
+    """Drops pynetdicom's ERROR lines about an association *we* requested that failed
+    (connection refused, A-ASSOCIATE-RJ: only the delivery requests associations) and keeps
+    the last one, for our own line about it."""
+
+    PREFIXES = ("Association request failed", "TCP Initialisation Error", "Association Rejected", "Result: ",
+                "Reason: ")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and message.startswith(self.PREFIXES):
+            if message.startswith(("TCP Initialisation Error", "Reason: ")):
+                self.last = message
+            return False
+        return True
+
+
+REQUEST_FAILURES = _RequestFailures()
 
 
 def classify_status(status: Dataset | None) -> tuple[Outcome, str]:
@@ -230,6 +262,12 @@ class Delivery:
         # failing since (Unix time), failed attempts, last reason; None while delivery works.
         # Written by the delivery thread, read by /health (one tuple: replaced whole).
         self._failing: tuple[float, int, str] | None = None
+        for name in ("pynetdicom.transport", "pynetdicom.acse"):
+            if REQUEST_FAILURES not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(REQUEST_FAILURES)
+        # failures since the last summary: attempts, jobs, the last reason; when the last summary was
+        self._failed_attempts, self._failed_jobs, self._last_reason = 0, set(), ""
+        self._summary_at = time.monotonic()
         self.destinations: list[Destination] = []
         if pacs.cstore:
             self.destinations.append(CStore(queue, pacs, folders, ae_title, self.commitment_report))
@@ -242,6 +280,7 @@ class Delivery:
         try:
             while not stop.is_set():
                 try:
+                    self._summarise()
                     jobs = self.queue.due(time.time(), self.batch_size)
                     if jobs:
                         self.deliver(jobs, keep_open=True)
@@ -287,7 +326,8 @@ class Delivery:
     def _succeeded(self) -> None:
         failing, self._failing = self._failing, None
         if failing is not None:
-            LOG.info("delivery to %s works again after %.0f s (%d failed attempts)", self.pacs.describe(),
+            LOG.info("delivery to %s works again (%s takes results) after %.0f s (%d failed attempts)",
+                     self.pacs.describe(), self.pacs.ae_title or "the PACS",
                      time.time() - failing[0], failing[1])
 
     def deliver(self, jobs: list[Job], keep_open: bool = False) -> None:
@@ -380,7 +420,29 @@ class Delivery:
             return
         delay = backoff_s(attempts, self.pacs, self.rng)
         self.queue.retry_later(job.id, time.time() + delay, reason)
-        LOG.warning("%s: delivery attempt %d failed (%s); next in %.1f s", job.tag, attempts, reason, delay)
+        detail = f"{reason}; {REQUEST_FAILURES.last}" if "not established" in reason and REQUEST_FAILURES.last \
+            else reason
+        self._failed_attempts += 1
+        self._failed_jobs.add(job.id)
+        self._last_reason = detail
+        if attempts == 1:   # the job's change of state: from delivering to retrying
+            LOG.warning("%s: delivery failed (%s); retried with backoff (up to %g s apart) until delivered or "
+                        "dead-lettered after %g s", job.tag, detail, self.pacs.retry_max_s, self.pacs.give_up_after_s)
+        else:
+            LOG.debug("%s: delivery attempt %d failed (%s); next in %.1f s", job.tag, attempts, detail, delay)
+
+    def _summarise(self) -> None:
+        """While deliveries fail: one WARNING per SUMMARY_S seconds instead of one per attempt."""
+        now = time.monotonic()
+        if now - self._summary_at < SUMMARY_S:
+            return
+        if self._failed_attempts:
+            waiting = self.queue.counts().get("delivering", 0)
+            LOG.warning("delivery to %s failing: %d attempts for %d jobs failed in the last %.0f s (last: %s); %d "
+                        "jobs awaiting delivery", self.pacs.describe(), self._failed_attempts, len(self._failed_jobs),
+                        now - self._summary_at, self._last_reason, waiting)
+        self._failed_attempts, self._failed_jobs = 0, set()
+        self._summary_at = now
 
     def _dead(self, job: Job, reason: str) -> None:
         """Copy the job's DICOM results to the dead-letter folder with a reason file."""

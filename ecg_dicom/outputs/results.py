@@ -75,8 +75,16 @@ def result_file_names(stem: str, n_samples: int, fs: float, output_format: str, 
 
 
 def uid_anchor_hash(item: LeadInput) -> str:
-    """What a .npy result's UIDs derive from: the content hash, with the sidecar's content when
-    there is one (the same samples under another patient or rate get other UIDs)."""
+    """The content hash a result's UIDs derive from (with the source SOP Instance UID, if any).
+
+    ``.npy``: the file's hash, with the sidecar's content when there is one (the same samples
+    under another patient or rate get other UIDs). DICOM: the hash of the decoded input lead
+    and its rate, the same whichever door or transfer syntax brought the object, so a replay
+    keeps its UIDs and another recording under a reused SOP Instance UID gets its own."""
+    if item.dataset is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(item.signal_uv, dtype="<f8").tobytes())
+        digest.update(f"\n{float(item.fs)!r}".encode())
+        return digest.hexdigest()
     if item.sidecar is None:
         return item.content_hash
     return hashlib.sha256(f"{item.content_hash}\n{item.sidecar.canonical()}".encode()).hexdigest()
@@ -125,15 +133,17 @@ def _lead_order(lead: str) -> int:
 
 def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,
                   reconstructor: Reconstructor, output_format: str, confidence: bool,
-                  report: str | None = None, accuracy: dict[str, dict] | None = None) -> list[Path]:
+                  report: str | None = None, accuracy: dict[str, dict] | None = None,
+                  remarks: dict | None = None) -> list[Path]:
     """Write the requested outputs for one converted input; returns the files written, in the
     order of :func:`result_file_names`.
 
     ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page;
     ``accuracy``: see :func:`result_metadata`. ``reconstructor``: the model that made ``recon``.
+    ``remarks``: more keys for ``<stem>.json`` (e.g. the service's note on a reused source UID).
     """
     written: list[Path] = []
-    meta = result_metadata(item, recon, reconstructor, accuracy)
+    meta = {**result_metadata(item, recon, reconstructor, accuracy), **(remarks or {})}
     complete = bool(meta.get("source_complete"))
     quality_text = item.quality.summary() if item.quality is not None else None
     anchor = uid_anchor_hash(item)

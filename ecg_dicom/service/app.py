@@ -183,7 +183,8 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
                           f"{exc.strerror or exc}") from exc
-    monitor = _start_monitor(settings, queue, server, threads[0], delivery, accuracy) if settings.http else None
+    monitor = (_start_monitor(settings, queue, server, threads[0], worker, spool, delivery, accuracy)
+               if settings.http else None)
     for t in threads:
         t.start()
     LOG.info("service ready")
@@ -211,11 +212,13 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     return 0
 
 
-def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread,
-                   delivery: Delivery | None, accuracy: AccuracyMonitor | None = None) -> Monitor:
-    """``/health`` (listener, worker, job store; degraded while PACS delivery fails or the
-    accuracy monitor finds the reconstructions below the model card) and ``/metrics`` on
-    ``settings.http``."""
+def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread, work: Worker,
+                   spool: Spool, delivery: Delivery | None, accuracy: AccuracyMonitor | None = None) -> Monitor:
+    """``/health`` (listener, worker, job store, storage; degraded while PACS delivery fails or
+    the accuracy monitor finds the reconstructions below the model card) and ``/metrics`` on
+    ``settings.http``. ``storage``: the job store commits, and neither the worker's outputs nor
+    the last input spooled failed to be written (a full disk makes the service not ready until
+    space returns)."""
     metrics.register_job_store(queue.counts, settings.limits.queue_high_water)
     if metrics.quality_verdict not in QUALITY_LISTENERS:  # the gate's verdicts on /metrics
         QUALITY_LISTENERS.append(metrics.quality_verdict)
@@ -223,6 +226,7 @@ def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threadin
         "listener": lambda: server.thread.is_alive() and server.socket.fileno() != -1,
         "worker": worker.is_alive,
         "job_store": lambda: isinstance(queue.counts(), dict),
+        "storage": lambda: work.storage_ok and spool.writable() and queue.writable(),
     }
     try:
         concerns = {"pacs": delivery.concern} if delivery is not None else {}

@@ -152,6 +152,8 @@ def print_report(report: dict[str, Any], settings: Settings) -> None:
             print(f"  files ({settings.folders.output}): {' '.join(files)}")
         if job["reason"]:
             print(f"  reason: {_escape(job['reason'])}")
+        if job["note"] and job["state"] != "rejected":  # a rejection's reason holds its note already
+            print(f"  note: {_escape(job['note'])}")
         if job["state"] == "delivering" and job["attempts"]:
             print(f"  delivery attempts: {job['attempts']}, next {_when(job['next_attempt'])}")
         if job["delivered_to"] and job["state"] == "delivering":
@@ -183,7 +185,8 @@ def _job_dict(job: Job) -> dict[str, Any]:
     return {"id": job.id, "state": job.state, "origin": job.origin, "name": job.name, "stem": job.stem,
             "source_name": job.source_name, "outputs": list(job.outputs), "reason": job.reason,
             "attempts": job.attempts, "next_attempt": job.next_attempt, "created": job.created,
-            "updated": job.updated, "delivered_to": list(job.delivered_to), "commitment": job.commitment}
+            "updated": job.updated, "delivered_to": list(job.delivered_to), "commitment": job.commitment,
+            "note": job.note}
 
 
 def _health(settings: Settings) -> tuple[str, str] | None:
