@@ -140,13 +140,13 @@ def test_health_is_degraded_with_the_reason_while_the_pacs_is_down_and_ready_aft
         assert "association not established" in reason
         text, data = status(cfg, exit_status=4)
         assert f"200 degraded: pacs: delivery to {PACS_AET}" in text and data["health_status"] == "degraded"
-        assert "delivery to TESTPACS degraded" in svc.log_text()
+        assert f"delivery to TESTPACS at 127.0.0.1:{pacs.dicom_port} degraded" in svc.log_text()
 
         pacs.start()                                    # back: ready at the first delivery
         wait_for(lambda: svc.counts() == {"done": 1}, 60, "the result delivered")
         assert health_response(http_port) == (200, {"status": "ready", "checks": state["checks"]})
         status(cfg, exit_status=0)
-        assert "delivery to TESTPACS works again after" in svc.log_text()
+        assert f"delivery to TESTPACS at 127.0.0.1:{pacs.dicom_port} works again after" in svc.log_text()
         assert svc.stop() == 0
         text, data = status(cfg, exit_status=3)        # stopped: NOT RUNNING, and its own exit status
         assert text.startswith("service:       NOT RUNNING") and data["health_status"] == "no answer"

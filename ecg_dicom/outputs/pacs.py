@@ -311,14 +311,18 @@ class Delivery:
         if failing is None:
             return None
         since, attempts, reason = failing
-        return (f"delivery to {self.pacs.describe().replace('@', ' at ', 1)} failing for {time.time() - since:.0f} s"
+        return (f"delivery to {self._where()} failing for {time.time() - since:.0f} s"
                 f" ({attempts} failed attempts, none delivered since; last: {reason})")
+
+    def _where(self) -> str:
+        """Where results go, as an operator names it: ``PACS at host:104`` (and/or STOW-RS URL)."""
+        return self.pacs.describe().replace("@", " at ")
 
     def _failed(self, reason: str) -> None:
         """One failed attempt that says the PACS is not taking results (not one object's fault)."""
         failing = self._failing
         if failing is None:
-            LOG.warning("delivery to %s degraded: %s", self.pacs.describe(), reason)
+            LOG.warning("delivery to %s degraded: %s", self._where(), reason)
             self._failing = (time.time(), 1, reason)
         else:
             self._failing = (failing[0], failing[1] + 1, reason)
@@ -326,8 +330,7 @@ class Delivery:
     def _succeeded(self) -> None:
         failing, self._failing = self._failing, None
         if failing is not None:
-            LOG.info("delivery to %s works again (%s takes results) after %.0f s (%d failed attempts)",
-                     self.pacs.describe(), self.pacs.ae_title or "the PACS",
+            LOG.info("delivery to %s works again after %.0f s (%d failed attempts)", self._where(),
                      time.time() - failing[0], failing[1])
 
     def deliver(self, jobs: list[Job], keep_open: bool = False) -> None:
