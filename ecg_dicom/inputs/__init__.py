@@ -224,16 +224,22 @@ def _read_dicom_auto(path: Path, limits: Limits) -> LeadInput:
             raise first from None
 
 
-def _read_scp_input(path: Path, input_lead: str, limits: Limits) -> LeadInput:
-    """An SCP-ECG file (already refused by size when too large)."""
-    from ecg_dicom.inputs.scp import read_scp
-
+def _read_bounded(path: Path, limits: Limits) -> bytes:
+    """The whole file, refused when it is larger than ``limits.max_input_bytes`` (read at most one byte more)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(limits.max_input_bytes + 1)
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
     check_input_bytes(len(data), limits)
+    return data
+
+
+def _read_scp_input(path: Path, input_lead: str, limits: Limits) -> LeadInput:
+    """An SCP-ECG file (already refused by size when too large)."""
+    from ecg_dicom.inputs.scp import read_scp
+
+    data = _read_bounded(path, limits)
     return read_scp(data, input_lead, hashlib.sha256(data).hexdigest(), limits)
 
 
@@ -241,12 +247,7 @@ def _read_xml_input(path: Path, kind: str, input_lead: str, limits: Limits) -> L
     """A vendor XML file (already refused by size when too large) by its format's reader."""
     from ecg_dicom.inputs import aecg, muse, philips
 
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(limits.max_input_bytes + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}") from exc
-    check_input_bytes(len(data), limits)
+    data = _read_bounded(path, limits)
     what = {"muse": muse.WHAT, "philips": philips.WHAT, "aecg": aecg.WHAT}[kind]
     root = parse_xml(data, what)
     if root.tag not in XML_ROOTS or XML_ROOTS[root.tag][0] != kind:
