@@ -316,7 +316,8 @@ def draw_page(data: ReportData, paper: str = "A4"):
     footer = (f"{MM_PER_S:g} mm/s    {scale}    grid 1 mm / 5 mm    display filter"
               f" {DISPLAY_HIGHPASS_HZ:g} Hz high-pass (zero-phase), no low-pass, no notch    "
               f"{paper} landscape: true to scale when printed at 100 % (no 'fit to page')")
-    ax.text(x0, y0 - 4.0, footer, fontsize=6.8, ha="left", va="center",
+    # bold (half gain) is wider: the same line in a smaller size stays inside the grid's width
+    ax.text(x0, y0 - 4.0, footer, fontsize=6.8 if gain == MM_PER_MV else 6.2, ha="left", va="center",
             color=MEASURED_COLOUR if gain == MM_PER_MV else WARN_COLOUR,
             weight="normal" if gain == MM_PER_MV else "bold")
     legend = ("All leads black: as measured by the recording device; nothing reconstructed." if data.recorded else
