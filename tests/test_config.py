@@ -176,7 +176,7 @@ class TestCommands:
         job = queue.claim(1)[0]
         queue.reject(job.id, "bad")
         queue.close()
-        assert status.run(argparse.Namespace(config=str(cfg))) == 0
+        assert status.run(argparse.Namespace(config=str(cfg))) == 3   # the counts, and: not running
         out = capsys.readouterr().out
         counts = {label: int(value.split()[0]) for label, _, value in (line.partition(":") for line in out.splitlines())
                   if label in status.LABELS.values()}

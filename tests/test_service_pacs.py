@@ -191,4 +191,6 @@ def test_a_pacs_that_stays_down_gives_one_line_per_job_and_a_periodic_summary(si
     assert len(failed) == 4 and all("Connection refused" in line for line in failed), failed
     summaries = [r.getMessage() for r in records if "attempts for 4 jobs failed" in r.getMessage()]
     assert 2 <= len(summaries) <= 4 and "4 jobs awaiting delivery" in summaries[0], summaries
-    assert len(records) == len(failed) + len(summaries), [r.getMessage() for r in records]
+    degraded = [r.getMessage() for r in records if "degraded:" in r.getMessage()]   # the PACS's own change of state
+    assert len(degraded) == 1, degraded
+    assert len(records) == len(failed) + len(summaries) + len(degraded), [r.getMessage() for r in records]
