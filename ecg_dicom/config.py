@@ -46,7 +46,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from ecg_dicom.errors import ConfigError
-from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+from ecg_dicom.leads import MODEL_INPUTS
 from ecg_dicom.limits import Limits
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -255,7 +255,7 @@ class Settings:
     listen: Listen = field(default_factory=Listen)
     # calling AE titles let in; None (key absent) = any caller, warned at start
     allowed_callers: Annotated[tuple[AeTitle, ...], Field(min_length=1)] | None = None
-    input_lead: Literal[SUPPORTED_INPUT_LEADS] = "I"  # type: ignore[valid-type]
+    input_lead: Literal[MODEL_INPUTS] = "I"  # type: ignore[valid-type]
     pacs: Pacs | None = None
     checkpoint: ConfigPath | None = None
     device: StrictStr = "cpu"

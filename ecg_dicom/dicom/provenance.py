@@ -210,8 +210,12 @@ def patient_unknown(source: Dataset | None, attributes: Mapping[str, str] | None
 def notice_text(input_lead: str, model_version: str, source: Dataset | None,
                 attributes: Mapping[str, str] | None = None) -> str:
     """The "not for diagnosis" sentence every object carries (annotation, contribution)."""
-    notice = (f"AI-reconstructed 12-lead ECG: only lead {input_lead} was acquired; the other 11"
-              f" leads were reconstructed by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
+    if input_lead in ("I", "II"):
+        acquired = f"only lead {input_lead} was acquired; the other 11 leads were reconstructed"
+    else:  # the two-lead model: I and II measured, the limb leads exact, V1-V6 learned
+        acquired = (f"only leads {input_lead.replace('+', ' and ')} were acquired; III, aVR, aVL, aVF computed"
+                    " from them, V1-V6 reconstructed")
+    notice = (f"AI-reconstructed 12-lead ECG: {acquired} by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
     if patient_unknown(source, attributes):
         notice += " Patient unknown (no patient identification came with the input)."
     source_uid = source.get("SOPInstanceUID") if source is not None else None

@@ -75,10 +75,11 @@ def incomplete_reason(path: str | Path) -> str | None:
 
 
 def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units: str = "uV",
-              limits: Limits = DEFAULT_LIMITS, gated: bool = True) -> LeadInput:
+              limits: Limits = DEFAULT_LIMITS, gated: bool = True, rows: tuple[str, ...] | None = None) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
 
-    A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
+    A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz, or ``(K, N)`` with
+    ``rows`` naming its leads (the two-lead model takes (2, N), I and II); a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
     (its own sampling rate and units). Inputs beyond ``limits`` are refused before they are
     decoded. The lead then passes the signal-quality gate (:func:`gate`), unless ``gated`` is
@@ -93,7 +94,7 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = 500.0, units:
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}") from exc
     if npy:
-        item = read_npy_input(path, input_lead, fs, units, limits)
+        item = read_npy_input(path, input_lead, fs, units, limits, rows)
     elif dicom:
         item = read_dicom_input(path, input_lead, limits)
     else:
@@ -119,7 +120,7 @@ def load_input(path: str | Path, input_lead: str, fs: float = 500.0, units: str 
         return load_lead(path, input_lead, fs, units, limits, gated)
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
-    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated)
+    item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated, params.leads)
     if item.kind != "npy":
         raise InputError("a sidecar .json belongs to a .npy input; this is a DICOM file, which carries "
                          "its own rate, lead and patient")

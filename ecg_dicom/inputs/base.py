@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecg_dicom.core.quality import QualityReport, assess_quality, assess_quality_many
+from ecg_dicom.core.quality import Flag, QualityReport, assess_quality, assess_quality_many
 from ecg_dicom.errors import InputError, SignalQualityError
 from ecg_dicom.sidecar import Sidecar
 
@@ -30,7 +30,8 @@ QUALITY_LISTENERS: list[Callable[[QualityReport], None]] = []
 class LeadInput:
     """One lead ready for the model.
 
-    signal_uv: (N,) float64 µV; fs: Hz; lead: "I" or "II"; dataset: the source DICOM
+    signal_uv: (N,) float64 µV, or (2, N) (I, II) for the two-lead model; fs: Hz; lead:
+    "I", "II" or "I+II" (the lead(s) the model is given); dataset: the source DICOM
     object (None for .npy); content_hash: sha256 hex of the file's bytes (deterministic
     output UIDs for .npy); kind: "npy" or "dicom"; sidecar: what the .npy's sidecar said
     (None without one; see :mod:`ecg_dicom.sidecar`); quality: the signal-quality gate's
@@ -64,8 +65,24 @@ def refuse_links(path: str | Path) -> None:
 
 
 def gate(signal_uv: np.ndarray, fs: float) -> QualityReport:
-    """Run the signal-quality gate on a checked lead; raise SignalQualityError on "reject"."""
+    """Run the signal-quality gate on a checked lead ((N,), or (2, N): I and II, each judged);
+    raise SignalQualityError on "reject"."""
+    if np.ndim(signal_uv) == 2:
+        return _verdict(merge_reports([assess_quality(row, fs) for row in signal_uv], TWO_LEAD_NAMES))
     return _verdict(assess_quality(signal_uv, fs))
+
+
+TWO_LEAD_NAMES = ("I", "II")
+
+
+def merge_reports(reports: Sequence[QualityReport], names: Sequence[str]) -> QualityReport:
+    """One verdict on several measured leads: the worst status, every flag with its lead
+    named ("lead II: ..."), the measures keyed "<lead>:<measure>"."""
+    order = ("ok", "warn", "reject")
+    status = max((r.status for r in reports), key=order.index)
+    flags = [Flag(f.code, f.severity, f"lead {name}: {f.text}") for r, name in zip(reports, names) for f in r.flags]
+    measures = {f"{name}:{key}": value for r, name in zip(reports, names) for key, value in r.measures.items()}
+    return QualityReport(status, flags, measures)
 
 
 def _verdict(report: QualityReport) -> QualityReport:
@@ -86,16 +103,24 @@ def gate_many(leads: Sequence[LeadInput]) -> list[InputError | None]:
     10 s ECG than one at a time). Sets each accepted lead's ``quality``; returns, per lead,
     None or the error that refuses it (a SignalQualityError; an InputError naming the failure
     if the gate itself failed on that lead, which then costs no other lead)."""
+    rows = [(i, row) for i, lead in enumerate(leads)
+            for row in (lead.signal_uv if np.ndim(lead.signal_uv) == 2 else [lead.signal_uv])]
     try:
-        reports: list[QualityReport] | None = assess_quality_many([lead.signal_uv for lead in leads],
-                                                                   [lead.fs for lead in leads])
+        flat = assess_quality_many([row for _, row in rows], [leads[i].fs for i, _ in rows])
+        reports: list[QualityReport] | None = []
+        for i in range(len(leads)):
+            mine = [rep for (k, _), rep in zip(rows, flat) if k == i]
+            reports.append(mine[0] if len(mine) == 1 else merge_reports(mine, TWO_LEAD_NAMES))
     except Exception:  # noqa: BLE001 - one lead breaking the batch: gate each on its own
         LOG.exception("signal-quality gate failed on a batch of %d; gating them one by one", len(leads))
         reports = None
     refusals: list[InputError | None] = []
     for i, lead in enumerate(leads):
         try:
-            lead.quality = _verdict(reports[i] if reports is not None else assess_quality(lead.signal_uv, lead.fs))
+            if reports is None:
+                lead.quality = gate(lead.signal_uv, lead.fs)
+            else:
+                lead.quality = _verdict(reports[i])
             refusals.append(None)
         except InputError as exc:
             refusals.append(exc)

@@ -23,7 +23,7 @@ from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.dicom.codes import MODEL_NAME
 from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
-from ecg_dicom.leads import LEADS_12, lead_uncertainties, learned_leads
+from ecg_dicom.leads import LEADS_12, input_leads_of, lead_uncertainties, learned_leads
 
 OUTPUT_FORMATS = ("npy", "dicom", "both")
 PAPER_SIZES = ("A4", "Letter")
@@ -91,6 +91,7 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
     return {
         "fs": float(item.fs),
         "lead": reconstructor.input_lead,
+        "input_leads": list(input_leads_of(reconstructor.input_lead)),  # the lead(s) the model was given
         "units": "uV",
         "leads": list(LEADS_12),
         "model": MODEL_NAME,

@@ -30,7 +30,7 @@ import numpy as np
 
 from ecg_dicom.core.preprocess import highpass
 from ecg_dicom.core.quality import QualityReport
-from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12
+from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, input_leads_of
 
 PAPER_MM: dict[str, tuple[float, float]] = {"A4": (297.0, 210.0), "Letter": (279.4, 215.9)}
 MM_PER_S = 25.0
@@ -108,12 +108,24 @@ def header_lines(data: ReportData) -> list[str]:
     source = (f"Acquired: {acquired}    Device: {device}"
               + (f" ({h['InstitutionName']})" if h.get("InstitutionName") else "")
               + f"    Sampling rate: {data.fs:g} Hz    Duration: {n / data.fs:.1f} s")
-    model = (f"Measured: lead {data.input_lead} only. Other 11 leads: {data.model_name},"
-             f" model version {data.model_version}")
+    measured = _measured(data)
+    model = (f"Measured: lead {measured[0]} only. Other 11 leads: {data.model_name},"
+             f" model version {data.model_version}" if len(measured) == 1 else
+             f"Measured: leads {' and '.join(measured)} (III, aVR, aVL, aVF computed from them)."
+             f" V1-V6: {data.model_name}, model version {data.model_version}")
     return [patient, source, model]
 
 
+def _measured(data: ReportData) -> tuple[str, ...]:
+    """The lead(s) measured: ("I",), ("II",) or ("I", "II") for the two-lead model."""
+    try:
+        return input_leads_of(data.input_lead)
+    except ValueError:
+        return (data.input_lead,)
+
+
 def _quality_line(quality: QualityReport | None, input_lead: str) -> tuple[str, str]:
+    input_lead = input_lead.replace("+", " and ")
     if quality is None:
         return f"Signal quality of lead {input_lead}: not assessed", MEASURED_COLOUR
     if not quality.flags:
@@ -143,7 +155,7 @@ def _calibration(ax, x: float, baseline: float) -> None:
 
 
 def _lead_label(data: ReportData, lead: str, rhythm: bool = False) -> tuple[str, str]:
-    if lead == data.input_lead:
+    if lead in _measured(data):
         return (f"{lead}  measured" + ("  (rhythm strip, 10 s)" if rhythm else "")), MEASURED_COLOUR
     kind = "AI, calc." if lead in DERIVED_LIMB_LEADS else "AI"
     sigma = (data.sigma_uv or {}).get(lead)
@@ -190,7 +202,7 @@ def draw_page(data: ReportData, paper: str = "A4"):
     clip = Rectangle((x0, y0), GRID_W_MM, GRID_H_MM, transform=ax.transData)
     t_mm = np.arange(leads.shape[1]) / data.fs * MM_PER_S
     seg = int(round(SEGMENT_S * data.fs))
-    rows = [*LAYOUT, (data.input_lead,)]
+    rows = [*LAYOUT, (_measured(data)[-1],)]
     for r, row in enumerate(rows):
         baseline = top - ROW_MM * (r + 0.5) - (3.0 if r < 3 else 1.0)
         _calibration(ax, x0, baseline)

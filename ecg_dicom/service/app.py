@@ -146,7 +146,9 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     reconstructor = Reconstructor.from_checkpoint(settings.checkpoint, input_lead=settings.input_lead,
                                                   device=settings.device, precision=settings.precision,
                                                   threads=settings.torch_threads)
-    reconstructor.reconstruct(WARM_UP_LEAD_UV, WARM_UP_FS)  # first call pays the runtime's lazy set-up
+    n_in = len(reconstructor.input_leads)  # the two-lead model takes (2, N)
+    warm_up = WARM_UP_LEAD_UV if n_in == 1 else np.tile(WARM_UP_LEAD_UV, (n_in, 1))
+    reconstructor.reconstruct(warm_up, WARM_UP_FS)  # first call pays the runtime's lazy set-up
     LOG.info("model %s loaded (input lead %s, %s on %s, %d threads)", reconstructor.model_version,
              reconstructor.input_lead, reconstructor.precision, settings.device, settings.torch_threads)
 

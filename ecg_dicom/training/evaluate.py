@@ -27,7 +27,9 @@ from ecg_dicom.errors import EcgDicomError
 from ecg_dicom.leads import (
     DERIVED_LIMB_LEADS,
     LEADS_12,
+    TWO_LEAD_INPUT,
     assemble_12_leads,
+    input_leads_of,
     learned_leads,
 )
 from ecg_dicom.training.baselines import (
@@ -53,7 +55,10 @@ def lead_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 
 def _full_12(input_lead: str, lead_in: np.ndarray, learned: np.ndarray) -> np.ndarray:
-    """Input lead (N,) and learned leads (7, N) -> (12, N) with the limb leads by formula."""
+    """Input lead (N,) and learned leads (7, N) -> (12, N) with the limb leads by formula
+    (two-lead model: inputs (2, N) I and II, learned V1–V6 (6, N))."""
+    if input_lead == TWO_LEAD_INPUT:
+        return assemble_12_leads(lead_in[0], lead_in[1], learned).astype(np.float64)
     i, ii = (lead_in, learned[0]) if input_lead == "I" else (learned[0], lead_in)
     return assemble_12_leads(i, ii, learned[1:]).astype(np.float64)
 
@@ -62,7 +67,8 @@ def evaluate_records(reconstructor: Reconstructor, records: Sequence[Record],
                      baselines: dict[str, LinearBaseline], seconds: float = 10.0) -> list[dict[str, Any]]:
     """Per-record results: {name, database, sigma_uv {lead: µV}, leads {lead: {method: metrics}}}."""
     input_lead = reconstructor.input_lead
-    idx_in = LEADS_12.index(input_lead)
+    idx_in = [LEADS_12.index(lead) for lead in input_leads_of(input_lead)]
+    idx_in = idx_in[0] if len(idx_in) == 1 else idx_in
     learned = learned_leads(input_lead)
     windows = [protocol_window(rec.leads, rec.fs, seconds) for rec in records]
     recons = reconstructor.reconstruct_batch([w[idx_in] for w in windows], [BASELINE_FS] * len(windows))
