@@ -20,9 +20,10 @@ import numpy as np
 from ecg_dicom.core.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint_path
 from ecg_dicom.core.preprocess import highpass, lead_features, resample_fs
 from ecg_dicom.core.runners import PRECISIONS, ModelRunner, OnnxRunner, TorchRunner, onnx_path_for
+from ecg_dicom.core.uncertainty import RecordUncertainty, UncertaintyCalibration, assess
 from ecg_dicom.errors import CheckpointError
 from ecg_dicom.files import file_sha256
-from ecg_dicom.leads import LEADS_12, TWO_LEAD_INPUT, assemble_12_leads, input_leads_of
+from ecg_dicom.leads import LEADS_12, TWO_LEAD_INPUT, assemble_12_leads, input_leads_of, learned_leads
 
 LOG = logging.getLogger(__name__)
 # forward passes per chunk when reconstruct_batch runs a ReconstructionTask (bounds memory)
@@ -82,6 +83,8 @@ class Reconstructor:
         self.model = checkpoint.model
         self.runner = runner or TorchRunner(checkpoint.model, device, batch_size, threads,
                                             checkpoint.preprocessing.window)
+        # σ -> per-lead and record uncertainty; from_checkpoint loads the one shipped beside the weights
+        self.calibration = UncertaintyCalibration()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, input_lead: str = "I",
@@ -96,6 +99,15 @@ class Reconstructor:
         the runtime's threads (default: :func:`ecg_dicom.core.runners.default_threads`
         for ONNX Runtime, torch's own setting for torch).
         """
+        rec = cls._load(path, input_lead, device, batch_size, precision, threads)
+        weights = Path(path) if path is not None else shipped_checkpoint_path(input_lead)
+        rec.calibration = UncertaintyCalibration.for_weights(weights, rec.model_version)
+        return rec
+
+    @classmethod
+    def _load(cls, path: str | Path | None, input_lead: str, device: str, batch_size: int, precision: str,
+              threads: int | None) -> "Reconstructor":
+        """:meth:`from_checkpoint` without the uncertainty calibration."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "fast" and device == "cpu":
@@ -125,6 +137,15 @@ class Reconstructor:
                           " (run `ecg-dicom export` again)")
         return runner, ""
 
+    def uncertainty(self, recon: Reconstruction) -> RecordUncertainty | None:
+        """Per learned lead the expected 1 − r, and their mean for the record (see
+        :mod:`ecg_dicom.core.uncertainty`); None when the model has no variance head."""
+        if recon.sigma is None:
+            return None
+        learned = learned_leads(self.input_lead)
+        return assess(recon.sigma, recon.leads[[LEADS_12.index(lead) for lead in learned]], learned,
+                      self.calibration)
+
     def single_threaded_copy(self) -> "Reconstructor | None":
         """The same model with a runtime of its own on one thread, for a worker process
         forked from this one (a runtime's thread pool does not survive a fork); None when the
@@ -132,7 +153,9 @@ class Reconstructor:
         if not isinstance(self.runner, OnnxRunner):
             return None
         runner = OnnxRunner(self.runner.path, threads=1, batch_size=self.runner.batch_size)
-        return Reconstructor(self.checkpoint, self.device, self.batch_size, runner=runner)
+        copy = Reconstructor(self.checkpoint, self.device, self.batch_size, runner=runner)
+        copy.calibration = self.calibration
+        return copy
 
     @property
     def precision(self) -> str:

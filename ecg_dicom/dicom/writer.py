@@ -185,18 +185,20 @@ def _annotation(group_number: int, text: str) -> Dataset:
 def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input_lead: str,
                        source: Dataset | None, content_hash: str | None,
                        now: datetime | None = None, attributes: Mapping[str, str] | None = None,
-                       quality_text: str | None = None, sigma_uv: dict[str, float] | None = None) -> list[Dataset]:
+                       quality_text: str | None = None, sigma_uv: dict[str, float] | None = None,
+                       uncertainty_text: str | None = None) -> list[Dataset]:
     """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction
     (:func:`iter_ecg_datasets`, all at once)."""
     return list(iter_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash, now, attributes,
-                                  quality_text, sigma_uv))
+                                  quality_text, sigma_uv, uncertainty_text))
 
 
 def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input_lead: str,
                       source: Dataset | None, content_hash: str | None,
                       now: datetime | None = None, attributes: Mapping[str, str] | None = None,
                       quality_text: str | None = None,
-                      sigma_uv: dict[str, float] | None = None) -> Iterator[Dataset]:
+                      sigma_uv: dict[str, float] | None = None,
+                      uncertainty_text: str | None = None) -> Iterator[Dataset]:
     """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction, one part at a
     time (an hour-long record is ~110 objects: only one is built in memory at once).
 
@@ -215,6 +217,9 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
         a third waveform annotation on group 1 (the input lead).
     sigma_uv : the model's RMS uncertainty (µV) per lead not measured, written into each
         channel's derivation description ("...; sigma 85 uV").
+    uncertainty_text : the record's reconstruction uncertainty in words ("Reconstruction
+        uncertainty 0.42 (threshold 0.35): V2–V4 unreliable for this record"), an annotation
+        on group 2 (the AI leads).
 
     Yields
     ------
@@ -279,14 +284,16 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
             _annotation(1, f"Lead{'s' if len(measured) > 1 else ''} {measured_text} as acquired"
                            f" (the model's input).{part_text}"),
             _annotation(2, notice + part_text),
-        ] + ([_annotation(1, quality_text[:1024])] if quality_text else []))
+        ] + ([_annotation(1, quality_text[:1024])] if quality_text else [])
+          + ([_annotation(2, uncertainty_text[:1024])] if uncertainty_text else []))
         yield add_file_meta(ds)
 
 
 def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: float,
                     model_version: str, input_lead: str, source: Dataset | None,
                     content_hash: str | None, attributes: Mapping[str, str] | None = None,
-                    quality_text: str | None = None, sigma_uv: dict[str, float] | None = None) -> list[Path]:
+                    quality_text: str | None = None, sigma_uv: dict[str, float] | None = None,
+                    uncertainty_text: str | None = None) -> list[Path]:
     """Build (see :func:`build_ecg_datasets`) and write the object(s) atomically.
 
     leads_uv: (12, N) µV. Writes ``<out_dir>/<stem>.dcm``, or ``<stem>_001.dcm``,
@@ -297,7 +304,8 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
     out_dir.mkdir(parents=True, exist_ok=True)
     names = dicom_file_names(stem, np.shape(leads_uv)[-1], fs)
     datasets = iter_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash,
-                                 attributes=attributes, quality_text=quality_text, sigma_uv=sigma_uv)
+                                 attributes=attributes, quality_text=quality_text, sigma_uv=sigma_uv,
+                                 uncertainty_text=uncertainty_text)
     paths = []
     for name, ds in zip(names, datasets, strict=True):
         buffer = BytesIO()

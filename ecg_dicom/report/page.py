@@ -60,7 +60,7 @@ class ReportData:
     what the source gave (DICOM keywords: PatientName, PatientID, PatientBirthDate,
     PatientSex, AcquisitionDateTime, Manufacturer, ManufacturerModelName, InstitutionName);
     sigma_uv: the model's RMS uncertainty per AI lead (µV) or None; quality: the gate's
-    report or None.
+    report or None; uncertainty_text: the record's reconstruction uncertainty in words, or None.
     """
 
     leads_uv: np.ndarray
@@ -71,6 +71,7 @@ class ReportData:
     header: dict[str, str] = field(default_factory=dict)
     sigma_uv: dict[str, float] | None = None
     quality: QualityReport | None = None
+    uncertainty_text: str | None = None
 
 
 def _person_name(value: str) -> str:
@@ -157,6 +158,8 @@ def _calibration(ax, x: float, baseline: float) -> None:
 def _lead_label(data: ReportData, lead: str, rhythm: bool = False) -> tuple[str, str]:
     if lead in _measured(data):
         return (f"{lead}  measured" + ("  (rhythm strip, 10 s)" if rhythm else "")), MEASURED_COLOUR
+    if lead in DERIVED_LIMB_LEADS and len(_measured(data)) > 1:  # from two measured leads: exact
+        return f"{lead}  calc. from I, II", MEASURED_COLOUR
     kind = "AI, calc." if lead in DERIVED_LIMB_LEADS else "AI"
     sigma = (data.sigma_uv or {}).get(lead)
     conf = f"  σ {sigma / 1000:.2f} mV" if sigma is not None else "  σ n/a"
@@ -195,6 +198,10 @@ def draw_page(data: ReportData, paper: str = "A4"):
     text, colour = _quality_line(data.quality, data.input_lead)
     ax.text(x0, height - 19.0 - 4.2 * 3, text[:230], ha="left", va="center", fontsize=8.2, color=colour,
             zorder=3, weight="bold" if colour != MEASURED_COLOUR else "normal")
+    if data.uncertainty_text:  # one small line between the quality line and the grid
+        flagged = "unreliable" in data.uncertainty_text or "caution" in data.uncertainty_text
+        ax.text(x0, height - 35.3, data.uncertainty_text[:200], ha="left", va="center", fontsize=7.0, zorder=3,
+                color=WARN_COLOUR if flagged else AI_COLOUR, weight="bold" if flagged else "normal")
 
     # traces, clipped to the grid
     display = highpass(leads, data.fs, DISPLAY_HIGHPASS_HZ) if leads.shape[1] > 3 * data.fs / DISPLAY_HIGHPASS_HZ \

@@ -258,6 +258,7 @@ class Worker:
         assert outputs == names, f"wrote {outputs}, reserved {names}"
         self.queue.processed(job.id, outputs, self.deliver)
         metrics.job_processed(job.created, self.deliver)
+        metrics.record_uncertainty(self.reconstructor.uncertainty(result))
         self.spool.remove(job)
         LOG.info("%s: %d outputs written, signal quality %s, %s", job.tag, len(outputs),
                  inp.quality.status if inp.quality else "n/a", "awaiting delivery" if self.deliver else "done")
