@@ -24,6 +24,8 @@ for STEP in $STEPS; do
   ship)
     # 1. the shipped models: PTB-XL, LUDB and Georgia (PTB held out: a database neither model saw,
     #    pinned by tests/test_shipped_weights.py); 64 records are validation only
+    #    They were trained before the December records came (CPSC 2018, Chapman/Ningbo, 3 Georgia):
+    #    for the same weights run this step on the data as it was then (without those records)
     for LEAD in I II; do
       # shellcheck disable=SC2086
       ecg-dicom train --out "runs/ship_$LEAD.pt" --input-lead $LEAD --real $DATA --exclude-db ptb --shape-share 0.08 $RECIPE
