@@ -94,9 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = rec.checkpoint.training.get("data", {}).get("train_records") or []
     if set(names) & set(train):
         parser.error("validation records overlap the training records")
+    pretrained = ((rec.checkpoint.training.get("pretraining") or {}).get("data") or {}).get("train_records") or []
+    seen_before = len(set(names) & set(pretrained))  # a fine-tune's start may have trained on them
+    fitted_on = (f"{len(records)} validation records of the training databases (patient-grouped, never trained on)"
+                 if not seen_before else f"{len(records)} validation records of the training databases, not trained on"
+                 f" by this fine-tune; {seen_before} of them were in the training data of the weights it started from")
     results = evaluate_records(rec, records, {})  # the model's figures only, no baselines
-    calibration = fit(results, rec.model_version,
-                      f"{len(records)} validation records of the training databases (patient-grouped, never trained on)")
+    calibration = fit(results, rec.model_version, fitted_on)
     out = Path(args.out) if args.out else weights.with_suffix(CALIBRATION_SUFFIX)
     check = uncertainty_ranking(rescale(results, calibration))
     calibration = UncertaintyCalibration(**{**calibration.__dict__, "measured": {**calibration.measured,
