@@ -10,6 +10,9 @@ import sys
 from typing import Sequence
 
 from ecg_dicom import __version__
+from ecg_dicom.errors import MissingExtraError
+from ecg_dicom.extras import missing_extra, missing_module
+from ecg_dicom.core.leadchoice import INPUT_LEAD_CHOICES
 from ecg_dicom.leads import MODEL_INPUTS, SUPPORTED_INPUT_LEADS
 
 DESCRIPTION = """\
@@ -29,7 +32,7 @@ AI-reconstructed leads are an estimate, not for diagnosis."""
 
 # subcommand -> module whose ``run(args) -> int`` carries it out
 _COMMANDS = {
-    "convert": "ecg_dicom.convert.batch",
+    "convert": "ecg_dicom.convert",
     "train": "ecg_dicom.training.train",
     "ensemble": "ecg_dicom.training.ensemble",
     "export": "ecg_dicom.core.export",
@@ -40,10 +43,19 @@ _COMMANDS = {
     "redeliver": "ecg_dicom.service.redeliver",
 }
 
+# subcommand -> the extra of pyproject.toml it needs whole (others: the extra of what is missing)
+_EXTRAS = {"train": "train", "export": "export"}
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-lead", choices=MODEL_INPUTS, default="I",
-                   help="lead given to the model (default I)")
+
+AUTO_LEAD_HELP = ("lead given to the model: I, II, I+II (the two-lead model: both leads measured), or auto: for a source holding several leads (a 12-lead DICOM"
+                  " object) the one the model does best from (I unless it is near-isoelectric or refused by the"
+                  " signal-quality gate and II is fine), for a .npy its sidecar's lead, else I (default I)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
+    """The model's arguments; ``auto``: --input-lead may also be ``auto`` (core/leadchoice.py)."""
+    p.add_argument("--input-lead", choices=INPUT_LEAD_CHOICES if auto else MODEL_INPUTS, default="I",
+                   help=AUTO_LEAD_HELP if auto else "lead given to the model (default I)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint file (default: the one shipped for --input-lead)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -62,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a folder of one-lead ECGs to 12-lead ECGs")
-    p.add_argument("input_dir", help="folder (tree) of one-lead inputs: .npy (+ <stem>.json sidecar) and DICOM")
+    p.add_argument("input_dir", help="folder (tree) of inputs: .npy (+ <stem>.json sidecar), DICOM, GE MUSE / "
+                   "Philips / HL7 aECG XML, WFDB records (.hea + signal files)")
     p.add_argument("output_dir", help="where the results go, in the same layout")
-    p.add_argument("--fs", type=float, default=500.0,
-                   help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default 500)")
+    p.add_argument("--fs", type=float, default=None,
+                   help="sampling rate of .npy inputs without a sidecar saying otherwise, Hz (default: 500,"
+                        " assumed, and said so on stderr and in each result's .json and page)")
     p.add_argument("--units", choices=("uV", "mV"), default="uV",
                    help="units of .npy inputs without a sidecar saying otherwise (default uV)")
     p.add_argument("--format", choices=("npy", "dicom", "both"), default="npy", dest="output_format",
@@ -75,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="also draw the 12-lead page: <stem>.pdf (and <stem>.report.dcm with --format dicom|both)")
     p.add_argument("--paper", choices=("A4", "Letter"), default="A4", help="report page size (default A4)")
-    _add_model_args(p)
+    _add_model_args(p, auto=True)
     p.add_argument("--engine", choices=("single", "ray"), default="single",
-                   help="single: this process (default); ray: Ray Data workers (pip install 'ecg-dicom[scale]')")
+                   help="single: this process (default); ray: Ray Data workers (pip install '.[scale]')")
     ray = p.add_argument_group("Ray engine (--engine ray)")
     ray.add_argument("--address", default=None,
                      help="join a running Ray cluster (auto, or HOST:PORT); default: start a local instance")
@@ -180,12 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the DICOM service (C-STORE listener, watched folder, delivery to PACS)")
     p.add_argument("--config", required=True, help=config_help)
 
-    p = sub.add_parser("status", help="is the service running; its queue; recent rejections and dead letters")
+    p = sub.add_parser("status", help="is the service running; its queue; recent rejections and dead letters",
+                       epilog="exit status: 0 running (and /health ready, where http is configured), 1 a job"
+                              " asked for does not exist, 2 bad configuration, 3 NOT RUNNING, 4 running but"
+                              " /health degraded, unavailable or not answering")
     p.add_argument("--config", required=True, help=config_help)
     p.add_argument("jobs", nargs="*", type=int, metavar="JOB",
                    help="show these jobs in full: origin, name, state, reason and the result files they made")
     p.add_argument("--recent", type=int, default=10, help="how many recent rejections / dead letters to list (10)")
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
+    p.add_argument("--accuracy", action="store_true",
+                   help="the accuracy monitor instead: per source device model and lead, n, median and 10th-percentile"
+                        " r of the reconstructions against the leads 12-lead sources measured, and the trend")
+    p.add_argument("--since", metavar="WHEN", default=None,
+                   help="with --accuracy: only records since WHEN (2026-12-01, or 90m / 2h / 7d / 1w ago)")
 
     p = sub.add_parser("redeliver", help="send results to the PACS again (made before it was configured, "
                                          "or dead-lettered before a fault was fixed)")
@@ -201,9 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ecg-dicom``; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(_COMMANDS[args.command])
     try:
+        module = importlib.import_module(_COMMANDS[args.command])
         return int(module.run(args) or 0)
+    except MissingExtraError as exc:
+        print(f"ecg-dicom {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # one imported at the top of a command's module (train)
+        missing = missing_module(exc)
+        if missing is None:
+            raise
+        error = missing_extra(missing, "this command", _EXTRAS.get(args.command))
+        print(f"ecg-dicom {args.command}: {error}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `ecg-dicom status ... | head`: the reader has gone, and that is fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -13,19 +13,22 @@ strict (``"11112"`` is not a port, ``true`` is not a number).
     ae_title: ECGDICOM
     listen: {host: 127.0.0.1, port: 11112}
     allowed_callers: [CART1]        # absent = any caller (a warning is logged at start)
-    input_lead: I
+    input_lead: I                   # I, II or auto (the best lead of a multi-lead source)
     folders: {watch: var/inbox, output: var/outbox, work: var/work}
     pacs: {ae_title: PACS, host: 127.0.0.1, port: 4242}   # absent = no delivery
+    # or / and: pacs: {dicomweb: {url: http://127.0.0.1:8042/dicom-web}}
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -46,7 +49,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from ecg_dicom.errors import ConfigError
-from ecg_dicom.leads import MODEL_INPUTS
+from ecg_dicom.core.leadchoice import INPUT_LEAD_CHOICES
 from ecg_dicom.limits import Limits
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -60,6 +63,17 @@ def _ae_title(value: str) -> str:
         raise ValueError(f"{value!r} is not an AE title (1-{AE_TITLE_MAX} printable ASCII characters, "
                          "no backslash)")
     return value
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.x, ::1, localhost)."""
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _host(value: str) -> str:
@@ -137,20 +151,39 @@ class ClientTls:
 
 @dataclass(config=_STRICT)
 class Listen:
-    """Where the C-STORE SCP listens; ``timeout_s`` is its DIMSE/network timeout.
+    """Where the C-STORE SCP listens; ``timeout_s`` is its DIMSE timeout (a message begun
+    must be complete within it).
 
     ``handshake_timeout_s``: how long a new connection may take to complete TLS and send its
     A-ASSOCIATE request (real carts need milliseconds), so idle connections cannot hold the
-    listener; ``max_pending``: connections allowed to be in that phase at once (the oldest is
-    dropped for a new one). ``tls``: DICOM TLS; with it, plain connections are refused.
+    listener; ``max_pending``: connections allowed to be in that phase at once (they take no
+    association slot; past it the oldest of the address holding the most is dropped).
+    ``idle_timeout_s``: an association on which nothing arrives for this long is aborted;
+    ``preempt_idle_s``: while every slot is taken, an association that has sent no DIMSE
+    message and has been idle this long gives its slot to a new request (one that has, after
+    2 s idle; never one in the middle of a store). ``tls``: DICOM TLS; with it,
+    plain connections are refused. ``insecure_plaintext_ok``: listening on an address other
+    than loopback without TLS is refused at start unless this is true (see README, Security).
     """
 
     host: Host = "127.0.0.1"
     port: Port = 11112
     timeout_s: Seconds = 30.0
-    handshake_timeout_s: Seconds = 5.0
-    max_pending: Count = 32
+    handshake_timeout_s: Seconds = 3.0
+    max_pending: Count = 256
+    idle_timeout_s: Seconds = 10.0
+    preempt_idle_s: Seconds = 0.2
     tls: ServerTls | None = None
+    insecure_plaintext_ok: StrictBool = False
+
+    @model_validator(mode="after")
+    def _plaintext_on_a_network(self) -> "Listen":
+        if self.tls is None and not self.insecure_plaintext_ok and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and tls is not set: DICOM would travel unencrypted "
+                "and AE titles are not secrets. Configure listen.tls (a mounted certificate and key), or set "
+                "listen.insecure_plaintext_ok: true to accept plain DICOM on the network (README, Security)")
+        return self
 
 
 @dataclass(config=_STRICT)
@@ -194,23 +227,109 @@ class Folders:
         return self.work / "queue.sqlite3"
 
 
+def _env_name(value: str) -> str:
+    if not value or not all(ch.isalnum() or ch == "_" for ch in value) or value[0].isdigit():
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _web_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials do not belong in the URL (they would end up in logs): use pacs.dicomweb.auth")
+    if parts.query or parts.fragment:
+        raise ValueError("the service root URL takes no query or fragment")
+    return value.rstrip("/")
+
+
+@dataclass(config=_STRICT)
+class WebAuth:
+    """Credentials for the DICOMweb endpoint, never written in the YAML: the secret (the
+    password for ``basic``, the token for ``bearer``) is read from ``secret_file`` (its
+    first line) or the environment variable ``secret_env``, again before every request
+    (a rotated token is picked up without a restart)."""
+
+    scheme: Literal["basic", "bearer"]
+    username: StrictStr | None = None
+    secret_file: ConfigFile | None = None
+    secret_env: Annotated[StrictStr, AfterValidator(_env_name)] | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "WebAuth":
+        if (self.secret_file is None) == (self.secret_env is None):
+            raise ValueError("give exactly one of secret_file and secret_env")
+        if (self.scheme == "basic") != (self.username is not None):
+            raise ValueError("username goes with scheme basic (and only with it)")
+        return self
+
+
+@dataclass(config=_STRICT)
+class DicomWeb:
+    """A DICOMweb (STOW-RS) endpoint results are POSTed to: ``url`` is the service root
+    (``http://host:8042/dicom-web``; instances go to ``<url>/studies``); ``ca``: the CA
+    bundle an https server's certificate is checked against (absent: the system's);
+    ``auth``: basic or bearer credentials (absent: none)."""
+
+    url: Annotated[StrictStr, AfterValidator(_web_url)]
+    ca: ConfigFile | None = None
+    auth: WebAuth | None = None
+
+
 @dataclass(config=_STRICT)
 class Pacs:
-    """The PACS results are C-STOREd to, and how hard to try.
+    """Where results are delivered, and how hard to try: a C-STORE peer (``ae_title``,
+    ``host``, ``port``), a DICOMweb STOW-RS endpoint (``dicomweb``), or both (a job is
+    delivered when both have it).
 
     A transient failure is retried after ``retry_initial_s * 2**(attempt-1)`` seconds (at
     most ``retry_max_s``, times a random jitter in [0.5, 1]); a job still undelivered
     ``give_up_after_s`` seconds after its results were written goes to the dead-letter folder.
+    ``storage_commitment``: a C-STOREd job counts as delivered only once the PACS commits its
+    instances (Storage Commitment Push Model); without a report within
+    ``commitment_timeout_s`` the job is sent and asked for again (a transient failure).
     """
 
-    ae_title: AeTitle
-    host: Host
-    port: Port
+    ae_title: AeTitle | None = None
+    host: Host | None = None
+    port: Port | None = None
     timeout_s: Seconds = 30.0
     retry_initial_s: Seconds = 5.0
     retry_max_s: Seconds = 600.0
     give_up_after_s: Seconds = 7 * 24 * 3600.0
     tls: ClientTls | None = None
+    dicomweb: DicomWeb | None = None
+    storage_commitment: StrictBool = False
+    commitment_timeout_s: Seconds = 300.0
+
+    @model_validator(mode="after")
+    def _destinations(self) -> "Pacs":
+        given = [name for name in ("ae_title", "host", "port") if getattr(self, name) is not None]
+        if given and len(given) < 3:
+            missing = sorted({"ae_title", "host", "port"} - set(given))
+            raise ValueError("a C-STORE peer needs ae_title, host and port: "
+                             + ", ".join(repr(f"pacs.{name}") for name in missing) + " missing")
+        if not given and self.dicomweb is None:
+            raise ValueError("name a C-STORE peer (ae_title, host, port), a dicomweb endpoint, or both")
+        if not given and (self.storage_commitment or self.tls is not None):
+            raise ValueError("storage_commitment and tls are for a C-STORE peer (ae_title, host, port)")
+        return self
+
+    @property
+    def cstore(self) -> bool:
+        """True when a C-STORE peer is configured."""
+        return self.host is not None
+
+    def describe(self) -> str:
+        """Where results go, for logs and messages (no credentials)."""
+        where = []
+        if self.cstore:
+            where.append(f"{self.ae_title}@{self.host}:{self.port}"
+                         + (" (storage commitment)" if self.storage_commitment else ""))
+        if self.dicomweb is not None:
+            where.append(f"STOW-RS {self.dicomweb.url}")
+        return " and ".join(where)
 
 
 @dataclass(config=_STRICT)
@@ -247,6 +366,19 @@ class Report:
 
 
 @dataclass(config=_STRICT)
+class AccuracyMonitor:
+    """The live accuracy monitor on sources that also carry the leads we reconstruct (a
+    12-lead DICOM object): per learned lead, r against the measured lead. When the median
+    over the last ``window`` records of a lead falls more than ``margin`` below the model
+    card's r for that lead, ``/health`` says ``degraded`` and a warning is logged once a day.
+    ``enabled: false``: no figures kept (the result's ``.json`` still carries them)."""
+
+    enabled: StrictBool = True
+    margin: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.1
+    window: Count = 50
+
+
+@dataclass(config=_STRICT)
 class Settings:
     """The whole validated configuration of one service instance."""
 
@@ -255,7 +387,9 @@ class Settings:
     listen: Listen = field(default_factory=Listen)
     # calling AE titles let in; None (key absent) = any caller, warned at start
     allowed_callers: Annotated[tuple[AeTitle, ...], Field(min_length=1)] | None = None
-    input_lead: Literal[MODEL_INPUTS] = "I"  # type: ignore[valid-type]
+    # the lead the model takes: I, II, I+II (two leads measured), or auto (for a source holding several leads the one the
+    # model does best from: core/leadchoice.py; a one-lead source: its sidecar's lead, else I)
+    input_lead: Literal[INPUT_LEAD_CHOICES] = "I"  # type: ignore[valid-type]
     pacs: Pacs | None = None
     checkpoint: ConfigPath | None = None
     device: StrictStr = "cpu"
@@ -272,6 +406,10 @@ class Settings:
     max_associations: Count = 10
     limits: Limits = field(default_factory=Limits)  # input sizes and the queue's high-water mark
     http: Http | None = None  # /health and /metrics; absent = off
+    accuracy_monitor: AccuracyMonitor = field(default_factory=AccuracyMonitor)
+    # a source that already holds all 12 measured leads (a cart's 12-lead DICOM): its result is
+    # kept locally (outbox, accuracy monitor) and not sent to the PACS, unless this is true
+    deliver_when_source_complete: StrictBool = False
     log_level: Annotated[StrictStr, AfterValidator(_log_level)] = "INFO"
     source: Path | None = Field(default=None, exclude=True)  # the file read (set by load_config, not YAML)
 
@@ -290,6 +428,13 @@ class Settings:
         if value is not None and not value.is_file():
             raise ValueError(f"no such file {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_checkpoint_one_lead(self) -> "Settings":
+        if self.checkpoint is not None and self.input_lead == "auto":
+            raise ValueError("checkpoint: a checkpoint is a model for one lead; input_lead auto uses the shipped"
+                             " model of each lead (leave checkpoint out, or set input_lead to the checkpoint's lead)")
+        return self
 
 
 _SETTINGS = TypeAdapter(Settings)
@@ -332,7 +477,7 @@ def log_effective(settings: Settings, logger: logging.Logger) -> None:
     logger.info("config %s: ae_title=%s listen=%s:%d input_lead=%s pacs=%s checkpoint=%s "
                 "batch=%d watch=%s output=%s work=%s", settings.source, settings.ae_title,
                 settings.listen.host, settings.listen.port, settings.input_lead,
-                f"{settings.pacs.ae_title}@{settings.pacs.host}:{settings.pacs.port}" if settings.pacs else "none",
+                settings.pacs.describe() if settings.pacs else "none",
                 settings.checkpoint or "shipped", settings.worker.batch_size, settings.folders.watch,
                 settings.folders.output, settings.folders.work)
     if settings.allowed_callers is None:

@@ -27,3 +27,7 @@ class CheckpointError(EcgDicomError):
 
 class ConfigError(EcgDicomError):
     """A configuration value that is invalid; the message names the key."""
+
+
+class MissingExtraError(EcgDicomError):
+    """An optional dependency that is not installed; the message names the pip extra that brings it."""

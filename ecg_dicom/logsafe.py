@@ -11,16 +11,22 @@ Rules (README, "Security"):
   the libraries we use may quote values they failed to parse: every quoted span in them is
   replaced by its hash as well. Exceptions of unknown origin are logged by type and
   traceback, their message hashed.
-* UIDs are logged as :func:`uid_hash`.
+* UIDs are logged as :func:`uid_hash`. One hash everywhere (:func:`digest` of the value
+  itself): a UID a library quotes (``'#5dbaedc7'``), our marked value (``«#5dbaedc7»``) and
+  our ``uid#5dbaedc7`` name the same value with the same 8 hex digits.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import re
+import sys
 import traceback
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 WIRE_OPEN, WIRE_CLOSE = "\u00ab", "\u00bb"  # « »
 _WIRE_SPAN = re.compile(f"{WIRE_OPEN}[^{WIRE_CLOSE}]*{WIRE_CLOSE}")
@@ -29,6 +35,7 @@ _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
 _OURS = "ecg_dicom"
 MAX_WIRE_CHARS = 64
 MAX_LINE_CHARS = 2000
+TRACEBACK_HEADER = "Traceback (most recent call last):"
 
 
 def digest(value: object, n: int = 8) -> str:
@@ -69,8 +76,20 @@ def redact(message: str, third_party: bool = False) -> str:
     every quoted span) replaced by their hash; then escaped and cut to one line."""
     message = _WIRE_SPAN.sub(lambda m: f"{WIRE_OPEN}#{digest(m.group(0)[1:-1])}{WIRE_CLOSE}", message)
     if third_party:
-        message = _QUOTED.sub(lambda m: f"'#{digest(m.group(0))}'", message)
+        message = _QUOTED.sub(lambda m: f"'#{digest(_unquoted(m.group(0)))}'", message)
     return escape(message, MAX_LINE_CHARS)
+
+
+def _unquoted(span: str) -> str:
+    """The value a quoted span stands for (``'1.2.3'`` -> ``1.2.3``, escapes decoded as Python
+    reads them, ``b'..'`` decoded), so it hashes as the same value does elsewhere."""
+    try:
+        value = ast.literal_eval(span)  # a string or bytes literal only: nothing is run
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = span[span.index(span[-1]) + 1:-1]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    return str(value)
 
 
 def strip_wire(message: str) -> str:
@@ -92,10 +111,13 @@ class SafeFormatter(logging.Formatter):
             record.message = saved
 
     def formatException(self, ei) -> str:  # noqa: N802
+        """``Traceback (most recent call last):``, the frames, and the exception's type with its
+        message hashed (the header as Python writes it, so ``grep Traceback`` finds every one)."""
         exc_type, exc, tb = ei
         frames = "".join(traceback.format_tb(tb)).rstrip("\n")
         name = getattr(exc_type, "__name__", "Exception")
-        return escape(f"{frames}\n{name}: (message withheld, #{digest(exc)})").replace("\\n", "\n")
+        text = escape(f"{frames}\n{name}: (message withheld, #{digest(exc)})").replace("\\n", "\n")
+        return f"{TRACEBACK_HEADER}\n{text}"
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802
         return escape(stack_info).replace("\\n", "\n")
@@ -104,14 +126,14 @@ class SafeFormatter(logging.Formatter):
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def install(level: str = "INFO", stream=None) -> logging.Handler:
-    """Make :class:`SafeFormatter` the formatter of every root handler (adding a stderr one
-    if there is none), and route Python warnings (pydicom's own) through logging."""
+def install(level: str = "INFO", stream=None, fmt: str = FORMAT) -> logging.Handler:
+    """Make :class:`SafeFormatter` (with ``fmt``) the formatter of every root handler (adding a
+    stderr one if there is none), and route Python warnings (pydicom's own) through logging."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler(stream))
     for handler in root.handlers:
-        handler.setFormatter(SafeFormatter(FORMAT))
+        handler.setFormatter(SafeFormatter(fmt))
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO; keep its own warnings and errors only
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -120,6 +142,30 @@ def install(level: str = "INFO", stream=None) -> logging.Handler:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.showwarning = _log_warning
     return root.handlers[0]
+
+
+@contextmanager
+def routed(prefix: str, stream=None, level: str = "WARNING") -> Iterator[logging.Handler]:
+    """For a command (``convert``): while inside, every log record at ``level`` or above and
+    every Python warning (pydicom's) goes to ``stream`` (stderr) as one :class:`SafeFormatter`
+    line ``<prefix>: <message>``, as ``serve`` logs them; all is put back afterwards."""
+    root = logging.getLogger()
+    saved = root.level, warnings.showwarning
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(SafeFormatter(f"{prefix}: %(message)s"))
+    handler.setLevel(level.upper())
+    # pydicom logs each of its warnings and raises it with warnings.warn: keep the latter
+    handler.addFilter(lambda record: not (record.name.split(".")[0] == "pydicom"
+                                          and record.levelno < logging.ERROR))
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.WARNING, handler.level))
+    warnings.showwarning = _log_warning
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        warnings.showwarning = saved[1]
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

@@ -3,7 +3,8 @@
 A job is one accepted input. Its states::
 
     waiting -> processing -> done                  (no PACS configured)
-                          -> delivering -> done    (results C-STOREd with success/warning)
+                          -> delivering -> done    (results C-STOREd with success/warning, and/or
+                                                    STOW-RS; committed, with storage commitment)
                                         -> dead    (permanent failure, or gave up)
                           -> rejected              (bad input; reason file written)
 
@@ -24,7 +25,6 @@ after a crash gets its own reservation back.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import sqlite3
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ecg_dicom.files import counted_stems
+from ecg_dicom.logsafe import digest
 
 STATES = ("waiting", "processing", "delivering", "done", "rejected", "dead")
 KEY_LENGTH = 16
@@ -57,13 +58,34 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, next_attempt);
+CREATE TABLE IF NOT EXISTS source_uids (   -- which content arrived under which source SOP Instance UID
+    uid     TEXT NOT NULL,
+    content TEXT NOT NULL,            -- the content hash the output UIDs derive from
+    job_id  INTEGER NOT NULL,
+    PRIMARY KEY (uid, content)
+);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS output_names (
     key    TEXT PRIMARY KEY,          -- the file name, case-folded
     job_id INTEGER NOT NULL
 );
+-- the accuracy monitor: per job and learned lead, the reconstruction against the lead the
+-- source measured (see ecg_dicom.core.accuracy); device: the source's model name, never a patient
+CREATE TABLE IF NOT EXISTS accuracy (
+    job_id     INTEGER NOT NULL,
+    lead       TEXT NOT NULL,
+    at         REAL NOT NULL,
+    device     TEXT NOT NULL,
+    input_lead TEXT NOT NULL,
+    r          REAL NOT NULL,
+    rmse_uv    REAL NOT NULL,
+    PRIMARY KEY (job_id, lead)
+);
+CREATE INDEX IF NOT EXISTS accuracy_at ON accuracy (at);
 """
 # columns added after the first release: (name, declaration); added to an older store at open
-_ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"), ("note", "TEXT"))
+_ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"), ("note", "TEXT"), ("delivered_to", "TEXT"),
+                  ("commitment", "TEXT"))
 
 
 
@@ -77,6 +99,9 @@ class Job:
     produced, relative to the output folder (``rejected/...`` for a rejected input);
     ``created`` / ``updated``: Unix times; ``note``: a remark from ingest added to the reason
     should the input be rejected (e.g. "a file of the same name was taken 2.5 s before").
+    ``delivered_to``: the destinations (``dicom``, ``dicomweb``) that already hold its results,
+    skipped when it is tried again; ``commitment``: the storage commitment request awaiting its
+    report (``{"uid": transaction UID, "instances": [SOP Instance UID, ...], "requested": t}``).
     """
 
     id: int
@@ -95,6 +120,8 @@ class Job:
     created: float = 0.0
     updated: float = 0.0
     note: str | None = None
+    delivered_to: tuple[str, ...] = ()
+    commitment: dict | None = None
 
     @property
     def result_stem(self) -> str:
@@ -104,7 +131,21 @@ class Job:
     @property
     def tag(self) -> str:
         """How the job appears in logs: id and a hash of its name (a UID, never a patient name)."""
-        return f"job {self.id} [{hashlib.sha256(self.name.encode()).hexdigest()[:10]}]"
+        return f"job {self.id} [{digest(self.name, 10)}]"
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    """One kept accuracy figure: a job's reconstruction of ``lead`` against the source's
+    measured lead; ``at``: Unix time; ``device``: the source's device model."""
+
+    job_id: int
+    lead: str
+    at: float
+    device: str
+    input_lead: str
+    r: float
+    rmse_uv: float
 
 
 def new_key() -> str:
@@ -205,16 +246,27 @@ class JobQueue:
         row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('waiting', 'processing')").fetchone()
         return int(row[0])
 
+    def writable(self) -> bool:
+        """Whether a change can be committed now (one probe row is rewritten; False on a full
+        disk or a read-only store)."""
+        try:
+            self._db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+            return True
+        except sqlite3.Error:
+            return False
+
     def wait_for_new(self, timeout: float) -> None:
         """Block until a job is added (or ``timeout`` seconds pass)."""
         self._new_job.wait(timeout)
         self._new_job.clear()
 
     # -- worker ------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Put jobs interrupted while ``processing`` back to ``waiting``; returns how many."""
-        cur = self._db.execute("UPDATE jobs SET state = 'waiting', updated = ? WHERE state = 'processing'",
-                               (time.time(),))
+    def recover(self, exclude: Iterable[int] = ()) -> int:
+        """Put jobs interrupted while ``processing`` (but those in ``exclude``, still in hand)
+        back to ``waiting``; returns how many."""
+        skip = sorted(set(exclude))
+        cur = self._db.execute(f"UPDATE jobs SET state = 'waiting', updated = ? WHERE state = 'processing' "
+                               f"AND id NOT IN ({','.join('?' * len(skip))})", (time.time(), *skip))
         return cur.rowcount
 
     def claim(self, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
@@ -267,6 +319,20 @@ class JobQueue:
             db.execute("ROLLBACK")
             raise
 
+    def note_source(self, uid: str, content: str, job_id: int) -> list[int]:
+        """Record that ``job_id`` brought ``content`` under source SOP Instance UID ``uid``;
+        returns the jobs that brought *other* content under the same UID (a source reusing
+        its UIDs), oldest first."""
+        db = self._db
+        db.execute("INSERT OR IGNORE INTO source_uids (uid, content, job_id) VALUES (?, ?, ?)", (uid, content, job_id))
+        rows = db.execute("SELECT job_id FROM source_uids WHERE uid = ? AND content != ? ORDER BY job_id",
+                          (uid, content)).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def set_note(self, job_id: int, note: str) -> None:
+        """Attach a remark to a job (shown by ``ecg-dicom status``)."""
+        self._db.execute("UPDATE jobs SET note = ?, updated = ? WHERE id = ?", (note, time.time(), job_id))
+
     def set_outputs(self, job_id: int, outputs: list[str]) -> None:
         """Record the files a job produced (or is about to), relative to the output folder."""
         self._db.execute("UPDATE jobs SET outputs = ?, updated = ? WHERE id = ?",
@@ -309,13 +375,53 @@ class JobQueue:
         self._to_deliver.clear()
 
     def delivered(self, job_id: int) -> None:
-        self._set(job_id, "done")
+        self._db.execute("UPDATE jobs SET state = 'done', commitment = NULL, updated = ? WHERE id = ?",
+                         (time.time(), job_id))
+
+    def delivered_to(self, job_id: int, destination: str) -> None:
+        """Record that ``destination`` holds the job's results (the job may still wait for others)."""
+        self._db.execute(
+            "UPDATE jobs SET delivered_to = json_insert(COALESCE(delivered_to, '[]'), '$[#]', ?), updated = ? "
+            "WHERE id = ? AND ? NOT IN (SELECT value FROM json_each(COALESCE(delivered_to, '[]')))",
+            (destination, time.time(), job_id, destination))
 
     def retry_later(self, job_id: int, next_attempt: float, reason: str) -> None:
-        """Count a failed delivery attempt and schedule the next one (kept across restarts)."""
+        """Count a failed delivery attempt and schedule the next one (kept across restarts);
+        a storage commitment still awaited is given up (the next attempt asks anew)."""
         self._db.execute(
-            "UPDATE jobs SET attempts = attempts + 1, next_attempt = ?, reason = ?, updated = ? WHERE id = ?",
-            (next_attempt, reason, time.time(), job_id))
+            "UPDATE jobs SET attempts = attempts + 1, next_attempt = ?, reason = ?, commitment = NULL, updated = ? "
+            "WHERE id = ?", (next_attempt, reason, time.time(), job_id))
+
+    def await_commitment(self, job_id: int, transaction_uid: str, instances: list[str], deadline: float) -> None:
+        """Record a storage commitment request (before it is sent: the report may come at once);
+        the job is due again at ``deadline`` should no report come."""
+        now = time.time()
+        request = {"uid": transaction_uid, "instances": instances, "requested": now}
+        self._db.execute(
+            "UPDATE jobs SET commitment = ?, next_attempt = ?, reason = ?, updated = ? WHERE id = ?",
+            (json.dumps(request), deadline, "awaiting storage commitment", now, job_id))
+
+    def committed(self, job_id: int, transaction_uid: str) -> bool:
+        """The PACS committed the request ``transaction_uid``: clear it; False when the job no
+        longer awaits that request (a late or repeated report)."""
+        cur = self._db.execute(
+            "UPDATE jobs SET commitment = NULL, reason = NULL, updated = ? WHERE id = ? AND state = 'delivering' "
+            "AND json_extract(commitment, '$.uid') = ?", (time.time(), job_id, transaction_uid))
+        return cur.rowcount == 1
+
+    def awaiting_commitment(self, transaction_uid: str) -> Job | None:
+        """The ``delivering`` job whose storage commitment request is ``transaction_uid``, or None."""
+        row = self._db.execute("SELECT * FROM jobs WHERE state = 'delivering' AND "
+                               "json_extract(commitment, '$.uid') = ?", (transaction_uid,)).fetchone()
+        return None if row is None else _job(row)
+
+    def uncommitted(self, limit: int = 10) -> list[Job]:
+        """``delivering`` jobs awaiting a storage commitment report or retried after one failed,
+        newest change first."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE state = 'delivering' AND (commitment IS NOT NULL OR reason LIKE "
+            "'%storage commitment%') ORDER BY updated DESC, id DESC LIMIT ?", (limit,)).fetchall()
+        return [_job(r) for r in rows]
 
     def redeliver(self, job_ids: list[int]) -> int:
         """Send ``done`` or ``dead`` jobs' results again: back to ``delivering`` with a fresh
@@ -323,12 +429,42 @@ class JobQueue:
         now = time.time()
         cur = self._db.executemany(
             "UPDATE jobs SET state = 'delivering', attempts = 0, next_attempt = ?, deliver_since = ?, reason = NULL, "
-            "updated = ? WHERE id = ? AND state IN ('done', 'dead')", [(now, now, now, i) for i in job_ids])
+            "delivered_to = NULL, commitment = NULL, updated = ? WHERE id = ? AND state IN ('done', 'dead')", [(now, now, now, i) for i in job_ids])
         self._to_deliver.set()
         return cur.rowcount
 
     def dead(self, job_id: int, reason: str) -> None:
-        self._set(job_id, "dead", reason)
+        self._db.execute("UPDATE jobs SET state = 'dead', reason = ?, commitment = NULL, updated = ? WHERE id = ?",
+                         (reason, time.time(), job_id))
+
+    # -- accuracy monitor ----------------------------------------------------------------
+    def record_accuracy(self, job_id: int, device: str, input_lead: str, figures: dict[str, dict]) -> None:
+        """Keep one job's per-lead figures ({lead: {"r": …, "rmse_uv": …}}); a job done again
+        (after a crash) replaces its own."""
+        now = time.time()
+        self._db.executemany(
+            "INSERT OR REPLACE INTO accuracy (job_id, lead, at, device, input_lead, r, rmse_uv) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(job_id, lead, now, device, input_lead, float(v["r"]), float(v["rmse_uv"]))
+             for lead, v in figures.items()])
+
+    def accuracy_rows(self, since: float | None = None) -> list[AccuracyRow]:
+        """The kept figures (changed at or after ``since``), oldest first."""
+        rows = self._db.execute("SELECT * FROM accuracy WHERE at >= ? ORDER BY at, job_id, lead",
+                                (since if since is not None else float("-inf"),)).fetchall()
+        return [AccuracyRow(r["job_id"], r["lead"], r["at"], r["device"], r["input_lead"], r["r"], r["rmse_uv"])
+                for r in rows]
+
+    def latest_accuracy(self, lead: str, limit: int) -> list[AccuracyRow]:
+        """The last ``limit`` figures of ``lead``, newest first."""
+        rows = self._db.execute("SELECT * FROM accuracy WHERE lead = ? ORDER BY at DESC, job_id DESC LIMIT ?",
+                                (lead, limit)).fetchall()
+        return [AccuracyRow(r["job_id"], r["lead"], r["at"], r["device"], r["input_lead"], r["r"], r["rmse_uv"])
+                for r in rows]
+
+    def accuracy_leads(self) -> list[str]:
+        """The leads that have figures."""
+        return [row[0] for row in self._db.execute("SELECT DISTINCT lead FROM accuracy")]
 
     # -- reporting ---------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -381,4 +517,6 @@ def _job(row: sqlite3.Row) -> Job:
                state=row["state"], attempts=row["attempts"], next_attempt=row["next_attempt"],
                deliver_since=row["deliver_since"], reason=row["reason"],
                outputs=tuple(json.loads(row["outputs"])), stem=row["stem"], source_name=row["source_name"],
-               created=row["created"], updated=row["updated"], note=row["note"])
+               created=row["created"], updated=row["updated"], note=row["note"],
+               delivered_to=tuple(json.loads(row["delivered_to"] or "[]")),
+               commitment=json.loads(row["commitment"]) if row["commitment"] else None)

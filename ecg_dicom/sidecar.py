@@ -39,6 +39,9 @@ from ecg_dicom.leads import canonical_lead_name
 from ecg_dicom.logsafe import wire
 
 SIDECAR_SUFFIX = ".json"
+# inputs that may have a sidecar: a .npy (rate, lead, patient), a vendor file (patient keys
+# that override the file's own: GE MUSE / Philips / HL7 aECG XML, a WFDB header, SCP-ECG)
+SIDECAR_INPUT_SUFFIXES = (".npy", ".xml", ".hea", ".scp")
 MAX_SIDECAR_BYTES = 64 * 1024
 RECORDING_KEYS = ("fs", "lead", "leads", "units")
 MAX_SIDECAR_LEADS = 2
@@ -78,10 +81,10 @@ class Sidecar:
 
 
 def sidecar_path(input_path: str | Path) -> Path | None:
-    """Where the sidecar of ``input_path`` is: ``<stem>.json`` beside a ``.npy``; None for any
-    other input (a DICOM file has none)."""
+    """Where the sidecar of ``input_path`` is: ``<stem>.json`` beside a ``.npy``, ``.xml``,
+    ``.hea`` or ``.scp``; None for any other input (a DICOM file has none)."""
     path = Path(input_path)
-    return path.with_suffix(SIDECAR_SUFFIX) if path.suffix.lower() == ".npy" else None
+    return path.with_suffix(SIDECAR_SUFFIX) if path.suffix.lower() in SIDECAR_INPUT_SUFFIXES else None
 
 
 def stray_sidecars(folder: str | Path, inputs: list[Path], exclude: list[Path] = ()) -> list[Path]:
@@ -149,7 +152,7 @@ def parse_sidecar(params: Any) -> Sidecar:
     units = params.get("units")
     if units is not None and units not in UNIT_TO_UV:
         raise InputError(f"sidecar .json: 'units' must be one of {', '.join(UNIT_TO_UV)}, got {_kind(units)}")
-    attributes = {key: _check_attribute(key, params[key]) for key in DICOM_KEYS if key in params}
+    attributes = {key: check_attribute(key, params[key]) for key in DICOM_KEYS if key in params}
     attributes = {key: value for key, value in attributes.items() if value}
     identifying = [key for key in PATIENT_KEYS + STUDY_KEYS if key in attributes]
     if identifying and "PatientID" not in attributes:
@@ -178,7 +181,7 @@ def _parse_leads(value: Any) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _check_attribute(keyword: str, value: Any) -> str:
+def check_attribute(keyword: str, value: Any) -> str:
     """``value`` as the DICOM text of ``keyword``; raises InputError naming the key, not the value."""
     import pydicom  # here, not at the top: a .npy without patient keys does not pay its ~0.3 s import
     from pydicom.datadict import dictionary_VR

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,17 @@ from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel, ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# CI clones the repo into a folder with shared/ beside it, as on the developers' machines.
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# CI clones the repo into a folder with shared/ beside it, as on the developers' machines;
+# ECG_DICOM_TEST_DATA names the data folder where it lies elsewhere.
+SHARED_DATA = Path(os.environ.get("ECG_DICOM_TEST_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
 TINY_CONFIG = ModelConfig(stem_channels=8, hidden=8, lstm_layers=1, heads=2, dropout=0.0)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ../shared/data; the tests that need real records fail (not skip) without it."""
-    assert SHARED_DATA.is_dir(), f"real test data not found at {SHARED_DATA}"
+    assert SHARED_DATA.is_dir(), (f"real test data not found at {SHARED_DATA}: put the data folder there (the "
+                                  "clone beside shared/, as in the README's Quick start) or set ECG_DICOM_TEST_DATA")
     return SHARED_DATA
 
 
@@ -67,7 +70,7 @@ def tiny_checkpoint_ii(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_reconstructor(tiny_checkpoint: Path) -> Reconstructor:
-    return Reconstructor.from_checkpoint(tiny_checkpoint, input_lead="I")
+    return Reconstructor.from_checkpoint(tiny_checkpoint, input_lead="I", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +102,23 @@ def synthetic_lead(seconds: float = 10.0, fs: float = 500.0, seed: int = 0) -> n
     qrs = 1000 * np.exp(-((beat - 0.2) / 0.012) ** 2)
     twave = 250 * np.exp(-((beat - 0.45) / 0.05) ** 2)
     return (qrs + twave - 150 + rng.normal(0, 10, t.size)).astype(np.float32)
+
+
+@pytest.fixture
+def site(tmp_path, shared_data):
+    """A job store with one job whose result (a real 12-lead ECG file) awaits delivery:
+    (folders, queue, job id)."""
+    import shutil
+
+    from ecg_dicom.config import Folders
+    from ecg_dicom.queue import JobQueue, new_key
+
+    folders = Folders(tmp_path / "in", tmp_path / "out", tmp_path / "work")
+    folders.output.mkdir()
+    shutil.copy(shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm", folders.output / "r.dcm")
+    queue = JobQueue(folders.queue_db)
+    job_id = queue.add(new_key(), "r", "scp", "spooled")
+    queue.claim(1)
+    queue.processed(job_id, ["r.npy", "r.dcm"], deliver=True)
+    yield folders, queue, job_id
+    queue.close()

@@ -175,3 +175,63 @@ def read_real(shared_data: Path, relative: str = MORTARA) -> Dataset:
 def deflated(data: bytes) -> bytes:
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush()
+
+
+# -- vendor XML (GE MUSE, Philips Sierra, HL7 aECG) ---------------------------------------------
+VENDOR_XML = ("vendor/ge_muse_xml/muse_ecg1.xml", "vendor/philips_sierra_xml/129DYPRG.XML",
+              "vendor/hl7_aecg/ecg_hl7.xml", "vendor/philips_sierra_xml/3191723_ZZDEMOPTONLY_1-04_orig.xml")
+BILLION_LAUGHS = ('<?xml version="1.0"?>\n<!DOCTYPE RestingECG [\n <!ENTITY a "aaaaaaaaaa">\n'
+                  + "".join(f' <!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">\n' for i in range(9))
+                  + ']>\n<RestingECG><PatientDemographics><PatientID>&j;</PatientID></PatientDemographics></RestingECG>\n')
+EXTERNAL_ENTITY = ('<?xml version="1.0"?>\n<!DOCTYPE RestingECG [ <!ENTITY x SYSTEM "file:///etc/passwd"> ]>\n'
+                   '<RestingECG><PatientDemographics><PatientID>&x;</PatientID></PatientDemographics></RestingECG>\n')
+# the numeric fields that give rate and scale, per format
+VENDOR_NUMBERS = (r"(<SampleBase>)[^<]*", r"(<LeadAmplitudeUnitsPerBit>)[^<]*", r"(<LeadSampleCountTotal>)[^<]*",
+                  r"(<samplingrate>)[^<]*", r"(<signalresolution>)[^<]*", r'(durationperchannel=")[^"]*',
+                  r'(<increment value=")[^"]*', r'(<scale value=")[^"]*')
+VENDOR_UNITS = (r"<LeadAmplitudeUnits>[^<]*</LeadAmplitudeUnits>", r'(<scale value="[^"]*") unit="[^"]*"',
+                r"<signalresolution>[^<]*</signalresolution>", r'(<increment value="[^"]*") unit="[^"]*"')
+VENDOR_NAME_FIELDS = (r"(<PatientLastName>)[^<]*", r"(<PatientID>)[^<]*", r"(<patientid>)[^<]*",
+                      r'(<trialSubject>\s*<id root="[^"]*" extension=")[^"]*', r"(<subjectDemographicPerson>\s*<name>)[^<]*")
+
+
+def vendor_xml_input(rng, sources: list[bytes]) -> bytes:
+    """One mutated vendor XML file from the real ``sources`` (their bytes): entity bombs,
+    external entities, wrong base64, leads of unequal length, rate or scale missing or absurd,
+    units missing, byte flips, cuts; the patient is always the marker patient."""
+    import re
+
+    data = rng.choice(sources)
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 (Philips 1.04): only byte-level damage
+        out = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            out[rng.randrange(len(out))] = rng.randrange(256)
+        return bytes(out[: rng.randrange(len(out))] if rng.random() < 0.3 else out)
+    text = data.decode("latin-1")
+    for pattern in VENDOR_NAME_FIELDS:
+        text = re.sub(pattern, lambda m: m.group(1) + (MARKER_ID if "ID" in pattern or "id" in pattern
+                                                       else MARKER_NAME.split("^")[1]), text)
+    kind = rng.randrange(10)
+    if kind == 0:
+        return (BILLION_LAUGHS if rng.random() < 0.5 else EXTERNAL_ENTITY).encode()
+    if kind == 1:
+        pattern = rng.choice(VENDOR_NUMBERS)
+        value = rng.choice(("0", "-500", "1e309", "abc", "", "NaN", "inf", "5000000", "0.0000001", MARKER_NAME))
+        text = re.sub(pattern, lambda m: m.group(1) + value, text, count=rng.choice((0, 1)))
+    elif kind == 2:
+        text = re.sub(rng.choice(VENDOR_UNITS), lambda m: m.group(1) if m.groups() else "", text)
+    elif kind == 3:  # wrong base64
+        text = re.sub(r"(<WaveFormData>|<parsedwaveforms[^>]*>)", lambda m: m.group(1) + rng.choice(("!!", "*", "=")),
+                      text, count=1)
+        text = text.replace("<digits>", "<digits>12 x3 ", 1)
+    elif kind == 4:  # leads of unequal length
+        text = re.sub(r"(<WaveFormData>)([^<]{40})", r"\1", text, count=1)
+        text = re.sub(r"(<digits>)((?:\s*-?\d+){100})", r"\1", text, count=1)
+        text = re.sub(r"(<parsedwaveforms[^>]*>)([^<]{4000})", r"\1", text, count=1)
+    out = bytearray(text.encode("latin-1"))
+    if kind >= 7:
+        for _ in range(rng.randint(1, 8)):
+            out[rng.randrange(len(out))] = rng.randrange(256)
+        if kind == 9:
+            del out[rng.randrange(len(out)):]
+    return bytes(out)

@@ -57,7 +57,8 @@ class TestLoad:
         assert s.checkpoint == ckpt
 
     def test_full_config(self, tmp_path):
-        data = {**MINIMAL, "listen": {"host": "0.0.0.0", "port": 104}, "allowed_callers": ["CART1", "CART2"],
+        data = {**MINIMAL, "listen": {"host": "0.0.0.0", "port": 104, "insecure_plaintext_ok": True},
+                "allowed_callers": ["CART1", "CART2"],
                 "input_lead": "II", "pacs": {"ae_title": "PACS", "host": "pacs.local", "port": 4242,
                                              "retry_initial_s": 1},
                 "worker": {"batch_size": 4, "max_wait_s": 0}, "max_associations": 3, "log_level": "debug"}
@@ -82,7 +83,21 @@ class TestLoad:
         assert data["listen"]["host"] == "0.0.0.0" and data["listen"]["port"] == 11112
         assert all(str(p).startswith("/data/") for p in data["folders"].values())
         data["folders"] = {k: str(tmp_path / k) for k in data["folders"]}  # not /data on this machine
+        # issue 22 item 6: all interfaces, so TLS from a mounted key: without it the start fails
+        tls = data["listen"]["tls"]
+        assert all(str(tls[k]).startswith("/config/tls/") for k in ("cert", "key"))
+        with pytest.raises(ConfigError, match=r"^listen\.tls\.cert: .*no such file /config/tls/"):
+            load_config(write(tmp_path, data))
+        for key in ("cert", "key", "ca"):
+            (tmp_path / f"{key}.pem").write_text("PEM")
+            tls[key] = str(tmp_path / f"{key}.pem")
         assert load_config(write(tmp_path, data)).ae_title == "ECGDICOM"
+        # the documented opt-out instead of TLS
+        del data["listen"]["tls"]
+        with pytest.raises(ConfigError, match=r"^listen: .*insecure_plaintext_ok"):
+            load_config(write(tmp_path, data))
+        data["listen"]["insecure_plaintext_ok"] = True
+        assert load_config(write(tmp_path, data)).listen.tls is None
         assert "COPY config/docker.yaml /config/site.yaml" in (REPO / "Dockerfile").read_text()
         # safe defaults: callers named, and the bind choice explained where it is made
         assert data["allowed_callers"]
@@ -113,6 +128,8 @@ class TestRefusals:
         ("folders", {"watch": "a", "output": "a", "work": "w"}, "folders"),
         ("folders", {"watch": "a", "output": "b"}, "folders.work"),
         ("listen", [11112], "listen"),
+        ("listen", {"host": "0.0.0.0"}, "listen"),        # plain DICOM on a network: an explicit choice
+        ("listen", {"host": "10.1.2.3", "insecure_plaintext_ok": "yes"}, "listen.insecure_plaintext_ok"),
     ])
     def test_error_names_the_key(self, tmp_path, dotted, value, key):
         with pytest.raises(ConfigError) as err:

@@ -71,6 +71,8 @@ def test_each_bad_input_gets_a_reason_and_the_rest_convert(tiny_checkpoint, tmp_
         np.save(inp / f"{stem}.npy", array)
     np.save(inp / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (inp / "garbage.npy").write_bytes(b"this is not numpy")
+    (inp / "empty.npy").write_bytes(b"")
+    (inp / "blank.dcm").write_bytes(b"")
     np.save(inp / "good.npy", synthetic_lead())
     before = folder_digest(inp)
 
@@ -79,6 +81,8 @@ def test_each_bad_input_gets_a_reason_and_the_rest_convert(tiny_checkpoint, tmp_
     assert (out / "good.npy").exists()
     expected = {**{k: m for k, (_, m) in BAD_INPUTS.items()},
                 "pickled": "objects", "garbage": "neither a .npy array nor a DICOM file"}
+    for empty in ("empty", "blank"):   # its own reason, not a text file's (issue 20 item 4)
+        assert (out / f"{empty}.reason.txt").read_text().strip() == "empty file (0 bytes)"
     for stem, match in expected.items():
         assert not (out / f"{stem}.npy").exists()
         assert match in (out / f"{stem}.reason.txt").read_text(), stem
@@ -166,3 +170,102 @@ def test_convert_honours_the_same_sidecar_as_the_service(shared_data, tiny_check
     assert (ds.PatientID, str(ds.PatientName), ds.StudyDate) == ("MRN-7", "Doe^Jane", "20240501")
     assert "no PatientID" in (tmp_path / "out" / "badside.reason.txt").read_text()
     assert "stray.json: a sidecar with no stray.npy beside it" in capsys.readouterr().err
+
+
+def test_vendor_formats_convert_under_their_patient(shared_data, tiny_checkpoint, tmp_path, capsys):
+    """GE MUSE, Philips 1.03/1.04, HL7 aECG, SCP-ECG and a WFDB record (.hea + .dat) through `convert`:
+    results under the file's patient, valid DICOM; the .dat is read with its header, never as
+    an input; a sidecar overrides the file's patient ID."""
+    import shutil
+    import subprocess
+
+    import pydicom
+    from peers import dciodvfy_errors
+
+    inp = tmp_path / "in"
+    (inp / "ward").mkdir(parents=True)
+    vendor = shared_data / "vendor"
+    shutil.copy(vendor / "ge_muse_xml/muse_ecg1.xml", inp / "muse.xml")
+    shutil.copy(vendor / "philips_sierra_xml/129DYPRG.XML", inp / "philips103.XML")
+    shutil.copy(vendor / "philips_sierra_xml/3191723_ZZDEMOPTONLY_1-04_orig.xml", inp / "ward" / "philips104")
+    shutil.copy(vendor / "hl7_aecg/ecg_hl7.xml", inp / "aecg.xml")
+    shutil.copy(vendor / "scp_ecg/Example.scp", inp / "cart.scp")
+    (inp / "aecg.json").write_text(json.dumps({"PatientID": "SITE-0042", "AccessionNumber": "ACC-9"}))
+    for suffix in (".hea", ".dat"):
+        shutil.copy(shared_data / f"ecg12/ptbxl/00001_lr{suffix}", inp / f"00001_lr{suffix}")
+    out = tmp_path / "out"
+    assert convert(inp, out, tiny_checkpoint, "--format", "both", "--report") == 0, capsys.readouterr().err
+    expected = {"muse": ("JAX01234", "TEST 05", 5000), "philips103": ("1112010721168bdc", "", 5000),
+                "ward/philips104": ("9999", "ZZDEMOPTONLY^ADULT", 5000), "aecg": ("SITE-0042", "Clark", 5000),
+                "cart": ("SBJ-123", "Clark", 5000)}
+    for stem, (pid, name, n) in expected.items():
+        ds = pydicom.dcmread(out / f"{stem}.dcm")
+        assert (ds.PatientID, str(ds.PatientName)) == (pid, name), stem
+        assert int(ds.WaveformSequence[0].NumberOfWaveformSamples) == n
+        assert dciodvfy_errors(out / f"{stem}.dcm") == [], stem
+        assert np.load(out / f"{stem}.npy").shape == (12, n)
+    assert dciodvfy_errors(out / "aecg.report.dcm") == []
+    assert pydicom.dcmread(out / "aecg.report.dcm").PatientID == "SITE-0042"
+    aecg = pydicom.dcmread(out / "aecg.dcm")
+    assert aecg.AccessionNumber == "ACC-9" and aecg.PatientBirthDate == "19530508" and aecg.StudyDate == "20021122"
+    assert aecg.PatientSex == "M" and str(aecg.AcquisitionDateTime).startswith("20021122091000")
+    cart = [item for item in aecg.ContributingEquipmentSequence if item.get("ManufacturerModelName") == "ELI250"]
+    assert cart and cart[0].Manufacturer == "Mortara Instrument, Inc."
+    assert cart[0].InstitutionName == "River City ECG Collection Service"
+    pages = sorted(p.name for p in out.rglob("*.pdf"))
+    assert len(pages) == 6, pages
+    text = subprocess.run(["pdftotext", str(out / "muse.pdf"), "-"], capture_output=True, text=True).stdout
+    assert "TEST 05" in text or "JAX01234" in text
+    wfdb_ds = pydicom.dcmread(out / "00001_lr.dcm")
+    group = wfdb_ds.WaveformSequence[0]
+    assert int(group.NumberOfWaveformSamples) / float(group.SamplingFrequency) == 10.0   # 100 Hz record, 10 s
+    assert not list(out.glob("*.reason.txt")) and not list(out.glob("*dat*"))
+    # a second run finds everything done; a changed signal file makes its record convert again
+    capsys.readouterr()
+    assert convert(inp, out, tiny_checkpoint, "--format", "both", "--report") == 0
+    assert "skipped as done 6" in capsys.readouterr().err
+    data = bytearray((inp / "00001_lr.dat").read_bytes())
+    data[100] ^= 1
+    (inp / "00001_lr.dat").write_bytes(bytes(data))
+    assert convert(inp, out, tiny_checkpoint, "--format", "both", "--report") == 0
+    assert "converted 1, rejected 0, skipped as done 5" in capsys.readouterr().err
+
+
+def test_the_rate_of_each_result_says_where_it_came_from_and_an_assumed_one_is_said(tiny_checkpoint, tmp_path,
+                                                                                     capsys, shared_data):
+    """Issue 20 item 5: a .npy without a sidecar was converted at 500 Hz without a word."""
+    import shutil
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    np.save(inp / "bare.npy", synthetic_lead())
+    np.save(inp / "told.npy", synthetic_lead(fs=250.0))
+    (inp / "told.json").write_text(json.dumps({"fs": 250}))
+    shutil.copy(shared_data / "dicom/12lead/mortara_eli250_waveform_ecg.dcm", inp / "cart.dcm")
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 0
+    sources = {stem: json.loads((tmp_path / "out" / f"{stem}.json").read_text())["fs_source"]
+               for stem in ("bare", "told", "cart")}
+    assert sources == {"bare": "assumed (no sidecar)", "told": "sidecar", "cart": "DICOM header"}
+    err = capsys.readouterr().err
+    assert "1 .npy input(s) without a sidecar's fs: rate assumed 500 Hz (say it with --fs or a sidecar): bare" in err
+    # said with --fs: given, and nothing to warn about
+    assert convert(inp, tmp_path / "given", tiny_checkpoint, "--fs", "500") == 0
+    assert json.loads((tmp_path / "given" / "bare.json").read_text())["fs_source"] == "given (--fs)"
+    assert "rate assumed" not in capsys.readouterr().err
+
+
+def test_a_1000_hz_npy_read_at_the_assumed_rate_is_flagged_on_stderr_and_in_the_json(tiny_checkpoint, tmp_path,
+                                                                                      capsys, shared_data):
+    from ecg_dicom.training.data import read_wfdb_record
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptb" / "s0010_re.hea")
+    assert rec.fs == 1000
+    np.save(inp / "holter.npy", rec.leads[0][:10_000].astype(np.float32))
+    assert convert(inp, tmp_path / "out", tiny_checkpoint) == 0
+    meta = json.loads((tmp_path / "out" / "holter.json").read_text())
+    assert meta["fs"] == 500 and meta["fs_source"] == "assumed (no sidecar)"
+    assert meta["quality"]["status"] == "warn" and [f["code"] for f in meta["quality"]["flags"]] == ["rate"]
+    err = capsys.readouterr().err
+    assert "ecg-dicom: holter: sampling rate probably higher than 500 Hz" in err and "recorded at 1000 Hz?" in err

@@ -212,7 +212,7 @@ def test_without_ray_the_engine_says_how_to_install_it(tiny_checkpoint, tmp_path
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the [scale] extra were not installed
     assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint),
                  "--engine", "ray"]) == 2
-    assert "pip install 'ecg-dicom[scale]'" in capsys.readouterr().err
+    assert "pip install '.[scale]'" in capsys.readouterr().err
 
 
 def test_a_temp_folder_too_long_for_rays_sockets_is_a_clear_setup_error(tiny_checkpoint, tmp_path, capsys,

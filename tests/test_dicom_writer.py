@@ -182,8 +182,12 @@ def test_replay_gives_the_same_uids(shared_data: Path, tmp_path: Path) -> None:
         return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
     first = write_ecg_dicom(tmp_path / "a", "r", leads, fs, VERSION, "I", source, HASH)
-    second = write_ecg_dicom(tmp_path / "b", "r", leads, fs, VERSION, "I", source, "ignored-with-a-source")
+    second = write_ecg_dicom(tmp_path / "b", "r", leads, fs, VERSION, "I", source, HASH)
     assert uids(pydicom.dcmread(first[0])) == uids(pydicom.dcmread(second[0]))
+    # the same source SOP Instance UID with other content (a cart reusing UIDs): other output UIDs
+    reused = build_ecg_datasets(leads, fs, VERSION, "I", source, "other-content")[0]
+    assert reused.StudyInstanceUID == source.StudyInstanceUID
+    assert reused.SOPInstanceUID != uids(pydicom.dcmread(first[0]))[2]
     assert pydicom.dcmread(first[0]).file_meta.MediaStorageSOPInstanceUID == pydicom.dcmread(first[0]).SOPInstanceUID
     # A new model version or input lead is a new result: new series and instance.
     for version, lead in (("tiny-test-1", "I"), (VERSION, "II")):

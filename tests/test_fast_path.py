@@ -132,9 +132,23 @@ def test_export_of_a_single_model_and_an_ensemble_runs_like_the_checkpoint(tmp_p
         assert fast.precision == f"onnxruntime {precision}" and fast.model_version == exact.model_version
         assert fast.flops_per_record() == exact.flops_per_record()
         got, want = fast.reconstruct_batch([lead], [500.0])[0], exact.reconstruct_batch([lead], [500.0])[0]
-        tolerance = 1e-3 if precision == "fp32" else 2.0  # µV: fp32 summation order / int8 weights
-        np.testing.assert_allclose(got.leads, want.leads, atol=tolerance)
-        np.testing.assert_allclose(got.sigma, want.sigma, rtol=1e-3 if precision == "fp32" else 0.05)
+        if precision == "fp32":  # the same graph: only the summation order differs
+            np.testing.assert_allclose(got.leads, want.leads, atol=1e-3)
+            np.testing.assert_allclose(got.sigma, want.sigma, rtol=1e-3)
+            continue
+        # int8 weights: the error scales with the signal, and random weights put it anywhere
+        # between 1 and 10 µV with today's onnxruntime (1.32: up to 9.9 µV on a 173 µV RMS
+        # input, 1.8 % RMS). Bound it relative to the record: RMS error per lead within 3 % of
+        # the input's RMS, every sample within 10 %, every lead still shaped like fp32's.
+        # (The shipped models' int8 quality on real records: test_fast_path_holds_fp32_quality_on_real_records.)
+        scale = float(np.sqrt(np.mean(lead.astype(np.float64) ** 2)))
+        error = got.leads.astype(np.float64) - want.leads
+        assert np.sqrt(np.mean(error ** 2, axis=1)).max() <= 0.03 * scale
+        assert np.abs(error).max() <= 0.10 * scale
+        for g, w in zip(got.leads, want.leads):
+            if np.std(w) > 1e-3:
+                assert np.corrcoef(g, w)[0, 1] >= 0.98
+        np.testing.assert_allclose(got.sigma, want.sigma, rtol=0.05)
 
 
 @pytest.mark.slow

@@ -1,5 +1,8 @@
 """Fuzz suite (issue 10): >= 1,000 mutated DICOM and .npy inputs, made by a seeded generator
-from real recordings in shared/data, through both doors of a running ``serve``.
+from real recordings in shared/data, through both doors of a running ``serve``; since issue 21
+also mutated vendor XML (GE MUSE, Philips, HL7 aECG: entity bombs, external entities, wrong
+base64, leads of unequal length, rate/scale/units missing or absurd) and WFDB records with
+damaged headers and short signal files, dropped into the watched folder.
 
 DICOM objects go over the wire (a pynetdicom SCU sending each file's bytes as they are,
 corruptions included) and into the watched folder; .npy arrays (with mutated sidecars and
@@ -40,7 +43,7 @@ from ecg_dicom.files import safe_stem
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SEED = int(os.environ.get("FUZZ_SEED", "20261201"))
-N_WIRE, N_DROPPED_DICOM, N_NPY = 320, 300, 420
+N_WIRE, N_DROPPED_DICOM, N_NPY, N_VENDOR, N_WFDB = 320, 300, 420, 120, 30
 DICOM_SOURCES = ("dicom/12lead/mortara_eli250_waveform_ecg.dcm", "dicom/12lead/ecgtoolkit_example_eli250.dcm",
                  "dicom/hemodynamic/ge_maclab_12lead_in_hemodynamic_sop.dcm")
 NPY_SOURCES = (("ecg12/ptbxl/HR06000", 500), ("ecg12/ptbxl/records500/00000/00002_hr", 500),
@@ -193,6 +196,26 @@ def npy_input(rng: random.Random, leads: list[tuple[np.ndarray, int]]) -> tuple[
     return data, sidecar
 
 
+def wfdb_input(rng: random.Random, header: str, data: bytes) -> tuple[str, bytes]:
+    """A damaged WFDB record (header text, signal bytes): absurd rate, unknown format, gain 0
+    or negative, unknown units, fewer signals declared than lines, a signal file cut short."""
+    kind = rng.randrange(7)
+    lines = header.splitlines()
+    if kind == 0:
+        lines[0] = lines[0].replace(" 500 ", rng.choice((" 0 ", " -5 ", " 1e9 ", " abc ", " ")), 1)
+    elif kind == 1:
+        lines[1] = lines[1].replace(" 16 ", rng.choice((" 8 ", " 310 ", " 99 ", " 16x4 ")), 1)
+    elif kind == 2:
+        lines[2] = lines[2].replace("1000.0(0)/mV", rng.choice(("0/mV", "-3/mV", "1000/furlong", "x")), 1)
+    elif kind == 3:  # a signal line more than declared: the first 11 are read
+        lines[0] = lines[0].replace(" 12 ", " 11 ", 1)
+    elif kind == 4:
+        data = data[: rng.randrange(len(data))]
+    elif kind == 5:
+        lines[0] = lines[0] + " " + crafted.MARKER_NAME
+    return "\n".join(lines) + "\n", data
+
+
 # -- the run --------------------------------------------------------------------------------------
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -264,7 +287,17 @@ def test_fuzz_both_doors(tmp_path, tiny_checkpoint, shared_data):
         name = f"n{i:04d}" + (rng.choice(HOSTILE_NAMES) if rng.random() < 0.1 else "") + ".npy"
         data, sidecar = npy_input(rng, leads)
         drops.append((name, data, sidecar))
+    vendor_sources = [(shared_data / rel).read_bytes() for rel in crafted.VENDOR_XML]
+    for i in range(N_VENDOR):
+        drops.append((f"v{i:04d}" + rng.choice((".xml", ".XML", ".ecg")), crafted.vendor_xml_input(rng, vendor_sources),
+                      None))
     rng.shuffle(drops)
+    wfdb_header = (shared_data / "ecg12/ptbxl/00001_lr.hea").read_text()
+    wfdb_data = (shared_data / "ecg12/ptbxl/00001_lr.dat").read_bytes()
+    wfdb_drops = []
+    for i in range(N_WFDB):
+        header, data = wfdb_input(rng, wfdb_header.replace("00001_lr", f"r{i:04d}"), wfdb_data)
+        wfdb_drops.append((f"r{i:04d}", header, data))
 
     site = tmp_path / "site"
     cfg = write_config(site, tiny_checkpoint, http={"host": "127.0.0.1", "port": _free_port()},
@@ -303,13 +336,19 @@ def test_fuzz_both_doors(tmp_path, tiny_checkpoint, shared_data):
             part = service.watch / f".{target.name}.part"
             part.write_bytes(data)
             os.replace(part, target)
+        for stem, header, data in wfdb_drops:  # signal file first, then its header (both moved in)
+            for name, payload in ((f"{stem}.dat", data), (f"{stem}.hea", header.encode())):
+                part = service.watch / f".{name}.part"
+                part.write_bytes(payload)
+                os.replace(part, service.watch / name)
         statuses = send_over_the_wire(service.port, wire_files)
         accepted_wire = statuses.get("0x0000", 0)
-        expected_jobs = accepted_wire + len(drops)
+        expected_jobs = accepted_wire + len(drops) + len(wfdb_drops)
         wait_for(lambda: service.settled(expected_jobs), 600, "every fuzz input to be settled", interval=1.0)
         elapsed = time.monotonic() - t0
         time.sleep(2.0)
         rss_peak, rss_after = rss_mib(pid, "VmHWM"), rss_mib(pid)
+        print(f"fuzz burst: RSS {rss_before:.0f} MiB before, peak {rss_peak:.0f}, {rss_after:.0f} after")
 
         # the service still answers
         assert echoscu(service.port)
@@ -345,7 +384,8 @@ def test_fuzz_both_doors(tmp_path, tiny_checkpoint, shared_data):
             ["wire", "drop"] + [p.name for p in wire_files]), "the inputs' folder changed"
         n_inputs = len(wire_files) + len(drops)
         print(f"\nfuzz: seed {SEED}, {n_inputs} inputs ({len(wire_files)} C-STOREd: {statuses}; "
-              f"{len(drops)} dropped, {n_sidecars} with sidecars) -> {expected_jobs} jobs: "
+              f"{len(drops)} dropped ({N_VENDOR} vendor XML), {n_sidecars} with sidecars; {len(wfdb_drops)} WFDB "
+              f"records) -> {expected_jobs} jobs: "
               f"{counts.get('done', 0)} done, {counts.get('rejected', 0)} rejected in {elapsed:.0f} s; "
               f"RSS {rss_before:.0f} MiB before, peak {rss_peak:.0f}, after {rss_after:.0f}")
         assert n_inputs >= 1000

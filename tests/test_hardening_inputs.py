@@ -172,6 +172,9 @@ def test_exceptions_are_logged_without_their_message():
     except ValueError as exc:
         text = format_record("ecg_dicom.worker", "unexpected", exc=exc)
     assert crafted.MARKER_ID not in text and "ValueError: (message withheld" in text
+    # issue 22 item 5: the frames come under Python's own header, so `grep Traceback` finds them
+    lines = text.splitlines()
+    assert lines[1] == "Traceback (most recent call last):" and lines[2].lstrip().startswith("File ")
 
 
 def test_uid_hash_is_stable_and_hides_the_uid():

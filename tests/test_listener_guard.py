@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 import crafted
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import load_config
 from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.scp import TOO_LARGE, start_scp
@@ -138,6 +138,109 @@ def test_a_plain_tcp_health_check_does_not_fail_cart_echoes(listener):
     assert results == [0] * 10
 
 
+class Flood:
+    """An attacker on loopback: ``sockets`` plain TCP connections that never send anything and
+    ``associations`` associations from an allowed AE title that send nothing, each replaced
+    as soon as the listener closes it (issue 22, item 2)."""
+
+    def __init__(self, port: int, sockets: int, associations: int) -> None:
+        self.port, self.stop = port, threading.Event()
+        self.socks: list[socket.socket] = []
+        self.assocs: list = [None] * associations
+        self.threads = [threading.Thread(target=self._sockets, args=(sockets,), daemon=True),
+                        threading.Thread(target=self._associations, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def _sockets(self, n: int) -> None:
+        while not self.stop.is_set():
+            self.socks = [s for s in self.socks if not _closed_by_peer(s)]
+            while len(self.socks) < n and not self.stop.is_set():
+                try:
+                    self.socks.append(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+                except OSError:
+                    break
+            self.stop.wait(0.2)
+
+    def _associations(self) -> None:
+        ae = AE(ae_title=CART_AET)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.acse_timeout = ae.network_timeout = 60
+        while not self.stop.is_set():
+            for i, assoc in enumerate(self.assocs):
+                if assoc is None or not assoc.is_established:
+                    self.assocs[i] = ae.associate("127.0.0.1", self.port, ae_title=SERVICE_AET)
+            self.stop.wait(0.2)
+
+    def established(self) -> int:
+        return sum(1 for a in self.assocs if a is not None and a.is_established)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+        for sock in self.socks:
+            sock.close()
+        for assoc in self.assocs:
+            if assoc is not None and assoc.is_established:
+                assoc.abort()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        closed = sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        closed = True
+    if closed:
+        sock.close()
+    return closed
+
+
+def test_a_flood_of_idle_sockets_and_idle_associations_does_not_lock_a_cart_out(listener, shared_data, tmp_path,
+                                                                                 caplog):
+    """200 idle sockets and 12 idle associations from an allowed AE title, each replaced when
+    closed: 50 idle sockets used to get a real storescu refused ("by pynetdicom's checks"),
+    12 idle associations held all 10 slots for listen.timeout_s. Now 20 DCMTK stores all
+    succeed, each within 2 s."""
+    svc = listener(max_associations=10)
+    files = ecg_copies(shared_data, tmp_path / "ecgs", 20)
+    before = refusals("idle_preempted")
+    flood = Flood(svc.port, sockets=200, associations=12)
+    try:
+        wait_for(lambda: len(flood.socks) >= 200 and flood.established() >= 10, 60, "the flood in place")
+        assert svc.server.admission.active() == 10 and svc.server.admission.pending() >= 50
+        took = []
+        for path in files:
+            t0 = time.monotonic()
+            result = storescu(svc.port, [path], timeout=30)
+            took.append(time.monotonic() - t0)
+            assert stored_ok(result.stdout + result.stderr) == [str(path)], result.stdout + result.stderr
+        assert max(took) < 2.0, took
+        print(f"flood: 20 stores, median {sorted(took)[10]:.2f} s, slowest {max(took):.2f} s")
+        assert flood.established() >= 8  # the attacker's associations were there all along
+    finally:
+        flood.close()
+    assert svc.queue.backlog() == 20
+    assert refusals("idle_preempted") - before >= 1
+    assert "by pynetdicom's checks" not in caplog.text
+
+
+def test_an_association_that_sends_nothing_is_closed_after_the_idle_timeout(listener):
+    """An admitted association used to keep its slot for listen.timeout_s (30 s) of silence."""
+    svc = listener(listen={"idle_timeout_s": 1.0})
+    ae = AE(ae_title=CART_AET)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", svc.port, ae_title=SERVICE_AET)
+    assert assoc.is_established
+    t0 = time.monotonic()
+    wait_for(lambda: not assoc.is_established, 10, "the idle association to be aborted")
+    assert time.monotonic() - t0 < 5
+    wait_for(lambda: svc.server.admission.active() == 0, 5, "its slot to be given back")
+
+
 def test_stopping_with_a_connection_waiting_for_its_request_leaves_no_traceback(tmp_path):
     """A health check still connected when the service stops: pynetdicom's shutdown used to
     abort it before its A-ASSOCIATE request, an event its state machine rejects, and the
@@ -160,7 +263,8 @@ def test_stopping_with_a_connection_waiting_for_its_request_leaves_no_traceback(
 def test_a_burst_admits_exactly_the_limit(listener, caplog, limit, burst):
     """Bursts above max_associations used to admit fewer than the limit (10 -> 8-9), or more
     (64 -> 66 of a burst of 100)."""
-    svc = listener(max_associations=limit, listen={"timeout_s": 120})  # admitted ones stay while all are answered
+    # admitted ones stay (silent, not preempted) while all are answered
+    svc = listener(max_associations=limit, listen={"timeout_s": 120, "idle_timeout_s": 120, "preempt_idle_s": 120})
     before = refusals("local_limit")
     start, hold = threading.Barrier(burst), threading.Event()
     outcomes: list[str] = []
@@ -318,8 +422,7 @@ def test_pacs_delivery_over_tls(tmp_path, certs, shared_data):
         [stored] = list(received.iterdir())
         assert dcmread(stored).SOPInstanceUID == dcmread(src).SOPInstanceUID
         # a PACS whose certificate our CA did not sign: not delivered, retried later
-        queue.retry_later(job_id, 0.0, "test")
-        queue._set(job_id, "delivering")
+        queue.redeliver([job_id])   # as ecg-dicom redeliver does (the job store forgets where it went)
         rogue = ClientTls(ca=certs.rogue_crt, cert=certs.client_crt, key=certs.client_key)
         assert deliver_once(folders, queue, port, tls=rogue).state == "delivering"
     finally:
@@ -345,6 +448,59 @@ def test_the_watched_folder_waits_while_the_backlog_is_at_high_water(tmp_path):
     for job in queue.claim(1):
         queue.processed(job.id, [], deliver=False)
     assert watcher.take_ready() == 1 and not (inbox / "new.npy").exists() and not watcher.paused
+    queue.close()
+
+
+def test_the_high_water_mark_is_never_passed_by_concurrent_senders(listener, shared_data, tmp_path):
+    """Issue 22 item 5: check and insert were not atomic across associations (203 for 200)."""
+    svc = listener(limits={"queue_high_water": 20}, max_associations=10)
+    files = ecg_copies(shared_data, tmp_path / "ecgs", 64)
+    peak = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], svc.queue.backlog())
+            stop.wait(0.005)
+
+    sampler = threading.Thread(target=watch, daemon=True)
+    sampler.start()
+    senders = [subprocess.Popen([dcmtk("storescu"), "-v", "-aet", CART_AET, "-aec", SERVICE_AET, "127.0.0.1",
+                                 str(svc.port), *map(str, files[i::8])], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in range(8)]
+    outputs = [p.communicate(timeout=120)[0] for p in senders]
+    stop.set()
+    sampler.join(5)
+    accepted = sum(len(stored_ok(out)) for out in outputs)
+    assert accepted == 20 and svc.queue.backlog() == 20 and peak[0] <= 20, (accepted, peak)
+    assert all("Refused: OutOfResources" in out for out in outputs if len(stored_ok(out)) < 8)
+
+
+def test_the_watched_folder_resumes_below_90_percent_of_the_mark(tmp_path, caplog):
+    """The watcher flapped between "back-pressure" and "over" at every job around the mark."""
+    from ecg_dicom.config import Watcher as WatcherSettings
+    from ecg_dicom.ingest.watcher import FolderWatcher
+
+    caplog.set_level("INFO", logger="ecg_dicom")
+    (tmp_path / "inbox").mkdir()
+    queue = JobQueue(tmp_path / "work" / "queue.sqlite3")
+    spool = Spool(tmp_path / "work" / "spool", queue)
+    for i in range(10):
+        queue.add(f"{i:016d}", f"job{i}", "scp", "x")
+    watcher = FolderWatcher(tmp_path / "inbox", spool, WatcherSettings(), high_water=10)
+    paused = []
+    for _ in range(3):   # the worker finishes one job, another arrives, ... around the mark
+        paused.append(watcher._backlog_full())
+        job = queue.claim(1)[0]
+        queue.processed(job.id, [], deliver=False)
+        paused.append(watcher._backlog_full())   # 9 of 10: still paused (resumes below 9)
+        queue.add(f"{job.id + 100:016d}", "again", "scp", "x")
+    assert paused == [True] * 6
+    for job in queue.claim(2):
+        queue.processed(job.id, [], deliver=False)
+    assert watcher._backlog_full() is False      # 8: below 90 % of the mark
+    assert caplog.text.count("back-pressure: 10 jobs waiting") == 1
+    assert caplog.text.count("back-pressure over") == 1
     queue.close()
 
 

@@ -199,7 +199,7 @@ def test_both_doors_reject_with_the_reason_and_keep_the_warnings(tmp_path, ptbxl
 
 
 def test_verdicts_are_counted_on_metrics(ptbxl):
-    from ecg_dicom.service import metrics
+    from ecg_dicom import metrics
 
     x, fs = ptbxl
     t = np.arange(x.size) / fs
@@ -210,3 +210,28 @@ def test_verdicts_are_counted_on_metrics(ptbxl):
     assert metrics.SIGNAL_QUALITY.labels("warn", "mains")._value.get() == before + 1
     assert 'ecg_dicom_signal_quality_total{flag="mains",status="warn"}' in text
     assert 'ecg_dicom_signal_quality_total{flag="none",status="ok"}' in text
+
+
+@pytest.mark.parametrize("record", REAL)
+def test_real_records_at_their_own_rate_raise_no_rate_suspicion(shared_data, record):
+    x, fs = lead_i(shared_data, record)
+    report = assess_quality(x, fs)
+    assert "rate" not in codes(report), report.flags
+    assert 11 <= report.measures["qrs_freq_hz"] <= 30
+
+
+@pytest.mark.parametrize("record, true_fs, direction", [("ptb/s0010_re", 1000, "higher"),
+                                                        ("ptbxl/records100/01000/01001_lr", 100, "lower")])
+def test_a_rate_assumed_wrongly_is_named_as_the_suspicion(shared_data, record, true_fs, direction):
+    """Issue 20 item 5: a 1000 Hz .npy without a sidecar, read at 500 Hz, became 41 bpm "ok";
+    a 100 Hz one 2 s at 146 bpm. Both are now a warning that names the likely rate."""
+    x, fs = lead_i(shared_data, record)
+    assert fs == true_fs
+    x = x[: int(10 * fs)]
+    report = assess_quality(x, 500.0)
+    assert report.status == "warn" and "rate" in codes(report), report.flags
+    [text] = [f.text for f in report.flags if f.code == "rate"]
+    assert f"sampling rate probably {direction} than 500 Hz" in text and f"recorded at {true_fs} Hz?" in text
+    if direction == "higher":     # the heart rate at the true rate is plausible, and said
+        hr = report.measures["heart_rate_bpm"] * true_fs / 500
+        assert f"it would be {hr:.0f} bpm" in text and 60 <= hr <= 100

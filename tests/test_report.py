@@ -192,3 +192,90 @@ def test_header_and_pdf_object_take_the_patient_from_a_npy_sidecar(converted):
     assert dciodvfy_errors(converted / "kardia.report.dcm") == []
     unknown = dcmread(converted / "ptbxl180.report.dcm")        # no sidecar: marked as unknown patient
     assert unknown.PatientName == "UNKNOWN" and unknown.PatientID == dcmread(converted / "ptbxl180.dcm").PatientID
+
+
+# -- issue 20 item 6: a page that never misleads --------------------------------------------------
+def test_plot_of_a_carts_own_ecg_draws_it_as_recorded_not_as_ai(shared_data, tmp_path, capsys):
+    """`ecg-dicom plot` on a cart's DICOM ECG drew its 11 recorded leads blue, "AI σ n/a"."""
+    from ecg_dicom.report.page import RECORDED_BANNER
+
+    pdf = tmp_path / "cart.pdf"
+    assert main(["plot", str(shared_data / MORTARA), "--out", str(pdf)]) == 0
+    assert "is a recorded 12-lead ECG, not a result of ours" in capsys.readouterr().err
+    text = pdf_text(pdf)
+    assert RECORDED_BANNER in text and BANNER not in text
+    assert " AI" not in text and "σ" not in text and "Nothing on this page was reconstructed" in text
+    page = rasterise(pdf, tmp_path / "cart", dpi=100)
+    blue = np.array([int(AI_COLOUR[i:i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(page.astype(int) - blue).sum(axis=2) < 60).sum() == 0      # nothing drawn as AI
+
+
+def _tall_result(tmp_path, shared_data, tiny_reconstructor, r_mv: float | None = None) -> Path:
+    """PTB-XL 00299 (R ≈ 3.6 mV in lead I) converted; ``r_mv``: lead I scaled to that R height."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptbxl" / "records500" / "00000" / "00299_hr.hea")
+    lead = rec.leads[0] if r_mv is None else rec.leads[0] * (r_mv * 1000 / rec.leads[0].max())
+    np.save(inp / "tall.npy", lead.astype(np.float32))
+    (inp / "tall.json").write_text(json.dumps({"fs": 500}))
+    convert_folder(inp, tmp_path / "out", tiny_reconstructor, report_paper="A4")
+    return tmp_path / "out" / "tall.pdf"
+
+
+def test_tall_complexes_are_drawn_at_half_gain_said_on_the_page(tmp_path, shared_data, tiny_reconstructor):
+    pdf = _tall_result(tmp_path, shared_data, tiny_reconstructor)
+    text = pdf_text(pdf)
+    assert re.search(r"HALF GAIN: 5 mm/mV \(complexes up to 3\.[5-8] mV", text) and "5 mm/mV (HALF GAIN)" in text
+    # the calibration pulse shows the gain: 1 mV = 5 mm (50 px at 254 dpi)
+    page = rasterise(pdf, tmp_path / "page").astype(float)
+    gridish = (page[..., 0] > 200) & (page[..., 1] < 225)
+    top = np.flatnonzero(gridish.mean(axis=1) > 0.5)[0]
+    left = np.flatnonzero(gridish.mean(axis=0) > 0.5)[0]
+    black = page.sum(axis=2) < 150
+    rising = np.flatnonzero(black[top:top + 400, left + 15:left + 25].any(axis=1))
+    assert (rising[-1] - rising[0]) == pytest.approx(50, abs=5)
+
+
+def test_a_complex_too_tall_even_at_half_gain_stays_in_its_own_row(tmp_path, shared_data, tiny_reconstructor):
+    """Lead I scaled to R = 9 mV: at 5 mm/mV its rhythm strip would run 45 mm up across the
+    III / aVF / V3 / V6 row. Clipped at its row, as a cart does: no black in that row's traces."""
+    pdf = _tall_result(tmp_path, shared_data, tiny_reconstructor, r_mv=9.0)
+    page = rasterise(pdf, tmp_path / "page").astype(float)
+    gridish = (page[..., 0] > 200) & (page[..., 1] < 225)
+    top = np.flatnonzero(gridish.mean(axis=1) > 0.5)[0]
+    left = np.flatnonzero(gridish.mean(axis=0) > 0.5)[0]
+    black = page.sum(axis=2) < 150
+    row3 = black[top + 805:top + 1195, left + 120:left + 2600]   # 3rd row, past its calibration pulse
+    for c in (1, 2, 3):                                         # less its column markers (black, ±3 mm)
+        row3[:, c * 625 - 30:c * 625 - 10] = False
+    assert row3.sum() == 0
+    assert black[top + 1215:top + 1595, left + 120:left + 2600].sum() > 500    # the strip itself is drawn
+
+
+def test_a_long_record_says_which_10_s_it_shows_and_the_heart_rate_is_printed(tmp_path, shared_data,
+                                                                              tiny_reconstructor):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptb" / "s0010_re.hea")
+    np.save(inp / "long.npy", rec.leads[0].astype(np.float32))
+    (inp / "long.json").write_text(json.dumps({"fs": 1000}))
+    convert_folder(inp, tmp_path / "out", tiny_reconstructor, report_paper="A4")
+    text = pdf_text(tmp_path / "out" / "long.pdf")
+    assert "Duration: 38.4 s (this page: 0–10 s of 38.4 s)" in text
+    assert "rhythm strip, 0–10 s of 38.4 s" in text
+    hr = json.loads((tmp_path / "out" / "long.json").read_text())["quality"]["measures"]["heart_rate_bpm"]
+    assert f"Heart rate: {hr:.0f} bpm, RR regular" in text and "lead I, 52 beats in 38.4 s" in text
+
+
+def test_lead_and_sigma_labels_are_at_least_7_px_tall_at_60_dpi(tmp_path, shared_data):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ecg_dicom.report import ReportData
+    from ecg_dicom.report.page import draw_page
+
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptbxl" / "records500" / "00000" / "00180_hr.hea")
+    fig = draw_page(ReportData(rec.leads, rec.fs, "I", "m", "v", sigma_uv={"V1": 120.0}))
+    fig.set_dpi(60)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    [label] = [t for t in fig.axes[0].texts if t.get_text().startswith("V1  AI  σ")]
+    assert label.get_window_extent(renderer).height >= 7

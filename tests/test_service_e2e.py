@@ -85,6 +85,53 @@ def test_dropped_npy_files_are_taken_and_delivered(service, pacs, tmp_path):
     assert not list(service.watch.iterdir())
 
 
+def test_vendor_files_dropped_are_delivered_under_their_patient(service, pacs, shared_data, tmp_path):
+    """GE MUSE, Philips 1.04 (UTF-16), HL7 aECG, SCP-ECG and a WFDB record dropped into the watched
+    folder reach Orthanc as waveform + page under the patient the file names. The WFDB header
+    comes first, its .dat a moment later: the header waits for it and both go as one job."""
+    import shutil
+    import time
+
+    vendor = shared_data / "vendor"
+    drops = {"muse_drop.xml": (vendor / "ge_muse_xml/muse_ecg2.xml", "JAX12345"),
+             "philips_drop.xml": (vendor / "philips_sierra_xml/3191723_ZZDEMOPTONLY_1-04_orig.xml", "9999"),
+             "aecg_drop": (vendor / "hl7_aecg/ecg_hl7.xml", "SBJ-123"),
+             "scp_drop.scp": (vendor / "scp_ecg/Example.scp", "SBJ-123")}
+    for name, (src, _) in drops.items():
+        staged = tmp_path / name
+        shutil.copy(src, staged)
+        os.replace(staged, service.watch / name)
+    ptbxl = shared_data / "ecg12/ptbxl"
+    shutil.copy(ptbxl / "00001_lr.hea", service.watch / "rec_drop.hea")
+    time.sleep(1.5)  # longer than stable_s: the header alone is seen complete and must wait
+    header = (service.watch / "rec_drop.hea").read_text()
+    assert (service.watch / "rec_drop.hea").exists(), "a header was taken without its signal file"
+    (service.watch / "rec_drop.hea").write_text(header.replace("00001_lr", "rec_drop"))
+    staged = tmp_path / "rec_drop.dat"
+    shutil.copy(ptbxl / "00001_lr.dat", staged)
+    os.replace(staged, service.watch / "rec_drop.dat")
+    expected = {"muse_drop": ("JAX12345", 5000), "philips_drop": ("9999", 5000), "aecg_drop": ("SBJ-123", 5000),
+                "scp_drop": ("SBJ-123", 5000), "rec_drop": (None, None)}
+    for name, (patient_id, n) in expected.items():
+        if n is None:
+            n = np.load(wait_for(lambda: (service.output / f"{name}.npy").exists() and service.output / f"{name}.npy",
+                                 60, "the WFDB result")).shape[1]
+        check_result(service, pacs, name, n, tmp_path)
+        page = wait_for(lambda: arrived(pacs, service.output / f"{name}.report.dcm"), 60, f"{name}'s page in Orthanc")
+        received = pacs.download(page, tmp_path / f"{name}.page.dcm")
+        assert dciodvfy_errors(received) == []
+        waveform = dcmread(service.output / f"{name}.dcm")
+        assert dcmread(received).PatientID == waveform.PatientID
+        if patient_id is not None:
+            assert waveform.PatientID == patient_id
+            patients = pacs.get("/patients?expand")
+            assert any(p["MainDicomTags"].get("PatientID") == patient_id for p in patients)
+        else:   # a WFDB header names no patient: marked unknown, its recording time kept
+            assert waveform.PatientID.startswith("UNKNOWN-")
+    assert not list(service.watch.iterdir())
+    assert not list(service.output.glob("rejected/rec_drop*"))
+
+
 def test_caller_not_allowed_and_wrong_called_ae_are_refused(service, shared_data):
     ecg = shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm"
     before = sum(service.counts().values())
@@ -164,7 +211,8 @@ def test_log_names_no_patient_and_no_file(service, shared_data):
     """Runs last in this module: nothing that identified a patient or an input reached the log."""
     log = service.log_text()
     assert "job " in log
-    secrets = {"dropped_500hz", "dropped_250hz", "has_nan", "no_meta"}
+    secrets = {"dropped_500hz", "dropped_250hz", "has_nan", "no_meta", "muse_drop", "philips_drop", "JAX12345",
+               "SBJ-123", "Clark", "ZZDEMOPTONLY"}
     for path in (shared_data / "dicom").rglob("*.dcm"):
         ds = dcmread(path, stop_before_pixels=True, force=True)
         secrets |= {str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))} - {""}

@@ -15,10 +15,11 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from ecg_dicom.queue import new_key
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
 from ecg_dicom.outputs.pacs import Delivery, Outcome, backoff_s, classify_status
-from ecg_dicom.queue import Job, JobQueue, new_key
+from ecg_dicom.queue import Job, JobQueue
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +49,6 @@ def test_backoff_grows_with_jitter_and_is_capped():
         delays = [backoff_s(attempts, pacs, rng) for _ in range(200)]
         assert base * 0.5 <= min(delays) and max(delays) <= base
         assert max(delays) - min(delays) > base * 0.3     # jitter spreads retries out
-
-
-@pytest.fixture
-def site(tmp_path, shared_data):
-    """A job store with one job whose result (a real 12-lead ECG file) awaits delivery."""
-    folders = Folders(tmp_path / "in", tmp_path / "out", tmp_path / "work")
-    folders.output.mkdir()
-    shutil.copy(shared_data / "dicom" / "12lead" / "mortara_eli250_waveform_ecg.dcm", folders.output / "r.dcm")
-    queue = JobQueue(folders.queue_db)
-    job_id = queue.add(new_key(), "r", "scp", "spooled")
-    queue.claim(1)
-    queue.processed(job_id, ["r.npy", "r.dcm"], deliver=True)
-    yield folders, queue, job_id
-    queue.close()
 
 
 def deliver_once(folders: Folders, queue: JobQueue, port: int, **pacs_args) -> Job:
@@ -172,3 +159,36 @@ def test_a_split_result_is_logged_in_one_short_line(site, answering_scp, caplog)
         assert deliver_once(folders, queue, answering_scp.port).state == "done"
     [line] = [r.getMessage() for r in caplog.records if "delivered to" in r.getMessage()]
     assert "110 x status 0x0000" in line and len(line) < 120
+
+
+def test_a_pacs_that_stays_down_gives_one_line_per_job_and_a_periodic_summary(site, caplog, monkeypatch):
+    """Issue 22 item 5: with the PACS down the log had two ERROR lines per attempt per job
+    (738 in 60 s). Now: one WARNING when a job's delivery starts failing, a summary every
+    SUMMARY_S, and pynetdicom's lines about the failed association requests dropped."""
+    import threading
+
+    import ecg_dicom.outputs.pacs as pacs_module
+
+    caplog.set_level("INFO")
+    folders, queue, _ = site
+    for i in range(3):
+        shutil.copy(folders.output / "r.dcm", folders.output / f"r{i}.dcm")
+        job_id = queue.add(new_key(), f"r{i}", "scp", "spooled")
+        queue.claim(1)
+        queue.processed(job_id, [f"r{i}.dcm"], deliver=True)
+    monkeypatch.setattr(pacs_module, "SUMMARY_S", 1.0)
+    pacs = Pacs(PACS_AET, "127.0.0.1", free_port(), timeout_s=2.0, retry_initial_s=0.1, retry_max_s=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=Delivery(queue, pacs, folders, "ECGDICOM", 8).run, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(3.5)
+    stop.set()
+    thread.join(10)
+    attempts = [job.attempts for job in queue.jobs()]
+    assert min(attempts) >= 4, attempts     # tried again and again meanwhile
+    records = [r for r in caplog.records if r.levelno >= 30]
+    failed = [r.getMessage() for r in records if "delivery failed" in r.getMessage()]
+    assert len(failed) == 4 and all("Connection refused" in line for line in failed), failed
+    summaries = [r.getMessage() for r in records if "attempts for 4 jobs failed" in r.getMessage()]
+    assert 2 <= len(summaries) <= 4 and "4 jobs awaiting delivery" in summaries[0], summaries
+    assert len(records) == len(failed) + len(summaries), [r.getMessage() for r in records]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from peers import (
     Orthanc,
     Service,
     ecg_dicom,
+    free_port,
     storescu,
     wait_for,
     write_config,
@@ -24,10 +27,10 @@ pytestmark = pytest.mark.slow
 MORTARA = ("dicom", "12lead", "mortara_eli250_waveform_ecg.dcm")
 
 
-def status(config) -> tuple[str, dict]:
+def status(config, exit_status: int = 0) -> tuple[str, dict]:
     text = ecg_dicom("status", "--config", str(config))
     data = ecg_dicom("status", "--config", str(config), "--json")
-    assert text.returncode == 0 and data.returncode == 0, text.stderr + data.stderr
+    assert (text.returncode, data.returncode) == (exit_status, exit_status), text.stdout + text.stderr
     return text.stdout, json.loads(data.stdout)
 
 
@@ -66,7 +69,7 @@ def test_status_says_whether_it_runs_and_lists_rejections_and_dead_letters_then_
 
             # kill -9: the lock goes with the process, and status says so
             svc.kill9()
-            text, data = status(cfg)
+            text, data = status(cfg, exit_status=3)
             assert text.startswith("service:       NOT RUNNING") and not data["service"]["running"]
 
             # the PACS fault fixed: redeliver the dead letter
@@ -112,3 +115,99 @@ def test_results_made_before_a_pacs_was_configured_are_sent_by_redeliver(tmp_pat
             wait_for(lambda: svc.counts() == {"done": 2}, 30, "both jobs done again")
             done = [j for j in svc.jobs() if j["state"] == "done"]
             assert len(pacs.instances()) == sum(n.endswith(".dcm") for j in done for n in j["outputs"])
+
+
+def test_health_is_degraded_with_the_reason_while_the_pacs_is_down_and_ready_after_the_first_delivery(
+        tmp_path, tiny_checkpoint):
+    """Issue 20 item 4: /health said 200 "ready" for the 124 s the PACS was unreachable."""
+    pacs = Orthanc(tmp_path / "orthanc")
+    pacs.start()
+    pacs.stop()   # the PACS is down when the first result is ready
+    http_port = free_port()
+    cfg = write_config(tmp_path / "site", tiny_checkpoint, http={"host": "127.0.0.1", "port": http_port},
+                       pacs={"ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs.dicom_port})
+    svc = Service(cfg).start()
+    try:
+        text, data = status(cfg)                       # nothing sent yet: ready
+        assert data["health_status"] == "ready" and "200 ready" in text
+        np.save(tmp_path / "rec.npy", synthetic_lead(seed=7))
+        os.replace(tmp_path / "rec.npy", svc.watch / "rec.npy")
+        wait_for(lambda: health(http_port)["status"] == "degraded", 60, "/health to say degraded")
+        code, state = health_response(http_port)
+        assert code == 200 and all(state["checks"].values())   # still taking inputs: a balancer keeps it
+        reason = state["degraded"]["pacs"]
+        assert f"delivery to {PACS_AET} at 127.0.0.1:{pacs.dicom_port} failing for" in reason
+        assert "association not established" in reason
+        text, data = status(cfg, exit_status=4)
+        assert f"200 degraded: pacs: delivery to {PACS_AET}" in text and data["health_status"] == "degraded"
+        assert f"delivery to TESTPACS at 127.0.0.1:{pacs.dicom_port} degraded" in svc.log_text()
+
+        pacs.start()                                    # back: ready at the first delivery
+        wait_for(lambda: svc.counts() == {"done": 1}, 60, "the result delivered")
+        assert health_response(http_port) == (200, {"status": "ready", "checks": state["checks"]})
+        status(cfg, exit_status=0)
+        assert f"delivery to TESTPACS at 127.0.0.1:{pacs.dicom_port} works again after" in svc.log_text()
+        assert svc.stop() == 0
+        text, data = status(cfg, exit_status=3)        # stopped: NOT RUNNING, and its own exit status
+        assert text.startswith("service:       NOT RUNNING") and data["health_status"] == "no answer"
+    finally:
+        svc.kill9()
+        pacs.stop()
+
+
+def health_response(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as rsp:
+            return rsp.status, json.loads(rsp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def health(port: int) -> dict:
+    return health_response(port)[1]
+
+
+def test_monitor_reports_degraded_with_200_and_unavailable_with_503() -> None:
+    from ecg_dicom.service.monitor import Monitor
+
+    concern: dict[str, str | None] = {"pacs": None}
+    checks = {"listener": lambda: True, "worker": lambda: True}
+    monitor = Monitor("127.0.0.1", free_port(), checks, {"pacs": lambda: concern["pacs"]})
+    assert monitor.health() == {"status": "ready", "checks": {"listener": True, "worker": True}}
+    concern["pacs"] = "down"
+    assert monitor.health() == {"status": "degraded", "checks": {"listener": True, "worker": True},
+                                "degraded": {"pacs": "down"}}
+    checks["worker"] = lambda: False
+    assert monitor.health()["status"] == "unavailable"
+    monitor.concerns["pacs"] = lambda: 1 / 0          # a concern that cannot run is raised, not hidden
+    checks["worker"] = lambda: True
+    assert monitor.health()["degraded"] == {"pacs": "its check failed to run"}
+    monitor.server.server_close()
+
+
+def test_the_readme_orthanc_entry_admits_our_ae_title_and_no_other(tmp_path, shared_data):
+    """Issue 20 item 4: the README shows the PACS side of the connection (Orthanc's
+    DicomModalities entry for our AE title). That entry, with Orthanc taking stores only
+    from listed modalities, admits ECGDICOM's C-STORE and refuses any other caller."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from peers import SERVICE_AET, dcmtk
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"In Orthanc's configuration.*?```json\n(.*?)```", readme, flags=re.S).group(1)
+    entry = json.loads(block)
+    [(aet, _host, port)] = entry["DicomModalities"].values()
+    assert (aet, port) == (SERVICE_AET, 11112) and entry["DicomCheckCalledAet"] is True
+    modalities = {name: [aet, "127.0.0.1", free_port()] for name in entry["DicomModalities"]}
+    ecg = tmp_path / "x.dcm"
+    shutil.copy(shared_data.joinpath(*MORTARA), ecg)
+    with Orthanc(tmp_path / "orthanc", aet=entry["DicomAet"],
+                 extra={"DicomModalities": modalities, "DicomAlwaysAllowStore": False}) as pacs:
+        def send(calling: str) -> int:
+            return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", entry["DicomAet"], "127.0.0.1",
+                                   str(pacs.dicom_port), str(ecg)], capture_output=True, timeout=60).returncode
+        assert send("CART9") != 0 and pacs.instances() == []
+        assert send(SERVICE_AET) == 0 and len(pacs.instances()) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import threading
 import time
 
@@ -188,3 +189,122 @@ def test_a_stray_sidecar_is_refused_after_stray_sidecar_s(watched, tmp_path):
     [job] = queue.jobs()
     assert job.state == "rejected" and "no .npy of the same name" in job.reason
     assert sorted(p.name for p in inbox.iterdir()) == ["coming.json", "coming.npy.part"]
+
+
+WFDB_HEADER = "rec 2 500 2500\nrec.dat 16 200/mV 16 0 0 0 0 I\nrec.dat 16 200/mV 16 0 0 0 0 II\n"
+
+
+def test_a_wfdb_header_waits_for_its_signal_file_and_both_go_as_one_job(watched, tmp_path):
+    inbox, queue, spool, start = watched
+    start(incomplete_wait_s=30)
+    (inbox / "rec.hea").write_text(WFDB_HEADER)
+    time.sleep(2.0)  # four times stable_s: the header alone is complete-looking but must wait
+    assert queue.jobs() == []
+    staged = tmp_path / "rec.dat"
+    staged.write_bytes(b"\x01\x00" * 2 * 2500)
+    os.replace(staged, inbox / "rec.dat")
+    wait_for(lambda: queue.jobs(), 10, "the record")
+    [job] = queue.jobs()
+    assert job.name == "rec" and spool.path(job).read_text() == WFDB_HEADER
+    assert (spool.companions(job) / "rec.dat").read_bytes() == b"\x01\x00" * 5000
+    assert list(inbox.iterdir()) == []
+    spool.remove(job)
+    assert not spool.companions(job).exists()
+
+
+def test_a_signal_file_cut_short_holds_its_header(watched):
+    inbox, queue, spool, start = watched
+    (inbox / "rec.dat").write_bytes(b"\x00" * 100)  # 10000 bytes declared
+    (inbox / "rec.hea").write_text(WFDB_HEADER)
+    start(incomplete_wait_s=1.5)
+    time.sleep(1.0)
+    assert queue.jobs() == []
+    wait_for(lambda: queue.jobs(), 10, "the header, taken after incomplete_wait_s")
+    [job] = queue.jobs()  # taken with what there is: the worker rejects it with the reason
+    assert (spool.companions(job) / "rec.dat").stat().st_size == 100
+
+
+def test_a_lone_signal_file_is_never_taken_and_refused_after_stray_sidecar_s(watched, tmp_path):
+    inbox, queue, spool, start = watched
+    (inbox / "orphan.dat").write_bytes(b"\x00" * 64)
+    (inbox / "orphan.xyz").write_bytes(b"\x00" * 64)   # no header names it: an input of its own
+    start(stray_sidecar_s=1.5)
+    wait_for(lambda: len(queue.jobs()) == 2, 10, "the .xyz taken and the stray .dat refused")
+    refused = next(j for j in queue.jobs() if j.state == "rejected")
+    assert "WFDB signal file with no .hea header" in refused.reason
+    assert (tmp_path / "rejected" / "orphan.dat").read_bytes() == b"\x00" * 64
+
+
+def test_every_signal_file_a_header_names_goes_with_it(watched):
+    """PTB keeps the Frank leads in X.xyz beside X.dat: both go with X.hea, neither alone."""
+    inbox, queue, spool, start = watched
+    header = WFDB_HEADER + "rec.xyz 16 200/mV 16 0 0 0 0 vx\n"
+    header = header.replace("rec 2 ", "rec 3 ")
+    (inbox / "rec.xyz").write_bytes(b"\x00" * 5000)
+    (inbox / "rec.dat").write_bytes(b"\x00" * 10000)
+    (inbox / "rec.hea").write_text(header)
+    start()
+    wait_for(lambda: queue.jobs(), 10, "the record")
+    time.sleep(1.0)
+    [job] = queue.jobs()
+    assert sorted(p.name for p in spool.companions(job).iterdir()) == ["rec.dat", "rec.xyz"]
+    assert list(inbox.iterdir()) == []
+
+
+def test_a_refused_header_still_takes_its_signal_file_along(watched):
+    """A header the reader will refuse (format 8) is still a header: its .dat goes with it."""
+    inbox, queue, spool, start = watched
+    (inbox / "rec.dat").write_bytes(b"\x00" * 10000)
+    (inbox / "rec.hea").write_text(WFDB_HEADER.replace(" 16 ", " 8 "))
+    start(stray_sidecar_s=1.0)
+    wait_for(lambda: queue.jobs(), 10, "the record")
+    time.sleep(1.5)
+    [job] = queue.jobs()
+    assert (spool.companions(job) / "rec.dat").is_file() and list(inbox.iterdir()) == []
+
+
+def test_entries_that_can_never_be_inputs_are_moved_aside_with_a_reason(watched, tmp_path, caplog):
+    """Issue 22 item 4: `..npy`, FIFOs, device nodes and folders named *.npy / *.dcm used to
+    stay in the inbox forever without a word. A FIFO is never opened (that would block)."""
+    inbox, queue, spool, start = watched
+    (inbox / "..npy").write_bytes(npy_bytes())
+    os.mkfifo(inbox / "pipe.npy")
+    os.mkfifo(inbox / "plain_fifo")
+    try:
+        os.mknod(inbox / "dev.dcm", 0o600 | stat.S_IFCHR, os.makedev(1, 3))   # like /dev/null
+        device = True
+    except PermissionError:
+        device = False
+    (inbox / "folder.npy").mkdir()
+    (inbox / "folder.npy" / "inside.npy").write_bytes(b"x")
+    (inbox / "study.DCM").mkdir()
+    (inbox / "archive").mkdir()            # an ordinary subfolder: not ours to move
+    start()
+    expected = 5 + device
+    wait_for(lambda: len(queue.jobs()) == expected, 15, "every entry taken or refused")
+    assert sorted(p.name for p in inbox.iterdir()) == ["archive"]
+    rejected = tmp_path / "rejected"
+    reasons = {p.name: p.read_text() for p in rejected.glob("*.reason.txt")}
+    assert "named pipe (FIFO)" in reasons["pipe.npy.reason.txt"] and "named pipe" in reasons["plain_fifo.reason.txt"]
+    assert stat.S_ISFIFO((rejected / "pipe.npy").lstat().st_mode)
+    assert "folder named like an input" in reasons["folder.npy.reason.txt"]
+    assert (rejected / "folder.npy" / "inside.npy").read_bytes() == b"x"   # moved whole, not emptied
+    assert "folder named like an input" in reasons["study.DCM.reason.txt"]
+    if device:
+        assert "device node" in reasons["dev.dcm.reason.txt"]
+    states = sorted(job.state for job in queue.jobs())
+    assert states == ["rejected"] * (expected - 1) + ["waiting"]      # `..npy` is an input: taken
+    [taken] = [job for job in queue.jobs() if job.state == "waiting"]
+    assert taken.source_name == "..npy" and spool.path(taken).read_bytes() == npy_bytes()
+    assert caplog.text.count("rejected: ") >= expected - 1
+
+
+def test_an_entry_that_cannot_be_moved_aside_is_named_once_in_the_log(watched, tmp_path, caplog):
+    inbox, queue, _, start = watched
+    (tmp_path / "rejected").write_text("a file where the rejected folder should be")
+    os.mkfifo(inbox / "pipe.npy")
+    start()
+    wait_for(lambda: "can never be an input stays in the watched folder" in caplog.text, 10, "the warning")
+    time.sleep(1.5)   # three more rescans
+    assert caplog.text.count("can never be an input stays in the watched folder") == 1
+    assert queue.jobs() == [] and (inbox / "pipe.npy").exists()

@@ -271,3 +271,102 @@ def test_the_service_says_how_to_declare_millivolts(site):
     spool.store_bytes(npy_bytes(synthetic_lead() / 1000), "mv.npy", "test")
     run_once(worker)
     assert '"units": "mV" in the .npy\'s <stem>.json sidecar' in (folders.rejected / "mv.reason.txt").read_text()
+
+
+def test_a_wfdb_record_is_read_from_its_companions_and_rejected_with_them(site, shared_data, tmp_path):
+    """The spool keeps a header's signal files in <spool file>.files/: read from there, removed
+    when done, moved to rejected/ beside the header (as <name>.files/) when refused."""
+    folders, queue, spool, worker, calls = site
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    header = (shared_data / "ecg12/ptbxl/00001_lr.hea").read_text()
+    data = (shared_data / "ecg12/ptbxl/00001_lr.dat").read_bytes()
+    for stem, payload in (("good", data), ("short", data[:500])):
+        (inbox / f"{stem}.hea").write_text(header.replace("00001_lr", stem))
+        (inbox / f"{stem}.dat").write_bytes(payload)
+        spool.claim(inbox / f"{stem}.hea", "watch", companions=[inbox / f"{stem}.dat"])
+    assert list(inbox.iterdir()) == []
+    run_once(worker)
+    assert np.load(folders.output / "good.npy").shape[0] == 12
+    assert "holds 20 of the 1000 samples" in (folders.rejected / "short.reason.txt").read_text()
+    assert (folders.rejected / "short.files" / "short.dat").read_bytes() == data[:500]
+    assert (folders.rejected / "short.hea").is_file()
+    assert list(spool.folder.iterdir()) == []
+
+
+def test_an_assumed_rate_is_logged_and_written_with_the_result(site, caplog):
+    """Issue 20 item 5: the service says when a .npy's rate is assumed, and whose sidecar sets it."""
+    folders, queue, spool, worker, _ = site
+    spool.store_bytes(npy_bytes(synthetic_lead()), "bare.npy", "test")
+    job = queue.get(spool.store_bytes(npy_bytes(synthetic_lead(fs=250.0)), "told.npy", "test"))
+    spool.sidecar(job).write_text(json.dumps({"fs": 250}))
+    with caplog.at_level("WARNING", logger="ecg_dicom.worker"):
+        run_once(worker)
+    assert json.loads((folders.output / "bare.json").read_text())["fs_source"] == "assumed (no sidecar)"
+    assert json.loads((folders.output / "told.json").read_text())["fs_source"] == "sidecar"
+    assumed = [r.getMessage() for r in caplog.records if "rate was assumed" in r.getMessage()]
+    assert len(assumed) == 1 and "assumed to be 500 Hz" in assumed[0]
+
+
+def test_a_job_whose_release_failed_on_a_full_disk_is_done_once_space_returns(site, monkeypatch, caplog):
+    """Issue 22 item 1: the outputs cannot be written (ENOSPC) and the job store, on the same
+    full disk, cannot take the job back either: the job used to stay `processing` until a
+    restart. Now the worker hands it back itself once the store can be written again."""
+    import sqlite3
+
+    from peers import wait_for
+
+    import ecg_dicom.service.worker as worker_module
+
+    caplog.set_level("INFO", logger="ecg_dicom")
+    folders, queue, spool, worker, _ = site
+    job_id = spool.store_bytes(npy_bytes(synthetic_lead(seconds=5.0)), "full.npy", "test")
+    failures = {"reserve": 1, "write": 3, "release": 1, "claim": 2}
+    states: list[bool] = []
+    real_write, real_release, real_claim = worker_module.write_outputs, queue.release, queue.claim
+    real_reserve = queue.reserve_names
+
+    def reserve(*args, **kwargs):   # the job store full when the names are reserved: not the input's fault
+        if failures["reserve"]:
+            failures["reserve"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_reserve(*args, **kwargs)
+
+    def write(*args, **kwargs):
+        if failures["write"]:
+            failures["write"] -= 1
+            raise OSError(28, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    def release(job: int) -> None:
+        if failures["release"]:
+            failures["release"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        real_release(job)
+
+    def claim(*args, **kwargs):
+        states.append(worker.storage_ok)
+        if failures["claim"] and not failures["release"]:   # the store still full for a while
+            failures["claim"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "write_outputs", write)
+    monkeypatch.setattr(worker_module, "OUTPUT_RETRY_S", 0.05)
+    monkeypatch.setattr(queue, "release", release)
+    monkeypatch.setattr(queue, "claim", claim)
+    monkeypatch.setattr(queue, "reserve_names", reserve)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: queue.get(job_id).state == "done", 30, "the job done without a restart")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert (folders.output / "full.npy").is_file()
+    assert False in states and worker.storage_ok    # not ready while failing, ready again after
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors   # one when outputs start failing, one when the job store does
+    assert "job store can be written again" in caplog.text and "outputs can be written again" in caplog.text
+    assert "Traceback" not in caplog.text and queue.counts()["rejected"] == 0

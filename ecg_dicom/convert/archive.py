@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ecg_dicom.files import safe_stem, write_bytes_atomic
-from ecg_dicom.inputs import file_sha256, looks_like_input
+from ecg_dicom.inputs import file_sha256, looks_like_input, record_sha256, wfdb_companions
 from ecg_dicom.sidecar import sidecar_path
 
 DONE_SUFFIX = ".done.json"
@@ -83,7 +83,8 @@ def find_inputs(input_dir: str | Path, output_dir: str | Path,
     """Every input below ``input_dir``, in sorted order, with where its results go.
 
     Inputs are what :func:`ecg_dicom.inputs.looks_like_input` accepts (``.npy``, ``.dcm``,
-    DICOM by content); ``.json`` sidecars, hidden files and folders, folders reached through
+    DICOM, vendor XML and WFDB headers by content; a WFDB header's signal files are read with
+    it, never as inputs of their own); ``.json`` sidecars, hidden files and folders, folders reached through
     symbolic links, ``output_dir`` itself and the folders in ``exclude`` are passed over.
     """
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
@@ -102,9 +103,12 @@ def find_inputs(input_dir: str | Path, output_dir: str | Path,
 
 
 def _fingerprint(source: Path, content_sha256: str | None = None) -> dict[str, str | None]:
-    """sha256 of the input (given, or read) and of its sidecar (None when it has none)."""
+    """sha256 of the input (given, or read), of its sidecar (None when it has none) and of a
+    WFDB header's signal files (a record whose samples changed is converted again)."""
     sidecar = sidecar_path(source)
-    return {"source_sha256": content_sha256 or file_sha256(source),
+    if content_sha256 is None:
+        content_sha256 = record_sha256(source) if wfdb_companions(source) else file_sha256(source)
+    return {"source_sha256": content_sha256,
             "sidecar_sha256": file_sha256(sidecar) if sidecar is not None and sidecar.is_file() else None}
 
 

@@ -41,10 +41,12 @@ from ecg_dicom import __version__
 from ecg_dicom.convert.archive import ArchiveItem, clear_done, find_inputs, is_done, mark_done
 from ecg_dicom.core.checkpoint import Checkpoint, Preprocessing
 from ecg_dicom.core.inference import Reconstructor
+from ecg_dicom.core.leadchoice import AUTO, model_leads
 from ecg_dicom.core.runners import OnnxRunner, default_threads
 from ecg_dicom.errors import EcgDicomError, InputError
+from ecg_dicom.extras import require
 from ecg_dicom.files import deferred_sync, sync_filesystem, write_reason
-from ecg_dicom.inputs import LeadInput, gate_many, load_input
+from ecg_dicom.inputs import FS_ASSUMED, FS_GIVEN, NPY_DEFAULT_FS, LeadInput, gate_many, load_input
 from ecg_dicom.logsafe import strip_wire
 from ecg_dicom.leads import learned_leads
 from ecg_dicom.outputs.results import OUTPUT_FORMATS, write_outputs
@@ -65,10 +67,13 @@ CONVERTED, REJECTED, DONE = "converted", "rejected", "done"
 class ConvertSettings:
     """How inputs are read and what is written for each; recorded in each completion marker.
 
-    fs (Hz) and units apply to ``.npy`` inputs (DICOM brings its own); output_format is one
+    fs (Hz) and units apply to ``.npy`` inputs (DICOM brings its own), fs_source says whether
+    fs was given (``--fs``) or assumed (not part of the marker: the results are the same);
+    output_format is one
     of :data:`OUTPUT_FORMATS`; confidence adds ``<stem>.confidence.json``; report is the
     paper size ("A4", "Letter") of the 12-lead page (``<stem>.pdf``, and ``<stem>.report.dcm``
-    with DICOM output), or None for no page.
+    with DICOM output), or None for no page; input_lead: "auto" to choose per input among the
+    models given to :func:`convert_batch` (None: the reconstructor's lead).
     """
 
     fs: float = 500.0
@@ -76,12 +81,17 @@ class ConvertSettings:
     output_format: str = "npy"
     confidence: bool = False
     report: str | None = None
+    input_lead: str | None = None
+    fs_source: str = FS_ASSUMED
 
-    def marker_settings(self, reconstructor: Reconstructor) -> dict:
+    def marker_settings(self, reconstructor: Reconstructor,
+                        models: dict[str, Reconstructor] | None = None) -> dict:
         """What a completed result must have been made with to count as done."""
-        return {**asdict(self), "input_lead": reconstructor.input_lead,
-                "model_version": reconstructor.model_version, "precision": reconstructor.precision,
-                "ecg_dicom": __version__}
+        models = models or {reconstructor.input_lead: reconstructor}
+        settings = {k: v for k, v in asdict(self).items() if k != "fs_source"}
+        return {**settings, "input_lead": self.input_lead or reconstructor.input_lead,
+                "model_version": "+".join(m.model_version for m in models.values()),
+                "precision": reconstructor.precision, "ecg_dicom": __version__}
 
 
 @dataclass
@@ -93,6 +103,8 @@ class ItemResult:
     status: str
     reason: str = ""
     written: list[Path] = field(default_factory=list)
+    fs_assumed: float | None = None  # converted at a rate nothing said (Hz)
+    rate_warning: str = ""  # the gate suspects the rate: its flag's text
 
 
 @dataclass
@@ -103,15 +115,31 @@ class ConvertReport:
     written: dict[str, list[Path]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
+    fs_assumed: dict[str, float] = field(default_factory=dict)  # converted at a rate nothing said
 
     def add(self, result: ItemResult) -> None:
         if result.status == CONVERTED:
             self.written[result.name] = result.written
+            if result.fs_assumed is not None:
+                self.fs_assumed[result.name] = result.fs_assumed
+            if result.rate_warning:
+                print(f"ecg-dicom: {result.name}: {result.rate_warning}", file=sys.stderr)
         elif result.status == REJECTED:
             self.failed[result.name] = result.reason
             print(f"ecg-dicom: skipped {result.name}: {result.reason}", file=sys.stderr)
         else:
             self.done.append(result.name)
+
+    def assumed_rate_note(self) -> str | None:
+        """One line naming the inputs converted at an assumed rate (a .npy without a sidecar's
+        ``fs`` and no ``--fs``), or None."""
+        if not self.fs_assumed:
+            return None
+        names = sorted(self.fs_assumed)
+        rates = sorted(set(self.fs_assumed.values()))
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return (f"ecg-dicom: {len(names)} .npy input(s) without a sidecar's fs: rate assumed"
+                f" {'/'.join(f'{r:g}' for r in rates)} Hz (say it with --fs or a sidecar): {shown}")
 
     def summary(self, seconds: float) -> str:
         """``converted N, rejected M, skipped as done K in T s (R ECG/s)``."""
@@ -131,11 +159,13 @@ def reject(item: ArchiveItem, reason: str) -> ItemResult:
     return ItemResult(item.name, REJECTED, reason)
 
 
-def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSettings) -> LeadInput:
+def _load(item: ArchiveItem, reconstructor: Reconstructor, settings: ConvertSettings,
+          models: dict[str, Reconstructor]) -> LeadInput:
     """Read and check one input (raises InputError with the reason); the signal-quality gate
-    comes after, for the whole batch (:func:`ecg_dicom.inputs.gate_many`)."""
-    return load_input(item.source, reconstructor.input_lead, settings.fs, settings.units, sidecar_path(item.source),
-                      gated=False)
+    comes after, for the whole batch (:func:`ecg_dicom.inputs.gate_many`), except for the lead
+    ``input_lead: auto`` chose (gated to be chosen)."""
+    return load_input(item.source, settings.input_lead or reconstructor.input_lead, settings.fs, settings.units,
+                      sidecar_path(item.source), gated=False, models=tuple(models), fs_source=settings.fs_source)
 
 
 def _window_groups(loaded: list[tuple[int, ArchiveItem, LeadInput]], reconstructor: Reconstructor,
@@ -169,7 +199,9 @@ def _write(item: ArchiveItem, lead: LeadInput, recon, reconstructor: Reconstruct
     except OSError as exc:
         return reject(item, f"cannot write its results: {exc.strerror or exc}")
     (item.out_dir / f"{item.stem}.reason.txt").unlink(missing_ok=True)  # from an earlier, refused try
-    return ItemResult(item.name, CONVERTED, written=written)
+    rate = [f.text for f in (lead.quality.flags if lead.quality is not None else []) if f.code == "rate"]
+    return ItemResult(item.name, CONVERTED, written=written, fs_assumed=lead.fs if lead.fs_assumed else None,
+                      rate_warning=rate[0] if rate else "")
 
 
 def _sync(items: Iterable[ArchiveItem]) -> None:
@@ -187,7 +219,8 @@ def _sync(items: Iterable[ArchiveItem]) -> None:
 
 def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, settings: ConvertSettings,
                   max_windows: int = WINDOWS_PER_CALL,
-                  progress: Callable[[float], None] | None = None) -> list[ItemResult]:
+                  progress: Callable[[float], None] | None = None,
+                  models: dict[str, Reconstructor] | None = None) -> list[ItemResult]:
     """Convert a batch of inputs and write their results; one result per item, in order.
 
     An input whose results are complete from an earlier run (:func:`is_done`) is skipped;
@@ -196,10 +229,12 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
     ``max_windows`` model windows. ``progress(files)`` is told each bit of work done, in
     inputs (fractions of one while a long input is going through the model). On return
     everything written is durable, and each converted input's completion marker was
-    written only after its results were.
+    written only after its results were. ``models``: every model by input lead, for
+    ``settings.input_lead`` "auto" (default: ``reconstructor`` alone).
     """
     advance = progress or (lambda files: None)
-    marker = settings.marker_settings(reconstructor)
+    models = models or {reconstructor.input_lead: reconstructor}
+    marker = settings.marker_settings(reconstructor, models)
     results: dict[int, ItemResult] = {}
     loaded: list[tuple[int, ArchiveItem, LeadInput]] = []
     for index, item in enumerate(items):
@@ -208,7 +243,7 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
             advance(1)
             continue
         try:
-            loaded.append((index, item, _load(item, reconstructor, settings)))
+            loaded.append((index, item, _load(item, reconstructor, settings, models)))
         except InputError as exc:
             results[index] = reject(item, str(exc))
             advance(1)
@@ -234,13 +269,12 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
                 advance(now - counted[0])
                 counted[0] = now
 
-            recons = reconstructor.reconstruct_isolated([lead.signal_uv for _, _, lead in group],
-                                                        [lead.fs for _, _, lead in group], windows_done)
+            recons = _reconstruct_by_lead(group, models, windows_done)
             for (index, item, lead), recon in zip(group, recons):
                 if isinstance(recon, Exception):
                     results[index] = reject(item, f"reconstruction failed ({type(recon).__name__}: {recon})")
                 else:
-                    results[index] = _write(item, lead, recon, reconstructor, settings)
+                    results[index] = _write(item, lead, recon, models[lead.lead], settings)
                     if results[index].status == CONVERTED:
                         written.append((index, item, lead))
             advance(len(group) - counted[0])
@@ -252,6 +286,29 @@ def convert_batch(items: Sequence[ArchiveItem], reconstructor: Reconstructor, se
                 results[index] = reject(item, f"cannot write its completion marker: {exc.strerror or exc}")
         _sync(items)
     return [results[index] for index in range(len(items))]
+
+
+def _reconstruct_by_lead(group: list[tuple[int, ArchiveItem, LeadInput]], models: dict[str, Reconstructor],
+                         progress: Callable[[int, int], None]) -> list:
+    """Each input of ``group`` reconstructed by the model of its lead (one call per model),
+    in order; ``progress(done, total)`` in model windows of the whole group."""
+    out: list = [None] * len(group)
+    total = sum(models[lead.lead].count_windows(lead.signal_uv.size, lead.fs) for _, _, lead in group) or 1
+    before = 0
+    for name, model in models.items():
+        members = [k for k, (_, _, lead) in enumerate(group) if lead.lead == name]
+        if not members:
+            continue
+
+        def step(done: int, _total: int, before: int = before) -> None:
+            progress(before + done, total)
+
+        done = model.reconstruct_isolated([group[k][2].signal_uv for k in members], [group[k][2].fs for k in members],
+                                          step)
+        before += sum(model.count_windows(group[k][2].signal_uv.size, group[k][2].fs) for k in members)
+        for k, recon in zip(members, done):
+            out[k] = recon
+    return out
 
 
 def find_archive(input_dir: str | Path, output_dir: str | Path, output_format: str,
@@ -274,23 +331,26 @@ def find_archive(input_dir: str | Path, output_dir: str | Path, output_format: s
 
 
 def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor: Reconstructor,
-                   fs: float = 500.0, units: str = "uV", output_format: str = "npy",
+                   fs: float | None = None, units: str = "uV", output_format: str = "npy",
                    confidence: bool = False, batch_size: int = FILES_PER_BATCH,
-                   report_paper: str | None = None, workers: int = 1) -> ConvertReport:
+                   report_paper: str | None = None, workers: int = 1,
+                   models: dict[str, Reconstructor] | None = None, input_lead: str | None = None) -> ConvertReport:
     """Convert every input below ``input_dir`` into ``output_dir``, on this machine.
 
-    .npy inputs are one lead in ``units`` at ``fs`` Hz unless their ``<stem>.json`` sidecar
-    says otherwise (the service's sidecar, patient and study included: :mod:`ecg_dicom.sidecar`);
+    .npy inputs are one lead in ``units`` at ``fs`` Hz (None: 500 Hz assumed, and said so in
+    each result's ``.json`` and on stderr) unless their ``<stem>.json`` sidecar says otherwise (the service's sidecar, patient and study included: :mod:`ecg_dicom.sidecar`);
     DICOM inputs bring their own. ``IN/a/x.npy`` gives ``OUT/a/x.npy`` (12, N) float32 µV
     and/or ``OUT/a/x.dcm``; a refused input gets ``OUT/a/x.reason.txt`` and a line on stderr;
     an input already converted with the same settings is skipped. ``batch_size`` inputs are
     read and converted at a time. ``report_paper``: also draw the 12-lead page on this paper
     ("A4", "Letter"), or None. ``workers`` > 1: that many forked processes convert the batches
     (see the module docstring), when the model runs in ONNX Runtime and the platform forks;
-    else this process does.
+    else this process does. ``input_lead`` "auto" with ``models`` (one per lead): each input
+    reconstructed from the lead the model does best from (:mod:`ecg_dicom.core.leadchoice`).
     """
     items = find_archive(input_dir, output_dir, output_format)
-    settings = ConvertSettings(fs, units, output_format, confidence, report_paper)
+    settings = ConvertSettings(NPY_DEFAULT_FS if fs is None else fs, units, output_format, confidence, report_paper,
+                               input_lead, FS_ASSUMED if fs is None else FS_GIVEN)
     report = ConvertReport()
     bar = None
     if sys.stderr.isatty():
@@ -299,7 +359,7 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
         bar = tqdm(total=len(items), unit="file",
                    bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} files [{elapsed}<{remaining}]")
     batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
-    for results in _converted(batches, reconstructor, settings, workers, bar.update if bar else None):
+    for results in _converted(batches, reconstructor, settings, workers, bar.update if bar else None, models):
         for result in results:
             report.add(result)
     if bar is not None:
@@ -308,31 +368,36 @@ def convert_folder(input_dir: str | Path, output_dir: str | Path, reconstructor:
 
 
 _worker_reconstructor: Reconstructor | None = None
+_worker_models: dict[str, Reconstructor] | None = None
 
 
-def _start_worker(parent: Reconstructor) -> None:
-    """In a forked worker: a runtime of its own, on one thread."""
-    global _worker_reconstructor
+def _start_worker(parent: Reconstructor, models: dict[str, Reconstructor] | None = None) -> None:
+    """In a forked worker: a runtime of its own, on one thread (one per model)."""
+    global _worker_reconstructor, _worker_models
     _worker_reconstructor = parent.single_threaded_copy()
+    _worker_models = None if models is None else {
+        lead: (_worker_reconstructor if model is parent else model.single_threaded_copy())
+        for lead, model in models.items()}
 
 
 def _convert_in_worker(batch: list[ArchiveItem], settings: ConvertSettings) -> list[ItemResult]:
     assert _worker_reconstructor is not None
-    return convert_batch(batch, _worker_reconstructor, settings)
+    return convert_batch(batch, _worker_reconstructor, settings, models=_worker_models)
 
 
 def _converted(batches: list[list[ArchiveItem]], reconstructor: Reconstructor, settings: ConvertSettings,
-               workers: int, progress: Callable[[float], None] | None) -> Iterable[list[ItemResult]]:
+               workers: int, progress: Callable[[float], None] | None,
+               models: dict[str, Reconstructor] | None = None) -> Iterable[list[ItemResult]]:
     """Each batch's results, in order: from ``workers`` forked processes (``progress`` told
     of each finished batch), or from this one (``progress`` told as :func:`convert_batch` goes)."""
     workers = min(workers, len(batches))
-    if (workers <= 1 or not isinstance(reconstructor.runner, OnnxRunner)
+    if (workers <= 1 or not all(isinstance(m.runner, OnnxRunner) for m in (models or {"": reconstructor}).values())
             or "fork" not in multiprocessing.get_all_start_methods()):
         for batch in batches:
-            yield convert_batch(batch, reconstructor, settings, progress=progress)
+            yield convert_batch(batch, reconstructor, settings, progress=progress, models=models)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_start_worker, initargs=(reconstructor,))
+                               initializer=_start_worker, initargs=(reconstructor, models))
     try:
         for batch, results in zip(batches, pool.map(_convert_in_worker, batches, [settings] * len(batches))):
             if progress is not None:
@@ -366,30 +431,35 @@ def process_and_save_npy_files(input_folder: str | Path, output_folder: str | Pa
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ecg-dicom convert``: exit 0 when every input converted (or was done), 1 when any
-    failed, 2 on setup errors."""
+    """``ecg-dicom convert`` on this machine's processes (``--engine single``): exit 0 when
+    every input converted (or was done), 1 when any failed, 2 on setup errors."""
     started = time.perf_counter()
-    if getattr(args, "engine", "single") == "ray":
-        from ecg_dicom.convert.ray_engine import run_ray
-
-        return run_ray(args)
     try:
         if args.device.startswith("cuda"):
-            import torch
+            torch = require("torch", f"--device {args.device}")
 
             if not torch.cuda.is_available():
                 raise EcgDicomError(f"device {args.device} is not available on this machine")
         # ONNX Runtime: one single-threaded worker process per thread asked for (default: per
         # usable CPU); torch (--precision fp32): this process, with that many threads
         threads = default_threads(args.threads)
-        reconstructor = Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, args.device,
-                                                      args.batch_size, precision=args.precision,
+        if args.input_lead == AUTO and args.checkpoint:
+            raise EcgDicomError("--checkpoint is a model for one lead; --input-lead auto uses the shipped model of"
+                                " each lead")
+        models = {lead: Reconstructor.from_checkpoint(args.checkpoint, lead, args.device, args.batch_size,
+                                                      precision=args.precision,
                                                       threads=1 if args.precision == "fast" else threads)
+                  for lead in model_leads(args.input_lead)}
+        reconstructor = next(iter(models.values()))
         report = convert_folder(args.input_dir, args.output_dir, reconstructor, args.fs, args.units,
                                 args.output_format, args.confidence, args.batch_size,
-                                args.paper if args.report else None, workers=threads)
+                                args.paper if args.report else None, workers=threads,
+                                models=models, input_lead=args.input_lead)
     except EcgDicomError as exc:
         print(f"ecg-dicom convert: {exc}", file=sys.stderr)
         return 2
+    note = report.assumed_rate_note()
+    if note:
+        print(note, file=sys.stderr)
     print(f"{report.summary(time.perf_counter() - started)} -> {args.output_dir}", file=sys.stderr)
     return 1 if report.failed else 0

@@ -48,10 +48,13 @@ from ecg_dicom.convert.batch import (
 )
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.errors import EcgDicomError
+from ecg_dicom.extras import install_hint
+from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+from ecg_dicom.inputs import FS_ASSUMED, FS_GIVEN, NPY_DEFAULT_FS
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "--engine ray needs Ray, an optional extra: pip install 'ecg-dicom[scale]'"
+INSTALL_HINT = f"--engine ray needs Ray, an optional extra: {install_hint('scale')}"
 TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 # Ray puts its sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store,
 # and a Unix socket path may not exceed 107 bytes.
@@ -232,10 +235,14 @@ def run_ray(args: argparse.Namespace) -> int:
         import_ray()
         if args.num_workers is not None and args.num_workers < 1:
             raise EcgDicomError("--num-workers must be at least 1")
+        if args.input_lead not in SUPPORTED_INPUT_LEADS:
+            raise EcgDicomError(f"--input-lead {args.input_lead} needs --engine single (the Ray engine runs one"
+                                " model per worker)")
         # Loaded here once to fail early (exit 2) on a bad checkpoint; each worker loads its own.
         Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, "cpu", precision=args.precision, threads=1)
-        settings = ConvertSettings(args.fs, args.units, args.output_format, args.confidence,
-                                   args.paper if getattr(args, "report", False) else None)
+        settings = ConvertSettings(NPY_DEFAULT_FS if args.fs is None else args.fs, args.units, args.output_format,
+                                   args.confidence, args.paper if getattr(args, "report", False) else None,
+                                   fs_source=FS_ASSUMED if args.fs is None else FS_GIVEN)
         local = args.address is None
         cpus = max(local_cpus(), args.num_workers or 0) if local else None
         temp_dir = Path(args.ray_temp_dir).resolve() if args.ray_temp_dir else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ecg_dicom.errors import CheckpointError
+from ecg_dicom.extras import require
 from ecg_dicom.leads import learned_leads
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def save_checkpoint(
 
     An :class:`EnsembleModel` is stored as its members' configs and weights.
     """
-    import torch
+    torch = require("torch", "writing a checkpoint")
 
     from ecg_dicom.core.model import BiLSTMAttentionModel
 
@@ -108,13 +109,14 @@ def load_checkpoint(path: str | Path | None = None, input_lead: str = "I",
     another format version, another input lead, missing keys, or weights that do not fit
     the stored model config.
     """
-    import torch
-
-    from ecg_dicom.core.model import EnsembleModel
-
     path = Path(path) if path is not None else shipped_checkpoint_path(input_lead)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    torch = require("torch", f"reading the checkpoint {path.name} itself (--precision fp32, or no"
+                             f" {path.stem}.onnx export beside it)")
+
+    from ecg_dicom.core.model import EnsembleModel
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file

@@ -31,6 +31,7 @@ import numpy as np
 from ecg_dicom.core.checkpoint import load_checkpoint, shipped_checkpoint_path
 from ecg_dicom.core.runners import OnnxHeader, OnnxRunner, onnx_path_for
 from ecg_dicom.errors import EcgDicomError
+from ecg_dicom.extras import require
 from ecg_dicom.files import file_sha256, write_bytes_atomic
 
 EXPORT_PRECISIONS = ("int8", "fp32")
@@ -57,7 +58,9 @@ def export_onnx(checkpoint_path: str | Path | None = None, input_lead: str = "I"
                 precision: str = "int8") -> tuple[Path, dict]:
     """Export a checkpoint (default: the shipped one for ``input_lead``) to ``out`` (default:
     beside it, ``.onnx``); returns the path and the check recorded in its metadata."""
-    import torch
+    for module in ("onnx", "onnxscript"):  # torch.onnx's exporter needs both
+        require(module, "exporting a checkpoint", extra="export")
+    torch = require("torch", "exporting a checkpoint", extra="export")
 
     from ecg_dicom.core.preprocess import lead_features
     from ecg_dicom.leads import input_leads_of

@@ -88,11 +88,11 @@ class Reconstructor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, input_lead: str = "I",
-                        device: str = "cpu", batch_size: int = 32, precision: str = "fp32",
+                        device: str = "cpu", batch_size: int = 32, precision: str = "fast",
                         threads: int | None = None) -> "Reconstructor":
         """Load ``path`` (or the shipped checkpoint for ``input_lead``) and wrap it.
 
-        ``precision="fast"``: run the ONNX export beside the checkpoint (``x.onnx`` beside
+        ``precision="fast"`` (the default, as for every command): run the ONNX export beside the checkpoint (``x.onnx`` beside
         ``x.pt``, see ``ecg-dicom export``) when there is one made from exactly these weights,
         without importing torch; else log why and run the checkpoint in fp32.
         ``precision="fp32"``: the checkpoint's torch model (the reference). ``threads``:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ecg_dicom.extras import require
+
 if TYPE_CHECKING:
     from ecg_dicom.core.checkpoint import Checkpoint
 
@@ -77,7 +79,7 @@ class TorchRunner:
 
     def __init__(self, model: Any, device: str = "cpu", batch_size: int = 32, threads: int | None = None,
                  window: int = 0) -> None:
-        import torch
+        torch = require("torch", "--precision fp32")
 
         if threads:
             torch.set_num_threads(int(threads))

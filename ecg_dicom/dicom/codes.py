@@ -15,6 +15,7 @@ MDC_CODES: dict[str, str] = {
 
 # how our results name the model (Manufacturer's Model Name, the result's .json)
 MODEL_NAME = "ecg-dicom BiLSTM+Attention 12-lead reconstruction"
+AI_GROUP_LABEL = "AI RECONSTRUCTED"  # MultiplexGroupLabel of the group of reconstructed leads
 
 TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"

@@ -35,6 +35,7 @@ from ecg_dicom.dicom.provenance import (
     derived_uid,
     format_dt,
     notice_text,
+    complete_source_description,
     set_series,
     source_reference,
     uid_anchor,
@@ -57,23 +58,26 @@ def _reference(sop_class: str, sop_instance: str, purpose: tuple[str, str, str])
 
 def build_pdf_dataset(pdf: bytes, model_version: str, input_lead: str, source: Dataset | None,
                       content_hash: str | None, waveforms: list[Dataset] | None = None,
-                      now: datetime | None = None, attributes: Mapping[str, str] | None = None) -> Dataset:
+                      now: datetime | None = None, attributes: Mapping[str, str] | None = None,
+                      source_complete: bool = False) -> Dataset:
     """The Encapsulated PDF object holding ``pdf`` (the report page's bytes).
 
     ``source``/``content_hash``/``attributes``: as for the waveform writer (patient, study,
     UID anchor, a .npy sidecar's keywords);
     ``waveforms``: the waveform result objects the page shows (referenced); ``now``: the
-    conversion time (Content Date/Time).
+    conversion time (Content Date/Time); ``source_complete``: the source holds all 12 measured
+    leads (the series description and the notice say so).
     """
     if not pdf.startswith(b"%PDF-"):
         raise ValueError("not a PDF document (no %PDF- header)")
     anchor = uid_anchor(source, content_hash)
     now = now or datetime.now()
     attributes = {} if source is not None or attributes is None else dict(attributes)
-    notice = notice_text(input_lead, model_version, source, attributes)
+    notice = notice_text(input_lead, model_version, source, attributes, source_complete)
     ds = common_attributes(source, content_hash, model_version, notice, now, attributes)
     set_series(ds, "ECG", derived_uid("report-series", anchor, model_version, input_lead),
-               REPORT_SERIES_NUMBER, REPORT_TITLE)
+               REPORT_SERIES_NUMBER,
+               complete_source_description(input_lead, report=True) if source_complete else REPORT_TITLE)
     ds.ConversionType = "WSD"  # SC Equipment: made on a workstation
     ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
     ds.SOPInstanceUID = derived_uid("report", anchor, model_version, input_lead)
@@ -100,9 +104,11 @@ def build_pdf_dataset(pdf: bytes, model_version: str, input_lead: str, source: D
 
 def write_pdf_dicom(path: str | Path, pdf: bytes, model_version: str, input_lead: str,
                     source: Dataset | None, content_hash: str | None,
-                    waveforms: list[Dataset] | None = None, attributes: Mapping[str, str] | None = None) -> Path:
+                    waveforms: list[Dataset] | None = None, attributes: Mapping[str, str] | None = None,
+                    source_complete: bool = False) -> Path:
     """Build (see :func:`build_pdf_dataset`) and write the object atomically to ``path``."""
-    ds = build_pdf_dataset(pdf, model_version, input_lead, source, content_hash, waveforms, attributes=attributes)
+    ds = build_pdf_dataset(pdf, model_version, input_lead, source, content_hash, waveforms, attributes=attributes,
+                           source_complete=source_complete)
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return write_bytes_atomic(path, buffer.getvalue())

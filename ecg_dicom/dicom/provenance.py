@@ -18,8 +18,10 @@ same deterministic way.
   and its version as Processing Equipment and, when the source names it, the cart as
   Acquisition Equipment (so a page drawn from our object alone can say which device).
 - UIDs: ``generate_uid(entropy_srcs=[kind, anchor, model version, input lead, ...])`` where
-  the anchor is the source SOP Instance UID (or the content hash): a replay of the same
-  input gives the same UIDs and never a duplicate at PACS.
+  the anchor is the source SOP Instance UID together with the content hash (without a
+  source: the content hash): a replay of the same input gives the same UIDs and never a
+  duplicate at PACS, and a cart that reuses a SOP Instance UID for another recording gets
+  other output UIDs (the PACS would otherwise keep one of the two results).
 """
 
 from __future__ import annotations
@@ -75,9 +77,10 @@ def valid_uid(value: object) -> bool:
 
 
 def uid_anchor(source: Dataset | None, content_hash: str | None) -> str:
-    """What the output UIDs are derived from: the source SOP Instance UID, else the content hash."""
+    """What the output UIDs are derived from: the source SOP Instance UID and the content
+    hash (either alone when the other is missing)."""
     source_uid = source.get("SOPInstanceUID") if source is not None else None
-    anchor = str(source_uid) if source_uid else content_hash
+    anchor = "\n".join(str(part) for part in (source_uid, content_hash) if part)
     if not anchor:
         raise ValueError("need the source's SOP Instance UID or the input's content hash for the UIDs")
     return anchor
@@ -208,14 +211,20 @@ def patient_unknown(source: Dataset | None, attributes: Mapping[str, str] | None
 
 
 def notice_text(input_lead: str, model_version: str, source: Dataset | None,
-                attributes: Mapping[str, str] | None = None) -> str:
-    """The "not for diagnosis" sentence every object carries (annotation, contribution)."""
-    if input_lead in ("I", "II"):
-        acquired = f"only lead {input_lead} was acquired; the other 11 leads were reconstructed"
+                attributes: Mapping[str, str] | None = None, source_complete: bool = False) -> str:
+    """The "not for diagnosis" sentence every object carries (annotation, contribution).
+    ``source_complete``: the source holds all 12 leads, measured (then said so)."""
+    measured = f"lead {input_lead}" if input_lead in ("I", "II") else f"leads {input_lead.replace('+', ' and ')}"
+    if source_complete:
+        notice = (f"AI-reconstructed 12-lead ECG from {measured}: the source holds all 12 measured leads"
+                  f" (read them there); the other leads here were reconstructed by {MODEL_NAME}"
+                  f" {model_version}. NOT FOR DIAGNOSIS.")
+    elif input_lead in ("I", "II"):
+        notice = (f"AI-reconstructed 12-lead ECG: only lead {input_lead} was acquired; the other 11"
+                  f" leads were reconstructed by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
     else:  # the two-lead model: I and II measured, the limb leads exact, V1-V6 learned
-        acquired = (f"only leads {input_lead.replace('+', ' and ')} were acquired; III, aVR, aVL, aVF computed"
-                    " from them, V1-V6 reconstructed")
-    notice = (f"AI-reconstructed 12-lead ECG: {acquired} by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
+        notice = (f"AI-reconstructed 12-lead ECG: only {measured} were acquired; III, aVR, aVL, aVF computed"
+                  f" from them, V1-V6 reconstructed by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
     if patient_unknown(source, attributes):
         notice += " Patient unknown (no patient identification came with the input)."
     source_uid = source.get("SOPInstanceUID") if source is not None else None
@@ -312,6 +321,14 @@ def original_invalid_uids(source: Dataset | None, when: str) -> list[Dataset]:
         item.ReasonForTheAttributeModification = "CORRECT"
         items.append(item)
     return items
+
+
+def complete_source_description(input_lead: str, report: bool = False) -> str:
+    """The Series Description (LO, at most 64 characters) of a result whose source holds all
+    12 measured leads: says so, and from which lead the AI leads come."""
+    kind = "page" if report else "ECG"
+    text = f"AI {kind} from lead {input_lead}; source has all 12 leads; NOT FOR DIAGNOSIS"
+    return text if len(text) <= 64 else f"AI {kind} from {input_lead}; source has all 12 leads; NOT FOR DIAGNOSIS"
 
 
 def set_series(ds: Dataset, modality: str, series_uid: str, number: int, description: str) -> None:

@@ -31,7 +31,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES, MDC_CODES, SCPECG_CODES
+from ecg_dicom.dicom.codes import AI_GROUP_LABEL, ECG_WAVEFORM_SOP_CLASSES, MDC_CODES, SCPECG_CODES
 from ecg_dicom.errors import InputError, WaveformError
 from ecg_dicom.leads import canonical_lead_name
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_inflated_size, check_waveform_size
@@ -388,8 +388,9 @@ def read_dicom_lead(source: str | Path | Dataset, lead: str, limits: Limits = DE
         raise WaveformError(f"malformed DICOM object: {_parse_error_text(exc)}") from exc
 
 
-def _read_lead(ds: Dataset, wanted: str, limits: Limits) -> DicomLead:
-    """The body of :func:`read_dicom_lead` for a dataset in hand and a canonical lead name."""
+def _check_waveform_object(ds: Dataset) -> list[Dataset]:
+    """The multiplex groups of an ECG waveform object; refuses an encoding, SOP class or
+    object without a Waveform Sequence that is not one."""
     _check_encoding(ds)
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if not sop_class:
@@ -402,29 +403,88 @@ def _read_lead(ds: Dataset, wanted: str, limits: Limits) -> DicomLead:
     groups = ds.get("WaveformSequence")
     if not groups:
         raise WaveformError(f"{sop_class_text(sop_class)} object has no Waveform Sequence (5400,0100)")
+    return list(groups)
 
-    # (duration s, group index, channel index) of every rhythm group holding the lead
-    candidates: list[tuple[float, int, int]] = []
-    present: list[str] = []
+
+def _rhythm_channels(groups: list[Dataset], limits: Limits) -> tuple[dict[str, tuple[float, int, int]], list[str]]:
+    """Where each standard lead is in the rhythm groups: lead -> (duration s, group index,
+    channel index) of the longest rhythm group holding it (among equals, the first; median
+    groups never), and the readable name of every rhythm channel, in order."""
+    best: dict[str, tuple[float, int, int]] = {}
+    others: list[str] = []
     for index, group in enumerate(groups):
         _, samples = _check_group(group, index, limits)
         if _is_median_group(group):
             continue
         for ch_index, channel in enumerate(group.ChannelDefinitionSequence):
-            if _lead_of_channel(channel) == wanted:
-                candidates.append((samples / _group_fs(group, index), index, ch_index))
-            else:
-                present.append(_channel_name(channel))
-    if not candidates:
-        listed = ", ".join(dict.fromkeys(present)) or "none"
+            lead = _lead_of_channel(channel)
+            others.append(_channel_name(channel))
+            if lead is None:
+                continue
+            candidate = (samples / _group_fs(group, index), index, ch_index)
+            if lead not in best or candidate[0] > best[lead][0]:
+                best[lead] = candidate
+    return best, others
+
+
+def _lead_samples(ds: Dataset, groups: list[Dataset], lead: str, where: tuple[float, int, int],
+                  decoded: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """(N,) float64 µV of ``lead`` at ``where`` (see :func:`_rhythm_channels`); ``decoded``:
+    the raw samples of groups already decoded, by group index (filled in)."""
+    _, g_index, c_index = where
+    uv_per_unit, baseline_uv = _channel_scale(groups[g_index].ChannelDefinitionSequence[c_index], lead)
+    decoded = {} if decoded is None else decoded
+    if g_index not in decoded:
+        decoded[g_index] = multiplex_array(ds, g_index, as_raw=True)
+    return decoded[g_index][:, c_index].astype(np.float64) * uv_per_unit + baseline_uv
+
+
+def _read_lead(ds: Dataset, wanted: str, limits: Limits) -> DicomLead:
+    """The body of :func:`read_dicom_lead` for a dataset in hand and a canonical lead name."""
+    groups = _check_waveform_object(ds)
+    found, names = _rhythm_channels(groups, limits)
+    if wanted not in found:
+        listed = ", ".join(dict.fromkeys(name for name in names if name != wanted)) or "none"
         raise WaveformError(f"no lead {wanted} in the rhythm waveform; leads present: {listed}")
-    # The longest group wins; among equals, the first.
-    _, g_index, c_index = max(candidates, key=lambda c: (c[0], -c[1]))
-    group = groups[g_index]
-    uv_per_unit, baseline_uv = _channel_scale(group.ChannelDefinitionSequence[c_index], wanted)
-    raw = multiplex_array(ds, g_index, as_raw=True)[:, c_index]
-    signal_uv = raw.astype(np.float64) * uv_per_unit + baseline_uv
-    return DicomLead(signal_uv, _group_fs(group, g_index), wanted, ds)
+    g_index = found[wanted][1]
+    return DicomLead(_lead_samples(ds, groups, wanted, found[wanted]), _group_fs(groups[g_index], g_index),
+                     wanted, ds)
+
+
+def read_dicom_leads(source: str | Path | Dataset, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Every standard lead of a DICOM ECG waveform object's rhythm data that shares the rate
+    and length of its lead I (else of its first lead): name -> (N,) float64 µV.
+
+    The leads come as :func:`read_dicom_lead` reads each one (the longest rhythm group
+    holding it, median-beat groups ignored, units and calibration applied). A lead whose
+    calibration or units are unusable is left out rather than refusing the object: this is
+    what the choice of input lead and the accuracy monitor read, beside the lead the model
+    takes. Raises :class:`WaveformError` for an object :func:`read_dicom_lead` refuses whole.
+    """
+    if not isinstance(source, Dataset):
+        check_deflated_file(Path(source), limits)
+    ds = source if isinstance(source, Dataset) else _read_file(Path(source))
+    try:
+        groups = _check_waveform_object(ds)
+        found, _ = _rhythm_channels(groups, limits)
+        if not found:
+            return {}
+        anchor = found.get("I") or next(iter(found.values()))
+        anchor_group = groups[anchor[1]]
+        shape = (_group_fs(anchor_group, anchor[1]), int(anchor_group.NumberOfWaveformSamples))
+        leads: dict[str, np.ndarray] = {}
+        decoded: dict[int, np.ndarray] = {}
+        for lead, where in found.items():
+            group = groups[where[1]]
+            if (_group_fs(group, where[1]), int(group.NumberOfWaveformSamples)) != shape:
+                continue
+            try:
+                leads[lead] = _lead_samples(ds, groups, lead, where, decoded)
+            except WaveformError:
+                continue
+        return leads
+    except _PARSE_ERRORS as exc:
+        raise WaveformError(f"malformed DICOM object: {_parse_error_text(exc)}") from exc
 
 
 @dataclass(frozen=True)
@@ -434,7 +494,8 @@ class ResultObject:
     leads_uv: (12, N) float64 µV in LEADS_12 order; fs: Hz; input_lead: the measured lead
     (group 1); sigma_uv: per AI lead the RMS uncertainty written in its derivation text (µV);
     model_name / model_version: from the equipment attributes; quality_text: the signal-quality
-    annotation, if any; dataset: the object.
+    annotation, if any; dataset: the object; reconstructed: False for a recorded ECG (a cart's
+    own object: no group of ours labelled AI RECONSTRUCTED), whose 12 leads are all measured.
     """
 
     leads_uv: np.ndarray
@@ -445,10 +506,12 @@ class ResultObject:
     model_version: str
     quality_text: str | None
     dataset: Dataset
+    reconstructed: bool = True
 
 
 def read_result_object(source: str | Path | Dataset) -> ResultObject:
-    """Read a 12-lead result written by :mod:`ecg_dicom.dicom.writer` (all 12 leads, µV).
+    """Read a 12-lead result written by :mod:`ecg_dicom.dicom.writer` (all 12 leads, µV), or a
+    recorded 12-lead ECG (``reconstructed`` False).
 
     Raises WaveformError when a lead is missing or the object is not a waveform.
     """
@@ -487,8 +550,10 @@ def read_result_object(source: str | Path | Dataset) -> ResultObject:
                    if str(a.get("UnformattedTextValue", "")).startswith("Signal quality")]
         versions = ds.get("SoftwareVersions") or []
         versions = [versions] if isinstance(versions, str) else list(versions)
+        reconstructed = any(str(g.get("MultiplexGroupLabel", "")) == AI_GROUP_LABEL for g in groups)
         return ResultObject(np.stack([leads[lead] for lead in LEADS_12]), float(fs), input_lead or "I", sigma,
                             str(ds.get("ManufacturerModelName", "") or "unknown model"),
-                            str(versions[-1]) if versions else "unknown", quality[0] if quality else None, ds)
+                            str(versions[-1]) if versions else "unknown", quality[0] if quality else None, ds,
+                            reconstructed)
     except _PARSE_ERRORS as exc:
         raise WaveformError(f"malformed DICOM object: {type(exc).__name__}: {exc}") from exc

@@ -62,7 +62,7 @@ from pydicom.sequence import Sequence
 from pydicom.valuerep import DSfloat
 
 from ecg_dicom.core.preprocess import resample_fs
-from ecg_dicom.dicom.codes import SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
+from ecg_dicom.dicom.codes import AI_GROUP_LABEL, SCPECG_CODES, TWELVE_LEAD_ECG_STORAGE
 from ecg_dicom.dicom.provenance import (
     NOT_FOR_DIAGNOSIS,
     acquisition_start,
@@ -72,6 +72,7 @@ from ecg_dicom.dicom.provenance import (
     derived_uid,
     format_dt,
     notice_text,
+    complete_source_description,
     set_series,
     source_reference,
     uid_anchor,
@@ -197,7 +198,7 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
                       source: Dataset | None, content_hash: str | None,
                       now: datetime | None = None, attributes: Mapping[str, str] | None = None,
                       quality_text: str | None = None,
-                      sigma_uv: dict[str, float] | None = None,
+                      sigma_uv: dict[str, float] | None = None, source_complete: bool = False,
                       uncertainty_text: str | None = None) -> Iterator[Dataset]:
     """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction, one part at a
     time (an hour-long record is ~110 objects: only one is built in memory at once).
@@ -215,6 +216,8 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
         acquisition time, device), already validated; ignored with a DICOM source.
     quality_text : the signal-quality gate's one-line summary of the input lead, written as
         a third waveform annotation on group 1 (the input lead).
+    source_complete : the source holds all 12 leads, measured: the series description and
+        the notice say so (a PACS shows this result beside the real one).
     sigma_uv : the model's RMS uncertainty (µV) per lead not measured, written into each
         channel's derivation description ("...; sigma 85 uV").
     uncertainty_text : the record's reconstruction uncertainty in words ("Reconstruction
@@ -253,11 +256,11 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
     others = [lead for lead in LEADS_12 if lead not in measured]
     derivations: list[str | None] = [_derivation(lead, input_lead, (sigma_uv or {}).get(lead)) for lead in others]
     input_derivation = f"Resampled from {fs:g} Hz (linear interpolation)" if resampled else None
-    notice = notice_text(input_lead, model_version, source, attributes)
+    notice = notice_text(input_lead, model_version, source, attributes, source_complete)
 
     common = common_attributes(source, content_hash, model_version, notice, now, attributes)
     set_series(common, "ECG", derived_uid("series", anchor, model_version, input_lead), SERIES_NUMBER,
-               SERIES_DESCRIPTION)
+               complete_source_description(input_lead) if source_complete else SERIES_DESCRIPTION)
     common.AcquisitionContextSequence = Sequence()
     reference = source_reference(source)
     if reference is not None:
@@ -278,7 +281,7 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
                              "DERIVED" if resampled else "ORIGINAL", "INPUT LEAD" if len(measured) == 1 else "INPUT LEADS",
                              [input_derivation] * len(measured)),
             _multiplex_group(others, segment[[LEADS_12.index(lead) for lead in others]], fs_out,
-                             "DERIVED", "AI RECONSTRUCTED", derivations),
+                             "DERIVED", AI_GROUP_LABEL, derivations),
         ])
         ds.WaveformAnnotationSequence = Sequence([
             _annotation(1, f"Lead{'s' if len(measured) > 1 else ''} {measured_text} as acquired"
@@ -293,7 +296,7 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
                     model_version: str, input_lead: str, source: Dataset | None,
                     content_hash: str | None, attributes: Mapping[str, str] | None = None,
                     quality_text: str | None = None, sigma_uv: dict[str, float] | None = None,
-                    uncertainty_text: str | None = None) -> list[Path]:
+                    source_complete: bool = False, uncertainty_text: str | None = None) -> list[Path]:
     """Build (see :func:`build_ecg_datasets`) and write the object(s) atomically.
 
     leads_uv: (12, N) µV. Writes ``<out_dir>/<stem>.dcm``, or ``<stem>_001.dcm``,
@@ -305,7 +308,7 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
     names = dicom_file_names(stem, np.shape(leads_uv)[-1], fs)
     datasets = iter_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash,
                                  attributes=attributes, quality_text=quality_text, sigma_uv=sigma_uv,
-                                 uncertainty_text=uncertainty_text)
+                                 source_complete=source_complete, uncertainty_text=uncertainty_text)
     paths = []
     for name, ds in zip(names, datasets, strict=True):
         buffer = BytesIO()

@@ -4,7 +4,9 @@ An input is accepted only once it is durable: its bytes are in ``<work>/spool`` 
 atomic rename, fsync of the folder) and its job row is committed. A spool file is named
 ``<key>-<safe original name>``; the job key and the output name can be read back from it,
 so a file whose row was never committed (a crash in between) is recovered at start.
-A ``.npy`` sidecar (``{"fs": ..., "lead": ...}``) sits beside it as ``<spool file>.json``.
+A ``.npy`` sidecar (``{"fs": ..., "lead": ...}``) sits beside it as ``<spool file>.json``;
+a WFDB header's signal files (its companions) in the folder ``<spool file>.files/``, under
+the names the header gives them.
 A symbolic link dropped into the watched folder is moved as a link, never followed; the
 worker refuses it with a reason.
 """
@@ -15,7 +17,10 @@ import errno
 import logging
 import os
 import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ecg_dicom.files import fsync_dir, safe_stem, write_bytes_atomic
 from ecg_dicom.queue import KEY_LENGTH, Job, JobQueue, new_key
@@ -23,7 +28,8 @@ from ecg_dicom.sidecar import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX
 
 LOG = logging.getLogger("ecg_dicom.ingest")
 _PART = ".part"
-_INPUT_SUFFIXES = (".dcm", ".npy", ".dicom")
+_INPUT_SUFFIXES = (".dcm", ".npy", ".dicom", ".xml", ".hea", ".scp")
+COMPANIONS_SUFFIX = ".files"
 
 
 def output_name(filename: str) -> str:
@@ -50,6 +56,26 @@ class Spool:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.queue = queue
+        self.failing = False  # the last store_bytes failed (disk full, job store unavailable...)
+        self._admit_lock = threading.Lock()
+        self._admitted = 0  # inputs let in by admit() and not yet recorded (or given up)
+
+    @contextmanager
+    def admit(self, high_water: int | None) -> Iterator[bool]:
+        """Back-pressure, atomically for every door and association: yields True (and counts
+        the input as in flight until the block ends) when the backlog plus the inputs already
+        in flight is below ``high_water`` (None: no limit), else False. Check and count happen
+        under one lock, so concurrent senders never take the backlog past the mark."""
+        with self._admit_lock:
+            ok = high_water is None or self.queue.backlog() + self._admitted < high_water
+            if ok:
+                self._admitted += 1
+        try:
+            yield ok
+        finally:
+            if ok:
+                with self._admit_lock:
+                    self._admitted -= 1
 
     def path(self, job: Job) -> Path:
         """The job's input file."""
@@ -58,6 +84,10 @@ class Spool:
     def sidecar(self, job: Job) -> Path:
         """Where the job's ``.npy`` sidecar is, if it has one."""
         return self.folder / (job.spool + SIDECAR_SUFFIX)
+
+    def companions(self, job: Job) -> Path:
+        """The folder of the job's companion files (a WFDB header's signal files), if any."""
+        return self.folder / (job.spool + COMPANIONS_SUFFIX)
 
     def store_bytes(self, data: bytes, filename: str, origin: str) -> int:
         """Make ``data`` durable as an input called ``filename`` and record it; returns the job id.
@@ -68,18 +98,36 @@ class Spool:
         target = self.folder / f"{key}-{safe_stem(filename)}"
         try:
             write_bytes_atomic(target, data)
-            return self.queue.add(key, output_name(filename), origin, target.name, source_name=filename)
+            job_id = self.queue.add(key, output_name(filename), origin, target.name, source_name=filename)
         except BaseException:
+            self.failing = True
             _unlink_quietly(target.with_name(f".{target.name}{_PART}"))
             _unlink_quietly(target)
             raise
+        self.failing = False
+        return job_id
 
-    def claim(self, path: Path, origin: str, sidecar: Path | None = None, note: str | None = None) -> int | None:
+    def writable(self) -> bool:
+        """False while inputs cannot be spooled: after a failed :meth:`store_bytes`, until a
+        probe file can be written (and fsynced) in the spool again."""
+        if self.failing:
+            probe = self.folder / f".probe{_PART}"
+            try:
+                write_bytes_atomic(probe, b"probe")
+                self.failing = False
+            except OSError:
+                _unlink_quietly(probe.with_name(f".{probe.name}{_PART}"))
+            _unlink_quietly(probe)
+        return not self.failing
+
+    def claim(self, path: Path, origin: str, sidecar: Path | None = None, note: str | None = None,
+              companions: list[Path] = ()) -> int | None:
         """Take a complete file out of the watched folder by moving it into the spool.
 
         The move is atomic (``os.replace``), so a file is taken at most once. On another
         file system the file is copied durably and then removed. ``sidecar`` (if given)
-        is copied in first and removed last. ``note`` goes with the job (see
+        is copied in first and removed last; so are ``companions`` (a WFDB header's signal
+        files, copied into ``<spool file>.files/``). ``note`` goes with the job (see
         :class:`ecg_dicom.queue.Job`). Returns the job id, or None if the file was gone already.
         """
         key = new_key()
@@ -93,11 +141,25 @@ class Spool:
                         write_bytes_atomic(Path(str(target) + SIDECAR_SUFFIX), fh.read(MAX_SIDECAR_BYTES + 1))
             except FileNotFoundError:
                 sidecar = None
+        folder = Path(str(target) + COMPANIONS_SUFFIX)
+        if companions:
+            folder.mkdir()
+            for companion in companions:
+                part = folder / f".{companion.name}{_PART}"
+                try:
+                    shutil.copyfile(companion, part, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                with open(part, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(part, folder / companion.name)
+            fsync_dir(folder)
         try:
             os.replace(path, target)
             fsync_dir(self.folder)
         except FileNotFoundError:
             _unlink_quietly(Path(str(target) + SIDECAR_SUFFIX))
+            shutil.rmtree(folder, ignore_errors=True)
             return None
         except OSError as exc:
             if exc.errno != errno.EXDEV:
@@ -115,12 +177,15 @@ class Spool:
         job_id = self.queue.add(key, output_name(path.name), origin, target.name, source_name=path.name, note=note)
         if sidecar is not None:
             _unlink_quietly(sidecar)
+        for companion in companions:
+            _unlink_quietly(companion)
         return job_id
 
     def remove(self, job: Job) -> None:
-        """Delete a finished job's input (and sidecar) from the spool."""
+        """Delete a finished job's input (and sidecar, companions) from the spool."""
         _unlink_quietly(self.path(job))
         _unlink_quietly(self.sidecar(job))
+        shutil.rmtree(self.companions(job), ignore_errors=True)
 
     def recover(self) -> tuple[int, int]:
         """At start: record spool files that have no job row, drop leftovers of finished jobs
@@ -144,10 +209,15 @@ class Spool:
             elif state not in ("waiting", "processing"):
                 _unlink_quietly(entry)
                 _unlink_quietly(Path(str(entry) + SIDECAR_SUFFIX))
+                shutil.rmtree(Path(str(entry) + COMPANIONS_SUFFIX), ignore_errors=True)
                 removed += 1
         for entry in self.folder.glob(f"*{SIDECAR_SUFFIX}"):
             if not os.path.lexists(str(entry)[: -len(SIDECAR_SUFFIX)]):
                 _unlink_quietly(entry)
+                removed += 1
+        for entry in self.folder.glob(f"*{COMPANIONS_SUFFIX}"):  # copies: the originals are still in the folder
+            if entry.is_dir() and not os.path.lexists(str(entry)[: -len(COMPANIONS_SUFFIX)]):
+                shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         return recovered, removed
 

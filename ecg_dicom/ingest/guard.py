@@ -7,9 +7,19 @@ timeout, so ten idle sockets lock every cart out. Here instead:
 * a new connection is *pending* until its A-ASSOCIATE-RQ arrives; it must complete the TLS
   handshake (if any) and send the request within ``listen.handshake_timeout_s``; at most
   ``listen.max_pending`` connections may be pending, and a new one pushes out the oldest
-  (a cart sends its request within milliseconds, an idle socket never does);
+  pending connection of the address that holds the most (a cart sends its request within
+  milliseconds, an idle socket never does; one flooding address cannot push out another's);
+  pending connections take no association slot (pynetdicom's own count, which includes
+  them, is set above what pending plus admitted can reach);
 * only associations that passed the AE title checks take a slot; the slots are counted
   under one lock, so a burst admits exactly ``max_associations``;
+* a slot is not held by silence: an association on which nothing arrives for
+  ``listen.idle_timeout_s`` is aborted (pynetdicom's network timeout), and while every slot
+  is taken, a new request takes the slot of the association idle longest (counted as
+  ``idle_preempted``), if it is not in the middle of a store and has been idle
+  ``listen.preempt_idle_s`` without ever sending a DIMSE message (a cart sends its first
+  within milliseconds of being accepted; one that sends nothing only holds a slot), or
+  :data:`WORKING_PREEMPT_S` after its last message;
 * every refusal is logged with its reason and counted in
   ``ecg_dicom_association_refusals_total{reason=...}``;
 * a PDU longer than we can have announced is refused before it is read, and a C-STORE data
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -33,7 +44,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.logsafe import escape
 
 LOG = logging.getLogger("ecg_dicom.scp")
@@ -46,6 +57,9 @@ MIN_PDU_BOUND = 64 * 1024
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+# while every slot is taken: an association that has sent DIMSE messages, idle this long, gives
+# its slot to a new request (one that never sent any: after listen.preempt_idle_s)
+WORKING_PREEMPT_S = 2.0
 
 
 def peer_text(address: Any) -> str:
@@ -74,19 +88,26 @@ class Admission:
     max_pending : connections waiting for their A-ASSOCIATE-RQ at once.
     max_store_bytes : a C-STORE data set larger than this is not kept.
     handshake_timeout_s : how long a connection may stay pending.
+    preempt_idle_s : while every slot is taken, an association that has sent no DIMSE message
+        and has been idle this long (seconds) gives its slot to a new request.
     """
 
     def __init__(self, ae_title: str, allowed_callers: tuple[str, ...] | None, max_associations: int,
-                 max_pending: int, max_store_bytes: int, handshake_timeout_s: float) -> None:
+                 max_pending: int, max_store_bytes: int, handshake_timeout_s: float,
+                 preempt_idle_s: float = 0.2) -> None:
         self.ae_title = ae_title.strip()
         self.allowed_callers = None if allowed_callers is None else {c.strip() for c in allowed_callers}
         self.max_associations = max_associations
         self.max_pending = max_pending
         self.max_store_bytes = max_store_bytes
         self.handshake_timeout_s = handshake_timeout_s
+        self.preempt_idle_s = preempt_idle_s
         self._lock = threading.Lock()
         self._pending: dict[socket.socket, tuple[float, str]] = {}   # insertion order = arrival order
         self._admitted: dict[socket.socket, Association] = {}
+        # admitted connection -> [monotonic time of its last PDU in or out, stores in progress,
+        # 1 once it has sent a P-DATA (a DIMSE message)]
+        self._activity: dict[socket.socket, list[float]] = {}
         # per association: data-set bytes of the C-STORE being received, and whether it overflowed
         self._rx: weakref.WeakKeyDictionary[Association, list[int]] = weakref.WeakKeyDictionary()
         # association -> its connection's socket (pynetdicom forgets the socket once closed)
@@ -104,14 +125,23 @@ class Admission:
         with self._lock:
             self._sweep_pending()
             while len(self._pending) >= self.max_pending:
-                old, (_, peer) = next(iter(self._pending.items()))
-                del self._pending[old]
-                evicted.append((old, peer))
+                old = self._oldest_of_busiest_host()
+                evicted.append((old, self._pending.pop(old)[1]))
             self._pending[sock] = (time.monotonic(), peer_text(address))
         for old, peer in evicted:
             self.refused("pending_evicted", f"connection from {peer} closed: {self.max_pending} connections were "
-                         "waiting for their A-ASSOCIATE request (listen.max_pending), it was the oldest")
+                         "waiting for their A-ASSOCIATE request (listen.max_pending), it was the oldest of the "
+                         "address holding the most")
             _shutdown(old)
+
+    def _oldest_of_busiest_host(self) -> socket.socket:
+        """The pending connection to push out: the oldest of the address with the most pending."""
+        per_host: dict[str, int] = {}
+        for _, peer in self._pending.values():
+            host = peer.rsplit(":", 1)[0]
+            per_host[host] = per_host.get(host, 0) + 1
+        busiest = max(per_host, key=per_host.__getitem__)
+        return next(s for s, (_, peer) in self._pending.items() if peer.rsplit(":", 1)[0] == busiest)
 
     def close_pending(self) -> int:
         """Close every connection still waiting for its A-ASSOCIATE request (at service stop:
@@ -130,6 +160,7 @@ class Admission:
             return
         with self._lock:
             pending = self._pending.pop(sock, None)
+            self._activity.pop(sock, None)
             if self._admitted.pop(sock, None) is not None:
                 metrics.ASSOCIATIONS_ACTIVE.set(len(self._admitted))
         if pending is not None:
@@ -141,6 +172,11 @@ class Admission:
                          f"{self.handshake_timeout_s:g} s (listen.handshake_timeout_s)")
         else:
             LOG.debug("connection from %s closed by the peer before an A-ASSOCIATE request", peer)
+
+    def is_pending(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` still waits for its A-ASSOCIATE request (not pushed out)."""
+        with self._lock:
+            return sock in self._pending
 
     def pending(self) -> int:
         with self._lock:
@@ -160,7 +196,37 @@ class Admission:
     def _sweep_admitted(self) -> None:
         for sock in [s for s, a in self._admitted.items() if not a.is_alive() or s.fileno() == -1]:
             del self._admitted[sock]
+            self._activity.pop(sock, None)
         metrics.ASSOCIATIONS_ACTIVE.set(len(self._admitted))
+
+    def _idlest(self) -> tuple[socket.socket, float] | None:
+        """The admitted connection to preempt: idle longest of those not in a store and idle
+        past their threshold (``preempt_idle_s`` if silent so far, else WORKING_PREEMPT_S)."""
+        now = time.monotonic()
+        idle = [(now - last, sock) for sock, (last, busy, spoke) in self._activity.items()
+                if not busy and sock in self._admitted
+                and now - last >= (WORKING_PREEMPT_S if spoke else self.preempt_idle_s)]
+        if not idle:
+            return None
+        seconds, sock = max(idle, key=lambda item: item[0])
+        return sock, seconds
+
+    # -- activity of admitted associations ------------------------------------------------
+    def _touch(self, assoc: Association, busy: int = 0, spoke: bool = False) -> None:
+        sock = self._sockets.get(assoc)
+        with self._lock:
+            state = self._activity.get(sock) if sock is not None else None
+            if state is not None:
+                state[0] = time.monotonic()
+                state[1] = max(0, state[1] + busy)
+                state[2] = state[2] or spoke
+
+    def store_started(self, assoc: Association) -> None:
+        """A C-STORE is being handled on ``assoc``: its slot cannot be preempted meanwhile."""
+        self._touch(assoc, +1)
+
+    def store_finished(self, assoc: Association) -> None:
+        self._touch(assoc, -1)
 
     # -- associations (EVT_REQUESTED, in the association's thread) ------------------------
     def on_requested(self, event: evt.Event) -> None:
@@ -170,6 +236,7 @@ class Admission:
         primitive = assoc.requestor.primitive
         calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
         called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        victim = None
         with self._lock:
             if sock is not None:
                 self._pending.pop(sock, None)
@@ -179,13 +246,24 @@ class Admission:
                 reason, rsd = "calling_ae", REJECT_CALLING_AE
             else:
                 self._sweep_admitted()
+                victim = self._idlest() if len(self._admitted) >= self.max_associations else None
+                if victim is not None:
+                    preempted = (victim[0], self._admitted.pop(victim[0]), victim[1])
+                    self._activity.pop(victim[0], None)
                 if len(self._admitted) >= self.max_associations:
                     reason, rsd = "local_limit", REJECT_LOCAL_LIMIT
                 else:
                     reason, rsd = "", None
                     if sock is not None:
                         self._admitted[sock] = assoc
+                        self._activity[sock] = [time.monotonic(), 0, 0]
                     metrics.ASSOCIATIONS_ACTIVE.set(len(self._admitted))
+        if victim is not None:
+            old_sock, old, seconds = preempted
+            self.refused("idle_preempted", f"audit: association from {caller_text(old)} closed: idle {seconds:.1f} s "
+                         f"while all {self.max_associations} slots were taken and another association asked for one "
+                         "(listen.preempt_idle_s)")
+            _shutdown(old_sock)
         if rsd is None:
             return
         texts = {"called_ae": f"called AE title {escape(called, 16)!r} is not ours",
@@ -206,6 +284,7 @@ class Admission:
         """Count the data-set bytes of the message being received; past the limit, keep
         receiving but stop keeping them (the store is answered with a failure status)."""
         data: bytes = event.data
+        self._touch(event.assoc, spoke=bool(data) and data[0] == P_DATA_TF)
         if not data or data[0] != P_DATA_TF or len(data) < 6:
             return
         state = self._rx.setdefault(event.assoc, [0, 0])
@@ -232,6 +311,7 @@ class Admission:
 
     def handlers(self) -> list[Any]:
         return [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_DATA_RECV, self.on_data),
+                (evt.EVT_DATA_SENT, lambda event: self._touch(event.assoc)),
                 (evt.EVT_CONN_CLOSE, self._on_conn_close)]
 
     def _on_conn_close(self, event: evt.Event) -> None:
@@ -303,6 +383,7 @@ class GuardedServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, admission: Admission, handshake_timeout_s: float, **kwargs: Any) -> None:
         self.admission = admission
         self.handshake_timeout_s = handshake_timeout_s
+        self._stopping = False
         self.max_pdu = MIN_PDU_BOUND
         super().__init__(*args, request_handler=_GuardedRequestHandler, **kwargs)
         self.max_pdu = max(MIN_PDU_BOUND, int(self.ae.maximum_pdu_size or 0)) + 6
@@ -313,6 +394,7 @@ class GuardedServer(ThreadedAssociationServer):
         """Stop accepting, then close the connections still waiting for their A-ASSOCIATE
         request (see :meth:`Admission.close_pending`), waiting up to ``CLOSE_PENDING_S`` for
         their threads to see it (the AE's own shutdown would otherwise abort them first)."""
+        self._stopping = True
         super().shutdown()
         if self.admission.close_pending():
             deadline = time.monotonic() + CLOSE_PENDING_S
@@ -327,8 +409,8 @@ class GuardedServer(ThreadedAssociationServer):
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        started = time.monotonic()
         if isinstance(request, ssl.SSLSocket):
-            started = time.monotonic()
             try:
                 request.settimeout(self.handshake_timeout_s)
                 request.do_handshake()
@@ -341,7 +423,24 @@ class GuardedServer(ThreadedAssociationServer):
                 self.admission.refused(reason, f"connection from {peer_text(client_address)} refused: {why}")
                 self.shutdown_request(request)
                 return
+        if not self._first_bytes(request, started):
+            self.shutdown_request(request)  # counted as handshake_timeout (or closed by the peer)
+            return
         super().process_request_thread(request, client_address)
+
+    def _first_bytes(self, request: socket.socket, started: float) -> bool:
+        """Wait (blocked, no CPU) for the connection's first bytes, up to what is left of
+        ``handshake_timeout_s``: pynetdicom's association and DUL threads each poll every
+        millisecond, so a silent connection is handed to them only once it has spoken.
+        False when nothing came (the connection is then closed)."""
+        if isinstance(request, ssl.SSLSocket) and request.pending():
+            return True
+        left = self.handshake_timeout_s - (time.monotonic() - started)
+        try:
+            readable, _, _ = select.select([request], [], [], max(0.0, left))
+        except (OSError, ValueError):  # closed meanwhile (evicted, or the service stopping)
+            return False
+        return bool(readable) and not self._stopping and self.admission.is_pending(request)
 
     def shutdown_request(self, request: Any) -> None:
         self.admission.connection_closed(request)

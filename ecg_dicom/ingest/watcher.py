@@ -25,10 +25,26 @@ is taken. A sidecar that arrives after its ``.npy`` was taken, or one that has h
 ``.npy`` beside it for ``stray_sidecar_s``, is moved to ``rejected/`` with a reason (a
 rejected job of its own, listed by ``ecg-dicom status``), never left in the folder forever.
 
-Skipped: hidden files (``.name``), partial files (``*.part``, ``*.tmp``, ``*~``).
+WFDB records: the header ``X.hea`` is the input; the signal files it names (``X.dat``,
+``X.mat``...) are its companions and are moved into the spool with it. A header whose
+signal files are not all there with the bytes it declares waits for them (taken as soon as
+they are; after ``incomplete_wait_s`` without a signal file arriving or growing it is taken
+and rejected with the reason); a ``.dat`` or
+``.mat`` is never taken on its own, and one with no ``.hea`` of its stem beside it (or one
+that arrives after its header was taken) is refused like a stray sidecar. Drop the signal
+files first, or together with the header.
+
+Skipped: hidden files (``.name``; but ``..npy``, ``.dcm``..., nothing but dots before an
+input suffix, are inputs with no name), partial files (``*.part``, ``*.tmp``, ``*~``).
+What can never be an input is moved to ``rejected/`` with a reason (a rejected job, listed by
+``ecg-dicom status``) at the next rescan, never opened and never left in the folder: named
+pipes (FIFOs), device nodes and sockets, and folders named like an input (``x.npy/``,
+``x.dcm/``). Where it cannot be moved (``rejected/`` on another file system, no
+permission) one WARNING says why, once.
 A symbolic link is taken as a link (never followed, never read) and refused by the worker
 with a reason. While the job store's backlog is at the high-water mark
-(``limits.queue_high_water``) no file is taken: dropped files wait in the folder, safe,
+(``limits.queue_high_water``; counted together with the C-STOREs being stored, so the mark is
+never passed, and resumed below 90 % of it) no file is taken: dropped files wait in the folder, safe,
 until the worker catches up.
 """
 
@@ -36,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import stat
@@ -47,23 +64,49 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ecg_dicom.config import Watcher as WatcherSettings
-from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, write_reason
+from ecg_dicom.files import REASON_SUFFIX, REJECTED_PREFIX, free_stem, safe_stem, write_reason
 from ecg_dicom.ingest import SIDECAR_SUFFIX, Spool, output_name
-from ecg_dicom.inputs import incomplete_reason
+from ecg_dicom.inputs import incomplete_reason, wfdb_companions
 from ecg_dicom.queue import new_key
-from ecg_dicom.sidecar import sidecar_path
+from ecg_dicom.sidecar import SIDECAR_INPUT_SUFFIXES, sidecar_path
 
 LOG = logging.getLogger("ecg_dicom.watcher")
 _PARTIAL_SUFFIXES = (".part", ".tmp", "~")
-_SKIP_SUFFIXES = (*_PARTIAL_SUFFIXES, SIDECAR_SUFFIX)
+COMPANION_SUFFIXES = (".dat", ".mat")   # a WFDB record's signal files: taken with their header only
+_SKIP_SUFFIXES = (*_PARTIAL_SUFFIXES, SIDECAR_SUFFIX, *COMPANION_SUFFIXES)
 _TICK_S = 0.2
 EVENTED_FALLBACK_S = 30.0
 SAME_NAME_WINDOW_S = 60.0   # a file named like one taken this recently may be its second part
+RESUME_FRACTION = 0.9       # after back-pressure, files are taken again once the backlog is below 90 % of the mark
+
+
+_INPUT_SUFFIXES = ("npy", "dcm", "dicom")
+# what a rescan finds that is neither a file nor a link: (test of st_mode, what the reason calls it)
+_NOT_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device node"),
+              (stat.S_ISBLK, "a block device node"), (stat.S_ISSOCK, "a socket"))
 
 
 def is_candidate(path: Path) -> bool:
-    """True for a file name the watcher may take (not hidden, partial or a sidecar)."""
-    return not path.name.startswith(".") and not path.name.lower().endswith(_SKIP_SUFFIXES)
+    """True for a file name the watcher may take (not hidden, partial, a sidecar or a WFDB
+    signal file). A name
+    that is nothing but dots and an input suffix (``..npy``) is an input without a name, not a
+    hidden file."""
+    name = path.name
+    hidden = name.startswith(".") and name.lstrip(".").lower() not in _INPUT_SUFFIXES
+    return not hidden and not name.lower().endswith(_SKIP_SUFFIXES)
+
+
+def never_input(path: Path, mode: int) -> str | None:
+    """Why the folder entry ``path`` (its own ``mode``) can never be an input, or None: a
+    FIFO, device node or socket (never opened: reading a FIFO blocks), or a folder named like
+    an input."""
+    for test, what in _NOT_FILES:
+        if test(mode):
+            return f"{what}, not a file: refused unread (only regular files are taken)"
+    if stat.S_ISDIR(mode) and path.name.lower().rsplit(".", 1)[-1] in _INPUT_SUFFIXES and "." in path.name:
+        return ("a folder named like an input: the watched folder is read at its top level only; drop the "
+                ".npy/.dcm files themselves")
+    return None
 
 
 class _Events(FileSystemEventHandler):
@@ -112,12 +155,17 @@ class FolderWatcher:
         self.paused = False
         self.rejected = Path(rejected) if rejected is not None else self.folder.parent / "rejected"
         # complete-looking files not taken yet: path -> (size, mtime_ns, since (monotonic), why)
-        # why: "sidecar" (a .npy waiting for its sidecar) or "incomplete" (cut short, waiting for the rest)
+        # why: "sidecar" (a .npy waiting for its sidecar), "incomplete" (cut short, waiting for the rest) or
+        # "companions" (a WFDB header waiting for its signal files)
         self._held: dict[Path, tuple[int, int, float, str]] = {}
         # recently taken: lower-case file name -> (job id, monotonic time)
         self._taken: dict[str, tuple[int, float]] = {}
         # sidecars seen with no .npy beside them: path -> monotonic time first seen so
         self._lone_sidecars: dict[Path, float] = {}
+        # WFDB headers held for their signal files: path -> what they wait for (a change restarts the wait)
+        self._waiting_for: dict[Path, str] = {}
+        # entries that can never be inputs but could not be moved aside: (path, inode), warned once
+        self._stuck: set[tuple[Path, int]] = set()
         self._lock = threading.Lock()
         self._complete: set[Path] = set()
         # path -> (size, mtime_ns, monotonic time this signature was first seen,
@@ -175,6 +223,15 @@ class FolderWatcher:
             LOG.error("cannot list the watch folder %s: %s", self.folder, exc)
             return
         for entry in entries:
+            if is_candidate(entry):
+                try:
+                    st = entry.lstat()
+                except OSError:
+                    continue
+                reason = never_input(entry, st.st_mode)
+                if reason is not None:
+                    self._refuse_entry(entry, st, reason)
+                    continue
             self.notify(entry, complete=False)
 
     def take_ready(self) -> int:
@@ -221,6 +278,12 @@ class FolderWatcher:
             return 0
         if stat.S_ISLNK(st.st_mode):  # never read: taken as it is, refused by the worker
             return self._claim(path)
+        if _named_by_header(path):  # a WFDB signal file (X.xyz): goes with its header
+            return 0
+        if wfdb_companions(path) and incomplete_reason(path) is not None:  # a header waiting for its signals
+            self._held[path] = (st.st_size, st.st_mtime_ns, now, "companions")
+            self._waiting_for[path] = incomplete_reason(path) or ""
+            return 0
         if incomplete_reason(path) is not None:
             self._held[path] = (st.st_size, st.st_mtime_ns, now, "incomplete")
             LOG.info("a dropped file looks cut short; waiting up to %g s for the rest of it "
@@ -240,11 +303,31 @@ class FolderWatcher:
             st = path.lstat()
         except FileNotFoundError:
             del self._held[path]
+            self._waiting_for.pop(path, None)
             return 0
         if (st.st_size, st.st_mtime_ns) != (size, mtime):
             del self._held[path]
+            self._waiting_for.pop(path, None)
             self.notify(path, complete=False)
             return 0
+        if why == "companions":
+            reason = incomplete_reason(path)
+            if reason is None:
+                del self._held[path]
+                self._waiting_for.pop(path, None)
+                return self._claim(path)
+            if reason != self._waiting_for.get(path):  # a signal file arrived or grew: wait on
+                self._waiting_for[path] = reason
+                self._held[path] = (size, mtime, now, why)
+                return 0
+            if now - since < self.settings.incomplete_wait_s:
+                return 0
+            del self._held[path]
+            self._waiting_for.pop(path, None)
+            LOG.warning("a dropped WFDB header still lacks its signal files (%s) after %g s: taking it, it will be "
+                        "rejected; drop the signal files first, or together with the header",
+                        reason, self.settings.incomplete_wait_s)
+            return self._claim(path)
         if why == "sidecar":
             sidecar = sidecar_path(path)
             if now - since < self.settings.sidecar_wait_s and not self._sidecar_ready(sidecar, now):
@@ -289,13 +372,20 @@ class FolderWatcher:
             note = (f"A file of the same name was taken {time.monotonic() - earlier[1]:.1f} s before it (job "
                     f"{earlier[0]}): if one file was written in several opens, each part is rejected; drop files "
                     "by writing them elsewhere or as NAME.part, then renaming them into the folder.")
-        try:
-            job_id = self.spool.claim(path, origin="watch",
-                                      sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None,
-                                      note=note)
-        except OSError as exc:
-            LOG.error("cannot take a dropped file into the spool: %s", exc)
+        try:  # a link is never read: no companions
+            companions = [] if stat.S_ISLNK(path.lstat().st_mode) else [path.parent / n for n in wfdb_companions(path)]
+        except FileNotFoundError:
             return 0
+        with self.spool.admit(self.high_water) as admitted:   # the mark, atomically with the C-STOREs
+            if not admitted:
+                return 0   # stays in the folder; taken once the backlog is below the mark
+            try:
+                job_id = self.spool.claim(path, origin="watch", note=note,
+                                          sidecar=sidecar if sidecar is not None and os.path.lexists(sidecar) else None,
+                                          companions=[c for c in companions if os.path.lexists(c)])
+            except OSError as exc:
+                LOG.error("cannot take a dropped file into the spool: %s", exc)
+                return 0
         if job_id is None:
             return 0
         self._remember_taken(path.name, job_id)
@@ -316,8 +406,9 @@ class FolderWatcher:
 
     # -- sidecars without their .npy -----------------------------------------------------------
     def check_sidecars(self) -> int:
-        """Refuse sidecars that came after their ``.npy`` was taken, or that have had no
-        ``.npy`` beside them for ``stray_sidecar_s``; returns how many were refused."""
+        """Refuse sidecars (and WFDB signal files) that came after their input (header) was
+        taken, or that have had none beside them for ``stray_sidecar_s``; returns how many
+        were refused."""
         now = time.monotonic()
         try:
             names = {entry.name.lower(): entry for entry in self.folder.iterdir()}
@@ -325,22 +416,29 @@ class FolderWatcher:
             return 0
         refused = 0
         for lower, path in names.items():
-            if not lower.endswith(SIDECAR_SUFFIX) or lower.startswith(".") or not _takeable(_mode(path)):
+            if lower.startswith(".") or not _takeable(_mode(path)):
                 continue
-            npy = lower[: -len(SIDECAR_SUFFIX)] + ".npy"
-            if any(name == npy or name.startswith((npy + ".", "." + npy)) for name in names):
-                self._lone_sidecars.pop(path, None)   # its .npy is there (or on its way)
+            if lower.endswith(SIDECAR_SUFFIX):
+                what, owner_kind = "sidecar", ".npy"
+                owners = [lower[: -len(SIDECAR_SUFFIX)] + suffix for suffix in SIDECAR_INPUT_SUFFIXES]
+            elif lower.endswith(COMPANION_SUFFIXES):
+                what, owner_kind = "WFDB signal file", ".hea header"
+                owners = [lower.rsplit(".", 1)[0] + ".hea"]
+            else:
                 continue
-            taken = self._taken.get(npy)
+            if any(name == owner or name.startswith((owner + ".", "." + owner)) for name in names for owner in owners):
+                self._lone_sidecars.pop(path, None)   # its input is there (or on its way)
+                continue
+            taken = next((self._taken[o] for o in owners if o in self._taken), None)
             if taken is not None:
                 refused += self._refuse(path, (
-                    f"sidecar that arrived {now - taken[1]:.1f} s after its .npy was taken (job {taken[0]}): not "
-                    f"applied, job {taken[0]} was read without it. Write the sidecar first (or at most "
-                    f"{self.settings.sidecar_wait_s:g} s after the .npy) and drop the .npy again"))
+                    f"{what} that arrived {now - taken[1]:.1f} s after its {owner_kind} was taken (job {taken[0]}): "
+                    f"not applied, job {taken[0]} was read without it. Write the {what} first (or at most "
+                    f"{self.settings.sidecar_wait_s:g} s after the {owner_kind}) and drop the {owner_kind} again"))
             elif now - self._lone_sidecars.setdefault(path, now) >= self.settings.stray_sidecar_s:
                 refused += self._refuse(path, (
-                    f"sidecar with no .npy of the same name beside it for {self.settings.stray_sidecar_s:g} s: "
-                    "it applies to nothing; drop a sidecar together with (or just before) its .npy"))
+                    f"{what} with no {owner_kind} of the same name beside it for {self.settings.stray_sidecar_s:g} s: "
+                    f"it applies to nothing; drop a {what} together with (or just before) its {owner_kind}"))
         for path in [p for p in self._lone_sidecars if not p.exists()]:
             del self._lone_sidecars[path]
         return refused
@@ -363,19 +461,55 @@ class FolderWatcher:
         LOG.warning("job %d rejected: %s", job_id, reason)
         return 1
 
+    def _refuse_entry(self, path: Path, st: os.stat_result, reason: str) -> int:
+        """Move something that can never be an input to ``rejected/`` (renamed, never opened
+        or copied) with its reason, recorded as a rejected job; where it cannot be moved,
+        one WARNING."""
+        if (path, st.st_ino) in self._stuck:
+            return 0
+        name = safe_stem(path.name)
+        try:
+            self.rejected.mkdir(parents=True, exist_ok=True)
+            stem = free_stem(self.rejected, name, ("", REASON_SUFFIX))
+            os.rename(path, self.rejected / stem)   # a rename only: copying a FIFO would block
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            self._stuck.add((path, st.st_ino))
+            LOG.warning("a folder entry that can never be an input stays in the watched folder: %s; it cannot be "
+                        "moved to %s (%s): remove it", reason, self.rejected, exc.strerror or exc)
+            return 0
+        job_id = self.spool.queue.add_rejected(new_key(), output_name(path.name), "watch", path.name, reason,
+                                               [REJECTED_PREFIX + stem, REJECTED_PREFIX + stem + REASON_SUFFIX])
+        try:
+            write_reason(self.rejected, stem, reason)
+        except OSError as exc:
+            LOG.error("job %d: cannot write the reason file (%s)", job_id, exc)
+        LOG.warning("job %d rejected: %s", job_id, reason)
+        return 1
+
     def _backlog_full(self) -> bool:
-        """True (files are left where they are) while the backlog is at the high-water mark."""
+        """True (files are left where they are) from when the backlog reaches the high-water
+        mark until it is below RESUME_FRACTION of it (hysteresis: the pause is not logged on
+        and off at every job around the mark)."""
         if self.high_water is None:
             return False
-        full = self.spool.queue.backlog() >= self.high_water
+        backlog = self.spool.queue.backlog()
+        full = backlog >= (self.high_water * RESUME_FRACTION if self.paused else self.high_water)
         if full != self.paused:
             self.paused = full
             if full:
-                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water): the watch folder waits",
-                            self.high_water)
+                LOG.warning("back-pressure: %d jobs waiting (limits.queue_high_water): the watch folder waits until "
+                            "the backlog is below %d", self.high_water, math.ceil(self.high_water * RESUME_FRACTION))
             else:
                 LOG.info("back-pressure over: the watch folder is taken again")
         return full
+
+
+def _named_by_header(path: Path) -> bool:
+    """Whether ``path`` is a signal file named by the WFDB header of its stem beside it."""
+    header = path.with_suffix(".hea")
+    return path.suffix.lower() != ".hea" and header.is_file() and path.name in wfdb_companions(header)
 
 
 def _mode(path: Path) -> int:

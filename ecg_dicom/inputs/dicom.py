@@ -23,12 +23,12 @@ def is_dicom_file(path: str | Path) -> bool:
         return fh.read(4) == b"DICM"
 
 
-
-
 def read_dicom_input(path: Path, input_lead: str, limits: Limits = DEFAULT_LIMITS) -> LeadInput:
     """``input_lead`` of a DICOM waveform object (its own rate and units), checked, not gated;
-    for the two-lead model ``I+II`` both leads, (2, N) µV, from the same multiplex group."""
-    from ecg_dicom.dicom.reader import read_dicom_lead
+    for the two-lead model ``I+II`` both leads, (2, N) µV, from the same multiplex group;
+    ``source_leads``: every standard lead of its rhythm data at that rate and length (None
+    when it holds only the one)."""
+    from ecg_dicom.dicom.reader import read_dicom_lead, read_dicom_leads
 
     wanted = input_leads_of(input_lead)
     lead = read_dicom_lead(path, wanted[0], limits)
@@ -42,4 +42,8 @@ def read_dicom_input(path: Path, input_lead: str, limits: Limits = DEFAULT_LIMIT
                                  f" ({lead.fs:g} Hz x {lead.signal_uv.size}, {other.fs:g} Hz x {other.signal_uv.size})")
             rows.append(check_single_lead(other.signal_uv, other.fs, "uV"))
         signal = np.stack(rows)
-    return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom")
+    leads = read_dicom_leads(lead.dataset, limits)
+    if leads.get(lead.lead) is None or leads[lead.lead].shape != lead.signal_uv.shape:
+        leads = {}
+    return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom",
+                     source_leads=leads if len(leads) > 1 else None)

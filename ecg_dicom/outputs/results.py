@@ -3,9 +3,12 @@ both doors write the same files the same way:
 
 - ``<stem>.npy``: (12, N) float32 µV (format npy/both);
 - ``<stem>.dcm`` (or ``<stem>_001.dcm``, ...): the 12-lead waveform object (format dicom/both);
-- ``<stem>.json``: what the arrays do not say: rate, measured lead, model, per-lead
-  uncertainty, the signal-quality verdict with its measured values, and what the source said
-  about patient and acquisition (the header of the page; ``ecg-dicom plot`` reads it);
+- ``<stem>.json``: what the arrays do not say: rate (and where it came from: ``fs_source``), the
+  lead the model was given (``input_lead``), model, per-lead uncertainty, the signal-quality
+  verdict with its measured values, what the source said about patient and acquisition (the
+  header of the page; ``ecg-dicom plot`` reads it), and, when the source also measured the
+  leads we reconstruct, ``accuracy`` (per lead r and RMSE µV, the ``evaluate`` protocol) and
+  ``source_complete``;
 - on request ``<stem>.confidence.json``;
 - with a report: ``<stem>.pdf``, the 12-lead page, and (format dicom/both)
   ``<stem>.report.dcm``, the same page as an Encapsulated PDF object for PACS.
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecg_dicom.core.accuracy import source_accuracy, source_complete
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
 from ecg_dicom.core.uncertainty import RecordUncertainty
 from ecg_dicom.dicom.codes import MODEL_NAME
@@ -82,15 +86,31 @@ def result_file_names(stem: str, n_samples: int, fs: float, output_format: str, 
 
 
 def uid_anchor_hash(item: LeadInput) -> str:
-    """What a .npy result's UIDs derive from: the content hash, with the sidecar's content when
-    there is one (the same samples under another patient or rate get other UIDs)."""
+    """The content hash a result's UIDs derive from (with the source SOP Instance UID, if any).
+
+    ``.npy``: the file's hash, with the sidecar's content when there is one (the same samples
+    under another patient or rate get other UIDs). DICOM: the hash of the decoded input lead
+    and its rate, the same whichever door or transfer syntax brought the object, so a replay
+    keeps its UIDs and another recording under a reused SOP Instance UID gets its own."""
+    if item.dataset is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(item.signal_uv, dtype="<f8").tobytes())
+        digest.update(f"\n{float(item.fs)!r}".encode())
+        return digest.hexdigest()
     if item.sidecar is None:
         return item.content_hash
     return hashlib.sha256(f"{item.content_hash}\n{item.sidecar.canonical()}".encode()).hexdigest()
 
 
-def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor) -> dict:
-    """The ``<stem>.json`` of a result (the input sidecar's keys where they mean the same)."""
+def result_accuracy(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor) -> dict[str, dict]:
+    """Per learned lead the source also measured: r and RMSE µV of the reconstruction against
+    it ({} for a one-lead source; see :func:`ecg_dicom.core.accuracy.source_accuracy`)."""
+    return source_accuracy(recon.leads, item.source_leads, item.fs, reconstructor.input_lead)
+
+
+def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor,
+                    accuracy: dict[str, dict] | None = None) -> dict:
+    """The ``<stem>.json`` of a result (the input sidecar's keys where they mean the same).
+    ``accuracy``: :func:`result_accuracy`, computed here when not given."""
     attributes = dict(item.sidecar.attributes) if item.sidecar is not None else {}
     if item.dataset is not None:
         from ecg_dicom.dicom.provenance import header_fields  # pydicom: only for DICOM inputs
@@ -102,8 +122,10 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
     uncertainty = reconstructor.uncertainty(recon)
     return {
         "fs": float(item.fs),
+        "fs_source": item.fs_source or None,  # DICOM header, sidecar, given (--fs), assumed (no sidecar)
         "lead": reconstructor.input_lead,
         "input_leads": list(input_leads_of(reconstructor.input_lead)),  # the lead(s) the model was given
+        "input_lead": reconstructor.input_lead,
         "units": "uV",
         "leads": list(LEADS_12),
         "model": MODEL_NAME,
@@ -112,19 +134,31 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
         "uncertainty": None if uncertainty is None else uncertainty.to_json(),
         "quality": item.quality.to_json() if item.quality is not None else None,
         **header,
+        **({"source_leads": sorted(item.source_leads, key=_lead_order),
+            "source_complete": source_complete(item.source_leads),
+            "accuracy": accuracy if accuracy is not None else result_accuracy(item, recon, reconstructor)}
+           if item.source_leads else {}),
     }
+
+
+def _lead_order(lead: str) -> int:
+    return LEADS_12.index(lead) if lead in LEADS_12 else len(LEADS_12)
 
 
 def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,
                   reconstructor: Reconstructor, output_format: str, confidence: bool,
-                  report: str | None = None) -> list[Path]:
+                  report: str | None = None, accuracy: dict[str, dict] | None = None,
+                  remarks: dict | None = None) -> list[Path]:
     """Write the requested outputs for one converted input; returns the files written, in the
     order of :func:`result_file_names`.
 
-    ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page.
+    ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page;
+    ``accuracy``: see :func:`result_metadata`. ``reconstructor``: the model that made ``recon``.
+    ``remarks``: more keys for ``<stem>.json`` (e.g. the service's note on a reused source UID).
     """
     written: list[Path] = []
-    meta = result_metadata(item, recon, reconstructor)
+    meta = {**result_metadata(item, recon, reconstructor, accuracy), **(remarks or {})}
+    complete = bool(meta.get("source_complete"))
     quality_text = item.quality.summary() if item.quality is not None else None
     anchor = uid_anchor_hash(item)
     attributes = item.sidecar.attributes if item.sidecar is not None else None
@@ -136,7 +170,7 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
 
         waveforms = write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
                                     reconstructor.input_lead, item.dataset, anchor, attributes,
-                                    quality_text=quality_text, sigma_uv=meta["sigma_uv"],
+                                    quality_text=quality_text, sigma_uv=meta["sigma_uv"], source_complete=complete,
                                     uncertainty_text=(meta["uncertainty"] or {}).get("text"))
         written += waveforms
     written.append(write_bytes_atomic(output_dir / f"{stem}.json", json.dumps(meta, indent=2).encode()))
@@ -156,5 +190,6 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
 
             refs = [dcmread(p, specific_tags=["SOPClassUID", "SOPInstanceUID"]) for p in waveforms]
             written.append(write_pdf_dicom(output_dir / f"{stem}{REPORT_SUFFIX}", pdf, reconstructor.model_version,
-                                           reconstructor.input_lead, item.dataset, anchor, refs, attributes))
+                                           reconstructor.input_lead, item.dataset, anchor, refs, attributes,
+                                           source_complete=complete))
     return written

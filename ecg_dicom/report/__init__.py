@@ -24,7 +24,7 @@ def report_data_from_metadata(leads_uv: np.ndarray, meta: dict) -> ReportData:
     return ReportData(
         leads_uv=np.asarray(leads_uv, dtype=np.float64),
         fs=float(meta.get("fs", 500.0)),
-        input_lead=str(meta.get("lead", "I")),
+        input_lead=str(meta.get("input_lead", meta.get("lead", "I"))),
         model_name=str(meta.get("model", "unknown model")),
         model_version=str(meta.get("model_version", "unknown")),
         header=header,
@@ -32,4 +32,6 @@ def report_data_from_metadata(leads_uv: np.ndarray, meta: dict) -> ReportData:
         quality=QualityReport.from_json(quality) if isinstance(quality, dict) else None,
         uncertainty_text=str(meta["uncertainty"]["text"]) if isinstance(meta.get("uncertainty"), dict)
         and meta["uncertainty"].get("text") else None,
+        source_complete=meta.get("source_complete") is True,
+        fs_source=str(meta["fs_source"]) if meta.get("fs_source") else None,
     )

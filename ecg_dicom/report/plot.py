@@ -2,7 +2,9 @@
 
 RESULT is a result ``.npy`` ((12, N) µV, with its ``<stem>.json`` beside it for the rate,
 measured lead, model, uncertainty, quality and patient) or a result ``.dcm`` (our 12-lead
-waveform object, which carries all of that itself).
+waveform object, which carries all of that itself). A recorded 12-lead DICOM ECG (a cart's
+own object, nothing reconstructed) is drawn as recorded: all leads black as measured, under
+a banner that says so, never as AI leads.
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ def load_result(path: str | Path) -> ReportData:
     from ecg_dicom.dicom.reader import read_result_object
 
     result = read_result_object(path)
+    if not result.reconstructed:
+        print(f"ecg-dicom plot: {path.name} is a recorded 12-lead ECG, not a result of ours: drawn as"
+              " recorded, every lead measured", file=sys.stderr)
     return ReportData(result.leads_uv, result.fs, result.input_lead, result.model_name, result.model_version,
                       header_fields(result.dataset), result.sigma_uv or None,
-                      _quality_from_text(result.quality_text))
+                      _quality_from_text(result.quality_text), recorded=not result.reconstructed)
 
 
 def run(args: argparse.Namespace) -> int:

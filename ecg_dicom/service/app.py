@@ -28,18 +28,22 @@ import time
 from typing import Callable
 
 import numpy as np
+from pynetdicom import evt
 
 from ecg_dicom import logsafe
-from ecg_dicom.service import metrics
+from ecg_dicom import metrics
 from ecg_dicom.config import Settings, load_config_or_report, log_effective
 from ecg_dicom.core.inference import Reconstructor
+from ecg_dicom.core.leadchoice import model_leads
 from ecg_dicom.errors import CheckpointError, ConfigError
 from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.scp import start_scp
 from ecg_dicom.ingest.watcher import FolderWatcher
 from ecg_dicom.inputs import QUALITY_LISTENERS
+from ecg_dicom.service.accuracy import AccuracyMonitor
 from ecg_dicom.service.lock import ServiceLock
 from ecg_dicom.service.monitor import Monitor
+from ecg_dicom.outputs import commitment
 from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
 from ecg_dicom.service.worker import Worker
@@ -143,19 +147,27 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     LOG.info("job store %s: %d interrupted jobs requeued, %d spool files recovered, %d leftovers removed; %s",
              folders.queue_db, requeued, recovered, removed, _counts_text(queue.counts()))
 
-    reconstructor = Reconstructor.from_checkpoint(settings.checkpoint, input_lead=settings.input_lead,
-                                                  device=settings.device, precision=settings.precision,
-                                                  threads=settings.torch_threads)
-    n_in = len(reconstructor.input_leads)  # the two-lead model takes (2, N)
-    warm_up = WARM_UP_LEAD_UV if n_in == 1 else np.tile(WARM_UP_LEAD_UV, (n_in, 1))
-    reconstructor.reconstruct(warm_up, WARM_UP_FS)  # first call pays the runtime's lazy set-up
-    LOG.info("model %s loaded (input lead %s, %s on %s, %d threads)", reconstructor.model_version,
-             reconstructor.input_lead, reconstructor.precision, settings.device, settings.torch_threads)
+    models = {}
+    for lead in model_leads(settings.input_lead):  # input_lead auto: one model per lead it may choose
+        model = Reconstructor.from_checkpoint(settings.checkpoint, input_lead=lead, device=settings.device,
+                                              precision=settings.precision, threads=settings.torch_threads)
+        n_in = len(model.input_leads)  # the two-lead model takes (2, N)
+        warm_up = WARM_UP_LEAD_UV if n_in == 1 else np.tile(WARM_UP_LEAD_UV, (n_in, 1))
+        model.reconstruct(warm_up, WARM_UP_FS)  # first call pays the runtime's lazy set-up
+        LOG.info("model %s loaded (input lead %s, %s on %s, %d threads)", model.model_version,
+                 model.input_lead, model.precision, settings.device, settings.torch_threads)
+        models[lead] = model
+    reconstructor = next(iter(models.values()))
+    # the model card's figures hold for the shipped models only: a site's own checkpoint is measured, not judged
+    accuracy = AccuracyMonitor(queue, settings.accuracy_monitor, card=None if settings.checkpoint is None else {})
+    accuracy.check()  # the figures kept before this start count
 
     # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
     worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None,
                     limits=settings.limits,
-                    report_paper=settings.report.paper if settings.report.enabled else None)
+                    report_paper=settings.report.paper if settings.report.enabled else None,
+                    input_lead=settings.input_lead, models=models, accuracy=accuracy,
+                    deliver_complete=settings.deliver_when_source_complete)
     delivery = (Delivery(queue, settings.pacs, folders, settings.ae_title, settings.worker.batch_size)
                 if settings.pacs else None)
     watcher = FolderWatcher(folders.watch, spool, settings.watcher, folders.rejected,
@@ -165,12 +177,16 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
                threading.Thread(target=watcher.run, name="watcher", daemon=True)]
     if delivery:
         threads.append(threading.Thread(target=delivery.run, args=(work_stop,), name="delivery", daemon=True))
+    extra = []
+    if delivery is not None and settings.pacs.storage_commitment:  # reports come to our listener
+        extra.append((evt.EVT_N_EVENT_REPORT, commitment.handle_event_report, [delivery.commitment_report]))
     try:
-        ae, server = start_scp(settings, spool)
+        ae, server = start_scp(settings, spool, extra)
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {settings.listen.host}:{settings.listen.port}: "
                           f"{exc.strerror or exc}") from exc
-    monitor = _start_monitor(settings, queue, server, threads[0]) if settings.http else None
+    monitor = (_start_monitor(settings, queue, server, threads[0], worker, spool, delivery, accuracy)
+               if settings.http else None)
     for t in threads:
         t.start()
     LOG.info("service ready")
@@ -198,8 +214,13 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     return 0
 
 
-def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread) -> Monitor:
-    """``/health`` (listener, worker, job store) and ``/metrics`` on ``settings.http``."""
+def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threading.Thread, work: Worker,
+                   spool: Spool, delivery: Delivery | None, accuracy: AccuracyMonitor | None = None) -> Monitor:
+    """``/health`` (listener, worker, job store, storage; degraded while PACS delivery fails or
+    the accuracy monitor finds the reconstructions below the model card) and ``/metrics`` on
+    ``settings.http``. ``storage``: the job store commits, and neither the worker's outputs nor
+    the last input spooled failed to be written (a full disk makes the service not ready until
+    space returns)."""
     metrics.register_job_store(queue.counts, settings.limits.queue_high_water)
     if metrics.quality_verdict not in QUALITY_LISTENERS:  # the gate's verdicts on /metrics
         QUALITY_LISTENERS.append(metrics.quality_verdict)
@@ -207,9 +228,12 @@ def _start_monitor(settings: Settings, queue: JobQueue, server, worker: threadin
         "listener": lambda: server.thread.is_alive() and server.socket.fileno() != -1,
         "worker": worker.is_alive,
         "job_store": lambda: isinstance(queue.counts(), dict),
+        "storage": lambda: work.storage_ok and spool.writable() and queue.writable(),
     }
     try:
-        return Monitor(settings.http.host, settings.http.port, checks).start()
+        concerns = {"pacs": delivery.concern} if delivery is not None else {}
+        return Monitor(settings.http.host, settings.http.port, checks, concerns,
+                       degraded=accuracy.degraded if accuracy is not None else None).start()
     except OSError as exc:
         server.shutdown()
         raise ConfigError(f"http: cannot listen on {settings.http.host}:{settings.http.port}: "

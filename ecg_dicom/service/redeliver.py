@@ -71,12 +71,11 @@ def redeliver(settings: Settings, queue: JobQueue, job_ids: list[int], dead_lett
         _clear_dead_letter(settings, job)
     for problem in problems:
         print(f"ecg-dicom redeliver: {problem}", file=sys.stderr)
-    pacs = settings.pacs
     files = sum(1 for job in ready for name in job.outputs if name.endswith(".dcm"))
     service = running_service(settings.folders.work)
     when = (f"the running service (pid {service.get('pid', '?')}) sends them now" if service is not None
             else "the service is not running: they are sent at its next start")
-    print(f"queued {queued} job(s), {files} DICOM result(s), for {pacs.ae_title}@{pacs.host}:{pacs.port}; {when}"
+    print(f"queued {queued} job(s), {files} DICOM result(s), for {settings.pacs.describe()}; {when}"
           + (f": {' '.join(str(job.id) for job in ready)}" if ready and len(ready) <= 20 else ""))
     return 1 if problems else 0
 

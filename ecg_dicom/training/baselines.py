@@ -8,10 +8,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ecg_dicom.core.accuracy import PROTOCOL_FS, protocol_window
 from ecg_dicom.core.preprocess import highpass, resample_fs
 from ecg_dicom.leads import LEADS_12, input_leads_of, learned_leads
 
-BASELINE_FS = 500.0
+BASELINE_FS = PROTOCOL_FS
 LAG_S = 0.040
 BASELINE_KINDS = ("linear_zero_lag", "linear_lagged")
 
@@ -118,7 +119,5 @@ def fit_baselines_on_records(records: Sequence, input_lead: str, seconds: float 
     return fit_linear_baselines(pairs(), input_lead)
 
 
-def protocol_window(leads_uv: np.ndarray, fs: float, seconds: float = 10.0) -> np.ndarray:
-    """(12, N) µV at ``fs`` -> (12, M) µV at 500 Hz: the first ``seconds`` (or all if shorter)."""
-    at_500 = resample_fs(leads_uv, fs, BASELINE_FS)
-    return at_500[:, :int(round(seconds * BASELINE_FS))]
+__all__ = ["BASELINE_FS", "BASELINE_KINDS", "LinearBaseline", "fit_baselines_on_records", "fit_linear_baselines",
+           "lag_matrix", "protocol_window"]

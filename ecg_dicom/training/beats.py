@@ -118,7 +118,7 @@ def ectopic_report(reconstructor: Reconstructor, records: Sequence) -> dict[str,
 def main(argv: Sequence[str] | None = None) -> int:
     args = report_parser(__doc__).parse_args(argv)
     records = select_records(args.data, BASELINE_FS, args.patient_fold)
-    rep = ectopic_report(Reconstructor.from_checkpoint(args.checkpoint, args.input_lead), records)
+    rep = ectopic_report(Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, precision="fp32"), records)
     print(f"{rep['n_records']} records, {len(rep['records_with_ectopic_beats'])} with ectopic beats")
     for key in ("ectopic", "ectopic_in_pvc_pac_records", "normal"):
         v = rep[key]

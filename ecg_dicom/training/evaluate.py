@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+from ecg_dicom.core.accuracy import FLAT_STD_UV, lead_metrics
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.preprocess import highpass
 from ecg_dicom.errors import EcgDicomError
@@ -42,16 +43,6 @@ from ecg_dicom.training.baselines import (
 from ecg_dicom.training.data import DIAGNOSTIC_CLASSES, Record, load_wfdb_records, select_records
 
 METHODS = ("model", *BASELINE_KINDS)
-FLAT_STD_UV = 10.0  # a true lead with a std under 10 µV after the high-pass is dead
-
-
-def lead_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """(N,) µV each -> Pearson r, RMSE µV, std(pred)/std(true), std(true) µV."""
-    pc, tc = pred - pred.mean(), true - true.mean()
-    sp, st = float(np.sqrt(np.mean(pc ** 2))), float(np.sqrt(np.mean(tc ** 2)))
-    r = float(np.mean(pc * tc) / (sp * st)) if sp > 0 and st > 0 else 0.0
-    return {"r": r, "rmse_uv": float(np.sqrt(np.mean((pred - true) ** 2))), "std_ratio": sp / st,
-            "std_true_uv": st}
 
 
 def _full_12(input_lead: str, lead_in: np.ndarray, learned: np.ndarray) -> np.ndarray:

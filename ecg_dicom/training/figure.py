@@ -42,7 +42,7 @@ def plot_reconstructions(items: Sequence[tuple[str, Path, str]], out: str | Path
     for block, (title, ckpt, header) in enumerate(items):
         rec = read_wfdb_record(header) if str(header).endswith(".hea") else find_record(data, str(header))
         true = protocol_window(rec.leads, rec.fs)
-        recon = Reconstructor.from_checkpoint(ckpt, input_lead).reconstruct(true[LEADS_12.index(input_lead)], BASELINE_FS)
+        recon = Reconstructor.from_checkpoint(ckpt, input_lead, precision="fp32").reconstruct(true[LEADS_12.index(input_lead)], BASELINE_FS)
         true, pred = highpass(true, BASELINE_FS) / 1000, highpass(recon.astype(np.float64), BASELINE_FS) / 1000
         for row, leads in enumerate(LAYOUT):
             for col, lead in enumerate(leads):

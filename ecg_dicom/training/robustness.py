@@ -109,7 +109,7 @@ def robustness(reconstructor: Reconstructor, records: Sequence, seed: int = 0) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = report_parser(__doc__).parse_args(argv)
     records = select_records(args.data, BASELINE_FS, args.patient_fold)
-    result = robustness(Reconstructor.from_checkpoint(args.checkpoint, args.input_lead), records)
+    result = robustness(Reconstructor.from_checkpoint(args.checkpoint, args.input_lead, precision="fp32"), records)
     print(f"{len(records)} records, input lead {args.input_lead}: mean r over the learned leads")
     print(f"{'condition':<26} {'mean r':>7} {'vs clean':>9} {'sigma vs clean':>15}")
     for name, v in result.items():

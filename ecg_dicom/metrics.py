@@ -17,6 +17,7 @@ ecg_dicom_delivery_seconds                     histogram  job accepted -> delive
 ecg_dicom_stores_total                         counter    ``status``: success, out_of_resources,
                                                           queue_full, too_large, ...
 ecg_dicom_pacs_failures_total                  counter    ``kind``: transient, permanent
+ecg_dicom_storage_commitments_total            counter    ``result``: committed, failed, timeout
 ecg_dicom_association_refusals_total           counter    ``reason``: calling_ae, called_ae,
                                                           local_limit, tls_handshake,
                                                           handshake_timeout, pending_evicted,
@@ -30,6 +31,10 @@ ecg_dicom_reconstructions_total                counter    ``uncertainty``: above
                                                           within (the record uncertainty against
                                                           the model's shipped threshold),
                                                           unavailable (no variance head)
+ecg_dicom_accuracy_r                           histogram  ``lead``, ``device_model``: r of the
+                                                          reconstruction against the lead the
+                                                          source measured (accuracy monitor)
+ecg_dicom_accuracy_rmse_uv                     histogram  the same, RMSE in µV
 =============================================  =========  ====================================
 """
 
@@ -56,6 +61,8 @@ DELIVERY_SECONDS = Histogram("ecg_dicom_delivery_seconds", "Job accepted to resu
 STORES = Counter("ecg_dicom_stores", "C-STORE requests answered, by outcome", ["status"], registry=REGISTRY)
 PACS_FAILURES = Counter("ecg_dicom_pacs_failures", "Failed delivery attempts to PACS, by kind", ["kind"],
                         registry=REGISTRY)
+COMMITMENTS = Counter("ecg_dicom_storage_commitments", "Storage commitment requests answered (or not), by"
+                      " result", ["result"], registry=REGISTRY)
 REFUSALS = Counter("ecg_dicom_association_refusals", "Connections or associations refused, by reason",
                    ["reason"], registry=REGISTRY)
 ASSOCIATIONS_ACTIVE = Gauge("ecg_dicom_associations_active", "Associations admitted and open",
@@ -64,10 +71,19 @@ ASSOCIATIONS_ACTIVE = Gauge("ecg_dicom_associations_active", "Associations admit
 SIGNAL_QUALITY = Counter("ecg_dicom_signal_quality", "Signal-quality gate verdicts on input leads, by status"
                          " and flag", ["status", "flag"], registry=REGISTRY)
 
+ACCURACY_R = Histogram("ecg_dicom_accuracy_r", "Reconstruction r against the lead the source measured "
+                       "(evaluate protocol), by lead and source device model", ["lead", "device_model"],
+                       buckets=(0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0), registry=REGISTRY)
+ACCURACY_RMSE = Histogram("ecg_dicom_accuracy_rmse_uv", "Reconstruction RMSE (µV) against the lead the source "
+                          "measured, by lead and source device model", ["lead", "device_model"],
+                          buckets=(25, 50, 75, 100, 150, 200, 300, 500, 1000), registry=REGISTRY)
+
 for _outcome in ("done", "rejected", "dead_lettered"):
     JOBS_FINISHED.labels(_outcome)
 for _kind in ("transient", "permanent"):
     PACS_FAILURES.labels(_kind)
+for _result in ("committed", "failed", "timeout"):
+    COMMITMENTS.labels(_result)
 
 
 class JobStoreCollector(Collector):
@@ -117,6 +133,14 @@ def quality_verdict(report) -> None:
         SIGNAL_QUALITY.labels(report.status, flag.code).inc()
     if not report.flags:
         SIGNAL_QUALITY.labels(report.status, "none").inc()
+
+
+def accuracy_observed(device_model: str, figures: dict[str, dict]) -> None:
+    """One record's accuracy figures ({lead: {"r": …, "rmse_uv": …}}) from a source of
+    ``device_model`` (the monitor's label: a device, never a patient)."""
+    for lead, values in figures.items():
+        ACCURACY_R.labels(lead, device_model).observe(float(values["r"]))
+        ACCURACY_RMSE.labels(lead, device_model).observe(float(values["rmse_uv"]))
 
 
 def register_job_store(counts: Callable[[], dict[str, int]], high_water: int) -> JobStoreCollector:
