@@ -109,7 +109,7 @@ def test_every_output_carries_the_uncertainty(tiny_checkpoint, tmp_path):
 
 
 def test_reconstructions_above_the_threshold_are_counted():
-    from ecg_dicom.service import metrics
+    from ecg_dicom import metrics
 
     def count(label: str) -> float:
         return metrics.RECONSTRUCTIONS.labels(label)._value.get()
