@@ -13,7 +13,7 @@ from ecg_dicom import __version__
 from ecg_dicom.errors import MissingExtraError
 from ecg_dicom.extras import missing_extra, missing_module
 from ecg_dicom.core.leadchoice import INPUT_LEAD_CHOICES
-from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+from ecg_dicom.leads import MODEL_INPUTS, SUPPORTED_INPUT_LEADS
 
 DESCRIPTION = """\
 Reconstruct a 12-lead ECG from one lead (I or II), in files or as a DICOM service.
@@ -47,14 +47,14 @@ _COMMANDS = {
 _EXTRAS = {"train": "train", "export": "export"}
 
 
-AUTO_LEAD_HELP = ("lead given to the model: I, II, or auto: for a source holding several leads (a 12-lead DICOM"
+AUTO_LEAD_HELP = ("lead given to the model: I, II, I+II (the two-lead model: both leads measured), or auto: for a source holding several leads (a 12-lead DICOM"
                   " object) the one the model does best from (I unless it is near-isoelectric or refused by the"
                   " signal-quality gate and II is fine), for a .npy its sidecar's lead, else I (default I)")
 
 
 def _add_model_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
     """The model's arguments; ``auto``: --input-lead may also be ``auto`` (core/leadchoice.py)."""
-    p.add_argument("--input-lead", choices=INPUT_LEAD_CHOICES if auto else SUPPORTED_INPUT_LEADS, default="I",
+    p.add_argument("--input-lead", choices=INPUT_LEAD_CHOICES if auto else MODEL_INPUTS, default="I",
                    help=AUTO_LEAD_HELP if auto else "lead given to the model (default I)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint file (default: the one shipped for --input-lead)")
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a checkpoint from real WFDB records and/or synthetic ECGs")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I", help="the lead the model takes")
+    p.add_argument("--input-lead", choices=MODEL_INPUTS, default="I",
+                   help="the lead(s) the model takes: I, II or I+II (both, learning V1-V6)")
     p.add_argument("--real", nargs="*", default=[], help="folders of WFDB 12-lead records (searched recursively)")
     p.add_argument("--exclude-db", nargs="*", default=[], help="database folder names to leave out (held out)")
     p.add_argument("--synthetic", type=int, default=0, help="number of deepfake-ecg records to generate and use")
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the real crops drawn from amplitude-normalised records (LUDB)")
     p.add_argument("--lowrate-weight", type=float, default=1.0,
                    help="draw weight of a record stored below the model rate (PTB-XL 100 Hz) vs a full-rate one")
+    p.add_argument("--db-power", type=float, default=1.0,
+                   help="a database's share of the physical-amplitude crops ~ (its records)^P (default 1: in"
+                        " proportion; 0.5 keeps a 40-record hospital from being drowned by PTB-XL)")
+    p.add_argument("--std-weight", type=float, default=1.0,
+                   help="weight of the (log std ratio)^2 loss term against amplitude collapse (default 1)")
     p.add_argument("--ectopic-weight", type=float, default=1.0,
                    help="draw weight of a record whose recorded beats include ectopic ones vs one without")
     p.add_argument("--band-limited-loss", action=argparse.BooleanOptionalAction, default=True,
@@ -161,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I", help="the lead the members take")
 
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint beside it (the fast path)")
-    p.add_argument("--input-lead", choices=SUPPORTED_INPUT_LEADS, default="I",
+    p.add_argument("--input-lead", choices=MODEL_INPUTS, default="I",
                    help="the lead the checkpoint takes (default I)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the one shipped for --input-lead)")
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",

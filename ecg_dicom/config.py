@@ -387,7 +387,7 @@ class Settings:
     listen: Listen = field(default_factory=Listen)
     # calling AE titles let in; None (key absent) = any caller, warned at start
     allowed_callers: Annotated[tuple[AeTitle, ...], Field(min_length=1)] | None = None
-    # the lead the model takes: I, II, or auto (for a source holding several leads the one the
+    # the lead the model takes: I, II, I+II (two leads measured), or auto (for a source holding several leads the one the
     # model does best from: core/leadchoice.py; a one-lead source: its sidecar's lead, else I)
     input_lead: Literal[INPUT_LEAD_CHOICES] = "I"  # type: ignore[valid-type]
     pacs: Pacs | None = None

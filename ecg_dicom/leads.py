@@ -16,6 +16,15 @@ LEADS_12: tuple[str, ...] = (
 CHEST_LEADS: tuple[str, ...] = ("V1", "V2", "V3", "V4", "V5", "V6")
 DERIVED_LIMB_LEADS: tuple[str, ...] = ("III", "aVR", "aVL", "aVF")
 SUPPORTED_INPUT_LEADS: tuple[str, ...] = ("I", "II")
+TWO_LEAD_INPUT = "I+II"  # a model that takes I and II together and learns V1–V6 only
+MODEL_INPUTS: tuple[str, ...] = (*SUPPORTED_INPUT_LEADS, TWO_LEAD_INPUT)
+
+
+def input_leads_of(input_lead: str) -> tuple[str, ...]:
+    """The measured leads a model for ``input_lead`` takes: ("I",), ("II",) or ("I", "II")."""
+    if input_lead not in MODEL_INPUTS:
+        raise ValueError(f"input lead must be one of {MODEL_INPUTS}, got {input_lead!r}")
+    return ("I", "II") if input_lead == TWO_LEAD_INPUT else (input_lead,)
 
 
 def canonical_lead_name(name: str) -> str:
@@ -31,9 +40,12 @@ def canonical_lead_name(name: str) -> str:
 
 
 def learned_leads(input_lead: str) -> tuple[str, ...]:
-    """The leads a model for ``input_lead`` predicts: the other of I/II, then V1–V6."""
+    """The leads a model for ``input_lead`` predicts: the other of I/II, then V1–V6 (V1–V6
+    only for the two-lead model, which measures both limb leads)."""
+    if input_lead == TWO_LEAD_INPUT:
+        return CHEST_LEADS
     if input_lead not in SUPPORTED_INPUT_LEADS:
-        raise ValueError(f"input lead must be one of {SUPPORTED_INPUT_LEADS}, got {input_lead!r}")
+        raise ValueError(f"input lead must be one of {MODEL_INPUTS}, got {input_lead!r}")
     other = "II" if input_lead == "I" else "I"
     return (other, *CHEST_LEADS)
 
@@ -66,7 +78,8 @@ _LIMB_SIGMA_FACTOR: dict[str, dict[str, float]] = {
 
 
 def lead_uncertainties(sigma_learned: Sequence[float], input_lead: str) -> dict[str, float]:
-    """The model's RMS uncertainty (µV) of every lead but the measured one.
+    """The model's RMS uncertainty (µV) of every lead but the measured one(s) (the two-lead
+    model: V1–V6 only; its computed limb leads are exact).
 
     sigma_learned: one value per :func:`learned_leads` (the other of I/II, then V1–V6). The
     measured lead is exact; a computed limb lead carries the learned limb lead's uncertainty
@@ -76,6 +89,8 @@ def lead_uncertainties(sigma_learned: Sequence[float], input_lead: str) -> dict[
     if len(sigma_learned) != len(names):
         raise ValueError(f"expected {len(names)} sigmas ({', '.join(names)}), got {len(sigma_learned)}")
     out = {name: float(s) for name, s in zip(names, sigma_learned)}
+    if input_lead == TWO_LEAD_INPUT:  # both limb leads measured: the computed ones are exact
+        return out
     limb = float(sigma_learned[0])
     out.update({lead: factor * limb for lead, factor in _LIMB_SIGMA_FACTOR[input_lead].items()})
     return out

@@ -27,6 +27,10 @@ ecg_dicom_signal_quality_total                 counter    ``status`` (ok, warn, 
                                                           ``flag`` (flat, clipping, emg, baseline,
                                                           offset, mains, heart_rate; none if ok):
                                                           the gate's verdicts on input leads
+ecg_dicom_reconstructions_total                counter    ``uncertainty``: above_threshold,
+                                                          within (the record uncertainty against
+                                                          the model's shipped threshold),
+                                                          unavailable (no variance head)
 ecg_dicom_accuracy_r                           histogram  ``lead``, ``device_model``: r of the
                                                           reconstruction against the lead the
                                                           source measured (accuracy monitor)
@@ -107,6 +111,19 @@ def job_processed(created: float, delivering: bool) -> None:
         PROCESSING_SECONDS.observe(max(0.0, time.time() - created))
     if not delivering:
         JOBS_FINISHED.labels("done").inc()
+
+
+RECONSTRUCTIONS = Counter("ecg_dicom_reconstructions", "Reconstructions written, by record uncertainty against"
+                          " the model's threshold", ["uncertainty"], registry=REGISTRY)
+
+
+def record_uncertainty(uncertainty) -> None:
+    """Count one written reconstruction by its record uncertainty (a
+    :class:`ecg_dicom.core.uncertainty.RecordUncertainty`, or None without a variance head)."""
+    if uncertainty is None:
+        RECONSTRUCTIONS.labels("unavailable").inc()
+    else:
+        RECONSTRUCTIONS.labels("above_threshold" if uncertainty.above_threshold else "within").inc()
 
 
 def quality_verdict(report) -> None:

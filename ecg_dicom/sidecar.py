@@ -12,7 +12,8 @@ rest, with one meaning whichever door the file comes in by (``serve``'s watched 
      "Manufacturer": "AliveCor", "ManufacturerModelName": "KardiaMobile"}
 
 Every key is optional. ``fs`` (Hz), ``lead`` (the lead recorded) and ``units`` (``uV`` or
-``mV``) describe the samples; the other keys are DICOM keywords, each checked against its
+``mV``) describe the samples; ``leads`` (e.g. ``["I", "II"]``) names the rows of a ``(2, N)``
+``.npy`` holding two leads, in order (the two-lead model ``I+II`` takes such a file); the other keys are DICOM keywords, each checked against its
 Value Representation (a date is ``YYYYMMDD``, a time ``HHMMSS``, a UID a valid UID...),
 and go into the DICOM result: the patient and study so that it lands in the right study
 at PACS, the acquisition time, and the recording device as *Acquisition Equipment*. A
@@ -42,7 +43,8 @@ SIDECAR_SUFFIX = ".json"
 # that override the file's own: GE MUSE / Philips / HL7 aECG XML, a WFDB header, SCP-ECG)
 SIDECAR_INPUT_SUFFIXES = (".npy", ".xml", ".hea", ".scp")
 MAX_SIDECAR_BYTES = 64 * 1024
-RECORDING_KEYS = ("fs", "lead", "units")
+RECORDING_KEYS = ("fs", "lead", "leads", "units")
+MAX_SIDECAR_LEADS = 2
 PATIENT_KEYS = ("PatientID", "PatientName", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge")
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
               "ReferringPhysicianName", "StudyDescription")
@@ -56,13 +58,15 @@ _TEXT_VRS = ("LT", "ST", "UT")  # may hold line breaks; the others may not hold 
 
 @dataclass(frozen=True)
 class Sidecar:
-    """What a sidecar says. ``fs`` Hz, ``lead`` canonical (``"I"``), ``units`` (``"uV"``...):
-    None when not given. ``attributes``: DICOM keyword -> value, validated."""
+    """What a sidecar says. ``fs`` Hz, ``lead`` canonical (``"I"``), ``units`` (``"uV"``...),
+    ``leads`` the canonical names of a multi-lead .npy's rows (``("I", "II")``): None when not
+    given. ``attributes``: DICOM keyword -> value, validated."""
 
     fs: float | None = None
     lead: str | None = None
     units: str | None = None
     attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    leads: tuple[str, ...] | None = None
 
     @property
     def patient_known(self) -> bool:
@@ -71,7 +75,8 @@ class Sidecar:
     def canonical(self) -> str:
         """A stable text of everything it says (part of the result's UIDs: the same samples
         filed under another patient or rate must not get the same instance UIDs)."""
-        return json.dumps({"fs": self.fs, "lead": self.lead, "units": self.units, **self.attributes},
+        rows = {"leads": list(self.leads)} if self.leads else {}  # absent when not given: old UIDs hold
+        return json.dumps({"fs": self.fs, "lead": self.lead, "units": self.units, **rows, **self.attributes},
                           sort_keys=True, ensure_ascii=True)
 
 
@@ -140,6 +145,10 @@ def parse_sidecar(params: Any) -> Sidecar:
             lead = canonical_lead_name(lead)
         except KeyError:
             raise InputError(f"sidecar .json: {wire(lead, 20)} is not a lead name") from None
+    leads = _parse_leads(params.get("leads"))
+    if leads is not None and lead is not None:
+        raise InputError("sidecar .json: give 'lead' (a one-lead .npy) or 'leads' (the rows of a"
+                         " multi-lead .npy), not both")
     units = params.get("units")
     if units is not None and units not in UNIT_TO_UV:
         raise InputError(f"sidecar .json: 'units' must be one of {', '.join(UNIT_TO_UV)}, got {_kind(units)}")
@@ -149,7 +158,27 @@ def parse_sidecar(params: Any) -> Sidecar:
     if identifying and "PatientID" not in attributes:
         raise InputError(f"sidecar .json gives {identifying[0]} but no PatientID: a result is filed at "
                          "PACS by its PatientID, so give it too")
-    return Sidecar(float(fs) if fs is not None else None, lead, units, MappingProxyType(attributes))
+    return Sidecar(float(fs) if fs is not None else None, lead, units, MappingProxyType(attributes), leads)
+
+
+def _parse_leads(value: Any) -> tuple[str, ...] | None:
+    """The sidecar's ``leads``: a list of 1..2 distinct lead names -> canonical names, in order."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or len(value) > MAX_SIDECAR_LEADS:
+        raise InputError(f"sidecar .json: 'leads' must be a list of 1 to {MAX_SIDECAR_LEADS} lead names"
+                         f' such as ["I", "II"], got {_kind(value)}')
+    names = []
+    for item in value:
+        if not isinstance(item, str):
+            raise InputError(f"sidecar .json: 'leads' holds a {_kind(item)}, not a lead name")
+        try:
+            names.append(canonical_lead_name(item))
+        except KeyError:
+            raise InputError(f"sidecar .json: 'leads' holds {wire(item, 20)}, not a lead name") from None
+    if len(set(names)) != len(names):
+        raise InputError("sidecar .json: 'leads' names a lead twice")
+    return tuple(names)
 
 
 def check_attribute(keyword: str, value: Any) -> str:

@@ -1,7 +1,8 @@
 """The shipped checkpoints: one cheap network each, trained without PTB; they load, convert a
 long real record they never trained on at its own rate, and their figures on their own
 held-out records (the 6 PTB records and their 64 validation records) stay where the model
-card says."""
+card says. The two-lead model (I+II) never saw PTB or Chapman-Shaoxing/Ningbo and is pinned
+on them; the record uncertainty of the lead-I model is pinned on the databases it never saw."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from ecg_dicom.core.checkpoint import load_checkpoint, shipped_checkpoint_path
 from ecg_dicom.core.inference import Reconstructor
 from ecg_dicom.core.model import BiLSTMAttentionModel
+from ecg_dicom.core.runners import OnnxRunner
 from ecg_dicom.core.preprocess import highpass
 from ecg_dicom.leads import LEADS_12, learned_leads
 from ecg_dicom.training.data import Record, find_record, load_wfdb_records
@@ -83,3 +85,49 @@ def test_shipped_held_out_figures_match_the_model_card(shared_data: Path, lead: 
     lead_r = {k: v["r"] for k, v in summary["methods"]["model"]["leads"].items()}
     assert lead_r == pytest.approx(card["lead_r"], abs=2 * CARD_MARGIN)
     assert got["model"] > got["linear_lagged"] + 0.05
+
+
+# README.md (model card), issue 19: the I+II model on the two databases neither it nor the
+# lead-I network it started from ever saw (PTB 6 + Chapman-Shaoxing/Ningbo 16 records), fp32
+TWO_LEAD_UNSEEN = ("ptb", "chapman_ningbo")
+CARD_TWO_LEAD = {"mean_r": {"model": 0.720, "linear_lagged": 0.605},
+                 "lead_r": {"V1": 0.707, "V2": 0.602, "V3": 0.665, "V4": 0.723, "V5": 0.792, "V6": 0.832}}
+# ... and the shipped lead-I model's record uncertainty on CPSC 2018 + Chapman/Ningbo + PTB (62
+# records it never saw): worst-decile AUROC and per-lead Spearman rho(u, 1 - r)
+CARD_UNCERTAINTY_I = {"auroc": 0.98, "rho": {"II": 0.51, "V1": 0.39, "V2": 0.25, "V3": 0.25, "V4": 0.47, "V5": 0.52,
+                                      "V6": 0.51}}
+
+
+def test_two_lead_model_is_cheap_runs_fast_and_never_saw_its_unseen_databases() -> None:
+    fast = Reconstructor.from_checkpoint(None, "I+II", precision="fast")
+    assert isinstance(fast.runner, OnnxRunner) and fast.input_leads == ("I", "II")
+    assert fast.flops_per_record(10.0) <= MAX_FLOPS_PER_10S_ECG
+    ckpt = load_checkpoint(None, "I+II")
+    assert ckpt.output_leads == ("V1", "V2", "V3", "V4", "V5", "V6")
+    t = ckpt.training
+    assert set(t["held_out"]["excluded_databases"]) == set(TWO_LEAD_UNSEEN)
+    started_from = load_checkpoint(None, "I").training["data"]["train_records"]
+    for names in (t["data"]["train_records"], started_from):
+        assert not any(name.split("/")[0] in TWO_LEAD_UNSEEN for name in names)
+    assert t["pretraining"]["model_version"].startswith(load_checkpoint(None, "I").model_version)
+
+
+def test_two_lead_figures_on_unseen_databases_match_the_model_card(shared_data: Path) -> None:
+    recon = Reconstructor.from_checkpoint(None, "I+II", precision="fp32")
+    records = load_wfdb_records([shared_data / "ecg12" / db for db in TWO_LEAD_UNSEEN])
+    summary = summarize(evaluate_records(recon, records, load_baselines(recon, None)), "I+II")
+    got = {m: summary["methods"][m]["mean_r"] for m in CARD_TWO_LEAD["mean_r"]}
+    assert got == pytest.approx(CARD_TWO_LEAD["mean_r"], abs=CARD_MARGIN)
+    lead_r = {k: v["r"] for k, v in summary["methods"]["model"]["leads"].items()}
+    assert lead_r == pytest.approx(CARD_TWO_LEAD["lead_r"], abs=2 * CARD_MARGIN)
+    assert got["model"] > got["linear_lagged"] + 0.05
+
+
+def test_lead_i_record_uncertainty_finds_the_worst_reconstructions(shared_data: Path) -> None:
+    recon = Reconstructor.from_checkpoint(None, "I", precision="fp32")
+    assert recon.calibration.model_version == recon.model_version
+    records = load_wfdb_records([shared_data / "ecg12" / db for db in ("cpsc2018", "chapman_ningbo", "ptb")])
+    unc = summarize(evaluate_records(recon, records, {}), "I")["uncertainty"]
+    assert unc["n"] == 62
+    assert unc["auroc_worst_decile"] == pytest.approx(CARD_UNCERTAINTY_I["auroc"], abs=0.02)
+    assert unc["per_lead_spearman"] == pytest.approx(CARD_UNCERTAINTY_I["rho"], abs=0.03)

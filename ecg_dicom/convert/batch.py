@@ -175,7 +175,7 @@ def _window_groups(loaded: list[tuple[int, ArchiveItem, LeadInput]], reconstruct
     group: list[tuple[int, ArchiveItem, LeadInput]] = []
     windows = 0
     for entry in loaded:
-        n = reconstructor.count_windows(entry[2].signal_uv.size, entry[2].fs)
+        n = reconstructor.count_windows(entry[2].signal_uv.shape[-1], entry[2].fs)
         if group and windows + n > max_windows:
             yield group
             group, windows = [], 0

@@ -62,7 +62,8 @@ def export_onnx(checkpoint_path: str | Path | None = None, input_lead: str = "I"
         require(module, "exporting a checkpoint", extra="export")
     torch = require("torch", "exporting a checkpoint", extra="export")
 
-    from ecg_dicom.core.preprocess import model_features
+    from ecg_dicom.core.preprocess import lead_features
+    from ecg_dicom.leads import input_leads_of
 
     if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}")
@@ -83,7 +84,11 @@ def export_onnx(checkpoint_path: str | Path | None = None, input_lead: str = "I"
             mean, log_var = self.model(features)
             return (mean, log_var) if has_variance else mean
 
-    example = torch.from_numpy(model_features(test_windows(pre.window, pre.fs)))
+    windows = test_windows(pre.window, pre.fs)
+    n_in = len(input_leads_of(checkpoint.input_lead))
+    if n_in > 1:  # the two-lead model: each test window beside another one (a second lead)
+        windows = np.stack([np.roll(windows, k, axis=0) * (1.0 - 0.2 * k) for k in range(n_in)], axis=1)
+    example = torch.from_numpy(lead_features(windows, n_in))
     names = ["out_mean_mv", "out_log_var"] if has_variance else ["out_mean_mv"]
     with tempfile.TemporaryDirectory(prefix="ecg-dicom-export-") as tmp_name:
         tmp = Path(tmp_name)

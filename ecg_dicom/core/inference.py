@@ -1,10 +1,11 @@
-"""Reconstructor: one lead in µV at any rate and length -> 12 leads in µV, batched.
+"""Reconstructor: one lead (or I and II together) in µV at any rate and length -> 12 leads
+in µV, batched.
 
 Loads the model once; cuts each record into overlapping model windows, runs them in
 batches (:mod:`ecg_dicom.core.runners`: ONNX Runtime on the exported graph by default,
 exact fp32 torch on request), stitches the windows with overlap weights (no seams), brings
 the prediction back to the input's rate and length, copies the input lead through
-unchanged and computes the four limb leads exactly.
+unchanged (both of them for the two-lead model) and computes the four limb leads exactly.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ecg_dicom.core.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint_path
-from ecg_dicom.core.preprocess import highpass, model_features, resample_fs
+from ecg_dicom.core.preprocess import highpass, lead_features, resample_fs
 from ecg_dicom.core.runners import PRECISIONS, ModelRunner, OnnxRunner, TorchRunner, onnx_path_for
+from ecg_dicom.core.uncertainty import RecordUncertainty, UncertaintyCalibration, assess
 from ecg_dicom.errors import CheckpointError
 from ecg_dicom.files import file_sha256
-from ecg_dicom.leads import LEADS_12, assemble_12_leads
+from ecg_dicom.leads import LEADS_12, TWO_LEAD_INPUT, assemble_12_leads, input_leads_of, learned_leads
 
 LOG = logging.getLogger(__name__)
 # forward passes per chunk when reconstruct_batch runs a ReconstructionTask (bounds memory)
@@ -33,8 +35,8 @@ class Reconstruction:
     """One reconstructed record.
 
     leads: (12, N) float32 µV in :data:`LEADS_12` order, at the input's rate and length.
-    sigma: (7,) float64, per learned lead the model's own RMS uncertainty estimate in µV
-    (None when the checkpoint has no variance head).
+    sigma: (n_learned,) float64 (7, or 6 for the two-lead model), per learned lead the
+    model's own RMS uncertainty estimate in µV (None when the checkpoint has no variance head).
     """
 
     leads: np.ndarray
@@ -81,6 +83,8 @@ class Reconstructor:
         self.model = checkpoint.model
         self.runner = runner or TorchRunner(checkpoint.model, device, batch_size, threads,
                                             checkpoint.preprocessing.window)
+        # σ -> per-lead and record uncertainty; from_checkpoint loads the one shipped beside the weights
+        self.calibration = UncertaintyCalibration()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, input_lead: str = "I",
@@ -95,6 +99,15 @@ class Reconstructor:
         the runtime's threads (default: :func:`ecg_dicom.core.runners.default_threads`
         for ONNX Runtime, torch's own setting for torch).
         """
+        rec = cls._load(path, input_lead, device, batch_size, precision, threads)
+        weights = Path(path) if path is not None else shipped_checkpoint_path(input_lead)
+        rec.calibration = UncertaintyCalibration.for_weights(weights, rec.model_version)
+        return rec
+
+    @classmethod
+    def _load(cls, path: str | Path | None, input_lead: str, device: str, batch_size: int, precision: str,
+              threads: int | None) -> "Reconstructor":
+        """:meth:`from_checkpoint` without the uncertainty calibration."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "fast" and device == "cpu":
@@ -124,6 +137,15 @@ class Reconstructor:
                           " (run `ecg-dicom export` again)")
         return runner, ""
 
+    def uncertainty(self, recon: Reconstruction) -> RecordUncertainty | None:
+        """Per learned lead the expected 1 − r, and their mean for the record (see
+        :mod:`ecg_dicom.core.uncertainty`); None when the model has no variance head."""
+        if recon.sigma is None:
+            return None
+        learned = learned_leads(self.input_lead)
+        return assess(recon.sigma, recon.leads[[LEADS_12.index(lead) for lead in learned]], learned,
+                      self.calibration)
+
     def single_threaded_copy(self) -> "Reconstructor | None":
         """The same model with a runtime of its own on one thread, for a worker process
         forked from this one (a runtime's thread pool does not survive a fork); None when the
@@ -131,7 +153,9 @@ class Reconstructor:
         if not isinstance(self.runner, OnnxRunner):
             return None
         runner = OnnxRunner(self.runner.path, threads=1, batch_size=self.runner.batch_size)
-        return Reconstructor(self.checkpoint, self.device, self.batch_size, runner=runner)
+        copy = Reconstructor(self.checkpoint, self.device, self.batch_size, runner=runner)
+        copy.calibration = self.calibration
+        return copy
 
     @property
     def precision(self) -> str:
@@ -143,6 +167,11 @@ class Reconstructor:
         return self.checkpoint.input_lead
 
     @property
+    def input_leads(self) -> tuple[str, ...]:
+        """The measured lead(s) the model takes: ("I",), ("II",) or ("I", "II")."""
+        return input_leads_of(self.input_lead)
+
+    @property
     def model_version(self) -> str:
         return self.checkpoint.model_version
 
@@ -152,7 +181,7 @@ class Reconstructor:
         return len(window_starts(int(round(n_samples * pre.fs / fs)), pre.window, pre.hop))
 
     def reconstruct(self, lead_uv: np.ndarray, fs: float) -> np.ndarray:
-        """(N,) µV at ``fs`` Hz -> (12, N) float32 µV."""
+        """(N,) µV at ``fs`` Hz ((2, N): I and II for the two-lead model) -> (12, N) float32 µV."""
         return self.reconstruct_batch([lead_uv], [fs])[0].leads
 
     def start(self, leads_uv: Sequence[np.ndarray], fs: Sequence[float]) -> "ReconstructionTask":
@@ -164,7 +193,8 @@ class Reconstructor:
                           progress: Callable[[int, int], None] | None = None) -> list[Reconstruction]:
         """Reconstruct several records in shared forward passes.
 
-        leads_uv: each (N_i,) µV (already checked, see ``check_single_lead``); fs: Hz each.
+        leads_uv: each (N_i,) µV (already checked, see ``check_single_lead``), or (2, N_i) µV
+        (I, II) for the two-lead model; fs: Hz each.
         The windows are predicted :data:`CHUNK_BATCHES` forward passes at a time, so memory
         stays bounded whatever the records' lengths; ``progress(done, total)`` (model
         windows) is called after each chunk.
@@ -204,11 +234,15 @@ class Reconstructor:
         return self.count_windows(int(round(seconds * pre.fs)), pre.fs) * self.runner.flops_per_window
 
     def _predict(self, windows_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(W, L) µV windows -> (W, leads, L) mV means and log-variances (or None)."""
-        return self.runner.predict(model_features(windows_uv))
+        """(W, L) µV windows ((W, 2, L) for two input leads) -> (W, leads, L) mV means and
+        log-variances (or None)."""
+        return self.runner.predict(lead_features(windows_uv, len(self.input_leads)))
 
     def _assemble(self, lead_in: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-        """Input lead (N,) and predicted (7, N) µV -> (12, N) float32, input copied exactly."""
+        """Input lead (N,) and predicted (7, N) µV -> (12, N) float32, input copied exactly;
+        for the two-lead model input (2, N) (I, II) and predicted V1–V6 (6, N), both copied."""
+        if self.input_lead == TWO_LEAD_INPUT:
+            return assemble_12_leads(lead_in[0], lead_in[1], predicted)
         if self.input_lead == "I":
             lead_i, lead_ii = lead_in, predicted[0]
         else:
@@ -233,18 +267,24 @@ class ReconstructionTask:
         pre = reconstructor.checkpoint.preprocessing
         self.reconstructor = reconstructor
         self._window = pre.window
+        n_in = len(reconstructor.input_leads)
         self._leads = [np.asarray(x, np.float64) for x in leads_uv]
+        for x in self._leads:
+            if (x.ndim, x.shape[0] if x.ndim == 2 else 1) != ((1, 1) if n_in == 1 else (2, n_in)):
+                raise ValueError(f"a {reconstructor.input_lead} model takes {'(N,)' if n_in == 1 else f'({n_in}, N)'}"
+                                 f" µV, got shape {x.shape}")
         self._fs = [float(f) for f in fs]
         self._resampled = [resample_fs(x, f, pre.fs) for x, f in zip(self._leads, self._fs)]
         if pre.highpass_hz:
             self._resampled = [highpass(x, pre.fs, pre.highpass_hz) for x in self._resampled]
-        self._padded = [np.pad(x, (0, max(0, self._window - x.size)), mode="edge") for x in self._resampled]
+        self._padded = [np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, max(0, self._window - x.shape[-1]))], mode="edge")
+                        for x in self._resampled]
         self._order = [(rec, start) for rec, x in enumerate(self._resampled)
-                       for start in window_starts(x.size, pre.window, pre.hop)]
+                       for start in window_starts(x.shape[-1], pre.window, pre.hop)]
         self._weights = overlap_weights(pre.window)
         self._acc: list[np.ndarray | None] = [None] * len(self._leads)
         self._var: list[np.ndarray | None] = [None] * len(self._leads)
-        self._norm = [np.zeros(max(x.size, pre.window)) for x in self._resampled]
+        self._norm = [np.zeros(max(x.shape[-1], pre.window)) for x in self._resampled]
         self.total = len(self._order)
         self.done = 0
 
@@ -260,7 +300,7 @@ class ReconstructionTask:
             return 0
         window = self._window
         means, log_vars = self.reconstructor._predict(
-            np.stack([self._padded[rec][start:start + window] for rec, start in chunk]))
+            np.stack([self._padded[rec][..., start:start + window] for rec, start in chunk]))
         for k, (rec, start) in enumerate(chunk):
             if self._acc[rec] is None:
                 self._acc[rec] = np.zeros((means.shape[1], self._norm[rec].size))
@@ -280,11 +320,12 @@ class ReconstructionTask:
         results = []
         for rec, x in enumerate(self._resampled):
             acc, var, norm = self._acc[rec], self._var[rec], self._norm[rec]
-            pred_uv = resample_fs((acc / norm)[:, :x.size], pre.fs, self._fs[rec], length=self._leads[rec].size)
+            n = x.shape[-1]
+            pred_uv = resample_fs((acc / norm)[:, :n], pre.fs, self._fs[rec], length=self._leads[rec].shape[-1])
             pred_uv *= 1000.0
             results.append(Reconstruction(
                 leads=self.reconstructor._assemble(self._leads[rec], pred_uv),
-                sigma=None if var is None else np.sqrt((var / norm)[:, :x.size].mean(axis=1)) * 1000.0,
+                sigma=None if var is None else np.sqrt((var / norm)[:, :n].mean(axis=1)) * 1000.0,
             ))
             self._acc[rec] = self._var[rec] = None   # done with: free them before the next record's
         return results

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from ecg_dicom.leads import SUPPORTED_INPUT_LEADS
+from ecg_dicom.leads import MODEL_INPUTS
 
 AUTO = "auto"
-INPUT_LEAD_CHOICES: tuple[str, ...] = (*SUPPORTED_INPUT_LEADS, AUTO)
+INPUT_LEAD_CHOICES: tuple[str, ...] = (*MODEL_INPUTS, AUTO)
 # the model inputs in the order they are tried with ``auto``: name -> the source leads it needs
 PREFERENCE: tuple[tuple[str, tuple[str, ...]], ...] = (("I", ("I",)), ("II", ("II",)))
 

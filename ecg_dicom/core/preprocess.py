@@ -218,3 +218,19 @@ def model_features(windows_uv: np.ndarray) -> np.ndarray:
     scaled = min_max_scale(x)
     centred_mv = (x - np.median(x, axis=-1, keepdims=True)) / 1000.0
     return np.stack([scaled, centred_mv], axis=-2).astype(np.float32)
+
+
+def lead_features(windows_uv: np.ndarray, n_leads: int = 1) -> np.ndarray:
+    """Model input features of windows of ``n_leads`` measured leads, each lead preprocessed
+    alone as :func:`model_features` does (its own min-max scaling and its mV about its median).
+
+    n_leads 1: (..., L) µV -> (..., 2, L); n_leads 2: (..., 2, L) µV (I, II) -> (..., 4, L)
+    float32 in the order [I scaled, I mV, II scaled, II mV].
+    """
+    feats = model_features(windows_uv)
+    if n_leads == 1:
+        return feats
+    x = np.asarray(windows_uv)
+    if x.ndim < 2 or x.shape[-2] != n_leads:
+        raise ValueError(f"expected (..., {n_leads}, L) windows, got shape {x.shape}")
+    return feats.reshape(*x.shape[:-2], 2 * n_leads, x.shape[-1])

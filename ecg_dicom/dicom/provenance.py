@@ -214,13 +214,17 @@ def notice_text(input_lead: str, model_version: str, source: Dataset | None,
                 attributes: Mapping[str, str] | None = None, source_complete: bool = False) -> str:
     """The "not for diagnosis" sentence every object carries (annotation, contribution).
     ``source_complete``: the source holds all 12 leads, measured (then said so)."""
+    measured = f"lead {input_lead}" if input_lead in ("I", "II") else f"leads {input_lead.replace('+', ' and ')}"
     if source_complete:
-        notice = (f"AI-reconstructed 12-lead ECG from lead {input_lead}: the source holds all 12 measured leads"
-                  f" (read them there); the other 11 leads here were reconstructed by {MODEL_NAME}"
+        notice = (f"AI-reconstructed 12-lead ECG from {measured}: the source holds all 12 measured leads"
+                  f" (read them there); the other leads here were reconstructed by {MODEL_NAME}"
                   f" {model_version}. NOT FOR DIAGNOSIS.")
-    else:
+    elif input_lead in ("I", "II"):
         notice = (f"AI-reconstructed 12-lead ECG: only lead {input_lead} was acquired; the other 11"
                   f" leads were reconstructed by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
+    else:  # the two-lead model: I and II measured, the limb leads exact, V1-V6 learned
+        notice = (f"AI-reconstructed 12-lead ECG: only {measured} were acquired; III, aVR, aVL, aVF computed"
+                  f" from them, V1-V6 reconstructed by {MODEL_NAME} {model_version}. NOT FOR DIAGNOSIS.")
     if patient_unknown(source, attributes):
         notice += " Patient unknown (no patient identification came with the input)."
     source_uid = source.get("SOPInstanceUID") if source is not None else None

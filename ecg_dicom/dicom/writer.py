@@ -78,7 +78,7 @@ from ecg_dicom.dicom.provenance import (
     uid_anchor,
 )
 from ecg_dicom.files import safe_stem, write_bytes_atomic
-from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, SUPPORTED_INPUT_LEADS
+from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, MODEL_INPUTS, input_leads_of
 
 MIN_FS_HZ = 200.0
 MAX_FS_HZ = 1000.0
@@ -167,12 +167,13 @@ def _multiplex_group(leads: list[str], signals_uv: np.ndarray, fs: float, origin
 
 def _derivation(lead: str, input_lead: str, sigma_uv: float | None) -> str:
     """Channel Derivation Description (LO, <= 64 characters) of a lead we did not measure."""
+    source = "leads I and II" if input_lead not in ("I", "II") else f"lead {input_lead}"
     if sigma_uv is None:
         return ("Computed from leads I and II (Einthoven/Goldberger)" if lead in DERIVED_LIMB_LEADS
-                else f"Predicted from lead {input_lead} by an AI model")
+                else f"Predicted from {source} by an AI model")
     sigma = f"; sigma {sigma_uv:.0f} uV"
     return (f"Computed from I and II (Einthoven/Goldberger){sigma}" if lead in DERIVED_LIMB_LEADS
-            else f"Predicted from lead {input_lead} by an AI model{sigma}")
+            else f"Predicted from {source} by an AI model{sigma}")
 
 
 def _annotation(group_number: int, text: str) -> Dataset:
@@ -185,18 +186,20 @@ def _annotation(group_number: int, text: str) -> Dataset:
 def build_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input_lead: str,
                        source: Dataset | None, content_hash: str | None,
                        now: datetime | None = None, attributes: Mapping[str, str] | None = None,
-                       quality_text: str | None = None, sigma_uv: dict[str, float] | None = None) -> list[Dataset]:
+                       quality_text: str | None = None, sigma_uv: dict[str, float] | None = None,
+                       uncertainty_text: str | None = None) -> list[Dataset]:
     """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction
     (:func:`iter_ecg_datasets`, all at once)."""
     return list(iter_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash, now, attributes,
-                                  quality_text, sigma_uv))
+                                  quality_text, sigma_uv, uncertainty_text))
 
 
 def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input_lead: str,
                       source: Dataset | None, content_hash: str | None,
                       now: datetime | None = None, attributes: Mapping[str, str] | None = None,
                       quality_text: str | None = None,
-                      sigma_uv: dict[str, float] | None = None, source_complete: bool = False) -> Iterator[Dataset]:
+                      sigma_uv: dict[str, float] | None = None, source_complete: bool = False,
+                      uncertainty_text: str | None = None) -> Iterator[Dataset]:
     """Build the 12-Lead ECG Waveform Storage object(s) for one reconstruction, one part at a
     time (an hour-long record is ~110 objects: only one is built in memory at once).
 
@@ -205,7 +208,7 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
     leads_uv : (12, N) array, µV, in LEADS_12 order (input lead included as given).
     fs : sampling frequency of ``leads_uv`` in Hz (resampled to 200–1000 Hz if outside).
     model_version : the reconstructing model's version (provenance and UIDs).
-    input_lead : the lead that was acquired ("I" or "II"); the other 11 are derived.
+    input_lead : the lead(s) acquired ("I", "II", or "I+II": both); the others are derived.
     source : the source DICOM object, or None for a .npy input.
     content_hash : sha256 of the input file; the UID anchor when there is no source.
     now : the conversion time (ContentDate/Time), default the current local time.
@@ -217,6 +220,9 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
         the notice say so (a PACS shows this result beside the real one).
     sigma_uv : the model's RMS uncertainty (µV) per lead not measured, written into each
         channel's derivation description ("...; sigma 85 uV").
+    uncertainty_text : the record's reconstruction uncertainty in words ("Reconstruction
+        uncertainty 0.42 (threshold 0.35): V2–V4 unreliable for this record"), an annotation
+        on group 2 (the AI leads).
 
     Yields
     ------
@@ -231,8 +237,10 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
         raise ValueError(f"leads_uv must be (12, N) with N > 0, got {leads_uv.shape}")
     if not np.all(np.isfinite(leads_uv)):
         raise ValueError("leads_uv holds NaN or infinite values")
-    if input_lead not in SUPPORTED_INPUT_LEADS:
-        raise ValueError(f"input lead {input_lead!r} is not one of {SUPPORTED_INPUT_LEADS}")
+    if input_lead not in MODEL_INPUTS:
+        raise ValueError(f"input lead {input_lead!r} is not one of {MODEL_INPUTS}")
+    measured = list(input_leads_of(input_lead))
+    measured_text = " and ".join(measured)
     if not (fs > 0 and math.isfinite(fs)):
         raise ValueError(f"sampling frequency must be a positive number, got {fs!r}")
     anchor = uid_anchor(source, content_hash)
@@ -245,7 +253,7 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
         leads_uv = resample_fs(leads_uv, fs, fs_out)
     parts = split_bounds(leads_uv.shape[1])
 
-    others = [lead for lead in LEADS_12 if lead != input_lead]
+    others = [lead for lead in LEADS_12 if lead not in measured]
     derivations: list[str | None] = [_derivation(lead, input_lead, (sigma_uv or {}).get(lead)) for lead in others]
     input_derivation = f"Resampled from {fs:g} Hz (linear interpolation)" if resampled else None
     notice = notice_text(input_lead, model_version, source, attributes, source_complete)
@@ -269,15 +277,18 @@ def iter_ecg_datasets(leads_uv: np.ndarray, fs: float, model_version: str, input
         ds.AcquisitionDateTime = format_dt(acquired + timedelta(seconds=start / fs_out))
         segment = np.asarray(leads_uv[:, start:stop], dtype=np.float64)
         ds.WaveformSequence = Sequence([
-            _multiplex_group([input_lead], segment[[LEADS_12.index(input_lead)]], fs_out,
-                             "DERIVED" if resampled else "ORIGINAL", "INPUT LEAD", [input_derivation]),
+            _multiplex_group(measured, segment[[LEADS_12.index(lead) for lead in measured]], fs_out,
+                             "DERIVED" if resampled else "ORIGINAL", "INPUT LEAD" if len(measured) == 1 else "INPUT LEADS",
+                             [input_derivation] * len(measured)),
             _multiplex_group(others, segment[[LEADS_12.index(lead) for lead in others]], fs_out,
                              "DERIVED", AI_GROUP_LABEL, derivations),
         ])
         ds.WaveformAnnotationSequence = Sequence([
-            _annotation(1, f"Lead {input_lead} as acquired (the model's input).{part_text}"),
+            _annotation(1, f"Lead{'s' if len(measured) > 1 else ''} {measured_text} as acquired"
+                           f" (the model's input).{part_text}"),
             _annotation(2, notice + part_text),
-        ] + ([_annotation(1, quality_text[:1024])] if quality_text else []))
+        ] + ([_annotation(1, quality_text[:1024])] if quality_text else [])
+          + ([_annotation(2, uncertainty_text[:1024])] if uncertainty_text else []))
         yield add_file_meta(ds)
 
 
@@ -285,7 +296,7 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
                     model_version: str, input_lead: str, source: Dataset | None,
                     content_hash: str | None, attributes: Mapping[str, str] | None = None,
                     quality_text: str | None = None, sigma_uv: dict[str, float] | None = None,
-                    source_complete: bool = False) -> list[Path]:
+                    source_complete: bool = False, uncertainty_text: str | None = None) -> list[Path]:
     """Build (see :func:`build_ecg_datasets`) and write the object(s) atomically.
 
     leads_uv: (12, N) µV. Writes ``<out_dir>/<stem>.dcm``, or ``<stem>_001.dcm``,
@@ -297,7 +308,7 @@ def write_ecg_dicom(out_dir: str | Path, stem: str, leads_uv: np.ndarray, fs: fl
     names = dicom_file_names(stem, np.shape(leads_uv)[-1], fs)
     datasets = iter_ecg_datasets(leads_uv, fs, model_version, input_lead, source, content_hash,
                                  attributes=attributes, quality_text=quality_text, sigma_uv=sigma_uv,
-                                 source_complete=source_complete)
+                                 source_complete=source_complete, uncertainty_text=uncertainty_text)
     paths = []
     for name, ds in zip(names, datasets, strict=True):
         buffer = BytesIO()

@@ -13,6 +13,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import file_sha256
 from ecg_dicom.core.leadchoice import AUTO, model_leads
@@ -22,6 +24,7 @@ from ecg_dicom.inputs.demographics import merge_sidecar
 from ecg_dicom.inputs.dicom import DICOM_MAGIC_OFFSET, is_dicom_file, read_dicom_input
 from ecg_dicom.inputs.npy import NPY_MAGIC, _NPY_HEADER_ERRORS, _npy_data_bytes, _npy_header, is_npy_file, \
     read_npy_array, read_npy_input
+from ecg_dicom.leads import input_leads_of
 from ecg_dicom.logsafe import wire
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits, check_input_bytes
 from ecg_dicom.inputs.scp import is_scp_file
@@ -154,7 +157,7 @@ def _wfdb_incomplete(path: Path) -> str | None:
 def load_lead(path: str | Path, input_lead: str = "I", fs: float = NPY_DEFAULT_FS, units: str = "uV",
               limits: Limits = DEFAULT_LIMITS, gated: bool = True,
               models: tuple[str, ...] | None = None, signal_dir: str | Path | None = None,
-              fs_source: str = FS_GIVEN) -> LeadInput:
+              fs_source: str = FS_GIVEN, rows: tuple[str, ...] | None = None) -> LeadInput:
     """Read ``input_lead`` from ``path`` and check it.
 
     ``input_lead`` "auto": a source holding several leads gives the lead the model does best
@@ -162,7 +165,11 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = NPY_DEFAULT_F
     here whatever ``gated`` says (:func:`ecg_dicom.inputs.base.choose_lead`); a one-lead
     source gives lead I.
 
-    A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz; a DICOM file is
+    ``input_lead`` "I+II" (the two-lead model): I and II as (2, N), from a .npy whose sidecar
+    names its ``rows``, or from any source holding both.
+
+    A .npy is one lead (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz, or ``(K, N)`` with
+    ``rows`` naming its leads (the two-lead model takes (2, N), I and II); a DICOM file is
     recognised by content and read with :func:`ecg_dicom.dicom.reader.read_dicom_lead`
     (its own sampling rate and units); a vendor file (GE MUSE, Philips, HL7 aECG XML, SCP-ECG,
     a WFDB header whose signal files are in ``signal_dir``, default beside it) by its reader,
@@ -185,26 +192,43 @@ def load_lead(path: str | Path, input_lead: str = "I", fs: float = NPY_DEFAULT_F
     if size == 0:
         raise InputError("empty file (0 bytes)")
     auto = input_lead == AUTO
+    wanted = input_leads_of(input_lead) if not auto else ("I",)
     lead = "I" if auto else input_lead  # auto: read lead I, then choose among the source's leads
     if kind == "npy":
-        item = read_npy_input(path, lead, fs, units, limits)
+        item = read_npy_input(path, lead, fs, units, limits, rows)
     elif kind == "dicom":
         item = _read_dicom_auto(path, limits) if auto else read_dicom_input(path, input_lead, limits)
     elif kind == "wfdb":
-        item = _read_wfdb_input(path, lead, limits, signal_dir)
+        item = _read_wfdb_input(path, wanted[0], limits, signal_dir)
     elif kind == "scp":
-        item = _read_scp_input(path, lead, limits)
+        item = _read_scp_input(path, wanted[0], limits)
     elif kind is not None:
-        item = _read_xml_input(path, kind, lead, limits)
+        item = _read_xml_input(path, kind, wanted[0], limits)
     else:
         raise InputError("neither a .npy array nor a DICOM file nor a vendor ECG (no NUMPY magic, no DICM "
                          "preamble, no GE MUSE / Philips Sierra / HL7 aECG XML root, no WFDB record line, no SCP-ECG "
                          "section 0)")
     item.fs_source = fs_source if kind == "npy" else FS_FROM_DICOM if kind == "dicom" else FS_FROM_FILE
+    if len(wanted) > 1 and kind not in ("npy", "dicom"):  # a vendor file: the leads from all it holds
+        item = _with_leads(item, input_lead, wanted)
     if auto and item.source_leads:
         return choose_lead(item, models if models is not None else model_leads(AUTO))
     if gated:
         item.quality = gate(item.signal_uv, item.fs, item.lead)
+    return item
+
+
+def _with_leads(item: LeadInput, input_lead: str, wanted: tuple[str, ...]) -> LeadInput:
+    """``item`` (read for its first lead) given every lead of ``wanted`` from its source's
+    leads, as the (K, N) input of a multi-lead model."""
+    from ecg_dicom.core.preprocess import check_single_lead
+
+    leads = item.source_leads or {}
+    missing = [name for name in wanted if name not in leads]
+    if missing:
+        raise InputError(f"the model takes leads {' and '.join(wanted)}; the source holds no lead {missing[0]}")
+    item.signal_uv = np.stack([check_single_lead(leads[name], item.fs, "uV") for name in wanted])
+    item.lead = input_lead
     return item
 
 
@@ -299,7 +323,7 @@ def load_input(path: str | Path, input_lead: str, fs: float = NPY_DEFAULT_FS, un
     if params.lead is not None and params.lead != input_lead:
         raise InputError(f"sidecar says lead {params.lead}; the model in use takes lead {input_lead}")
     item = load_lead(path, input_lead, params.fs or fs, params.units or units, limits, gated, models, signal_dir,
-                     FS_FROM_SIDECAR if params.fs else fs_source)
+                     FS_FROM_SIDECAR if params.fs else fs_source, params.leads)
     if item.kind in VENDOR_KINDS:
         if params.fs is not None or params.units is not None:
             raise InputError(f"sidecar .json gives fs or units, but this {item.kind} file states its own rate and "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecg_dicom.core.quality import QualityReport, assess_quality, assess_quality_many
+from ecg_dicom.core.quality import Flag, QualityReport, assess_quality, assess_quality_many
 from ecg_dicom.errors import InputError, SignalQualityError
 from ecg_dicom.sidecar import Sidecar
 
@@ -38,7 +38,8 @@ NPY_DEFAULT_FS = 500.0  # Hz: the rate of a .npy nothing says the rate of
 class LeadInput:
     """One lead ready for the model.
 
-    signal_uv: (N,) float64 µV; fs: Hz; lead: "I" or "II"; dataset: the source DICOM
+    signal_uv: (N,) float64 µV, or (2, N) (I, II) for the two-lead model; fs: Hz; lead:
+    "I", "II" or "I+II" (the lead(s) the model is given); dataset: the source DICOM
     object (None for the other formats); content_hash: sha256 hex of the file's bytes (a
     WFDB record's: of its header and signal files; deterministic output UIDs without a
     DICOM source); kind: "npy", "dicom", "muse", "philips", "aecg", "wfdb" or "scp";
@@ -121,9 +122,29 @@ def refuse_links(path: str | Path) -> None:
 
 
 def gate(signal_uv: np.ndarray, fs: float, lead: str | None = None) -> QualityReport:
-    """Run the signal-quality gate on a checked lead (named ``lead`` in the reason); raise
-    SignalQualityError on "reject"."""
-    return _verdict(assess_quality(signal_uv, fs), lead)
+    """Run the signal-quality gate on a checked lead ((N,), named ``lead`` in the reason; or
+    (2, N): I and II, each judged); raise SignalQualityError on "reject"."""
+    return _verdict(assess(signal_uv, fs), None if np.ndim(signal_uv) == 2 else lead)
+
+
+TWO_LEAD_NAMES = ("I", "II")
+
+
+def assess(signal_uv: np.ndarray, fs: float) -> QualityReport:
+    """The gate's measures of one lead (N,), or of I and II (2, N) merged into one verdict."""
+    if np.ndim(signal_uv) == 2:
+        return merge_reports([assess_quality(row, fs) for row in signal_uv], TWO_LEAD_NAMES)
+    return assess_quality(signal_uv, fs)
+
+
+def merge_reports(reports: Sequence[QualityReport], names: Sequence[str]) -> QualityReport:
+    """One verdict on several measured leads: the worst status, every flag with its lead
+    named ("lead II: ..."), the measures keyed "<lead>:<measure>"."""
+    order = ("ok", "warn", "reject")
+    status = max((r.status for r in reports), key=order.index)
+    flags = [Flag(f.code, f.severity, f"lead {name}: {f.text}") for r, name in zip(reports, names) for f in r.flags]
+    measures = {f"{name}:{key}": value for r, name in zip(reports, names) for key, value in r.measures.items()}
+    return QualityReport(status, flags, measures)
 
 
 def _verdict(report: QualityReport, lead: str | None = None) -> QualityReport:
@@ -144,11 +165,18 @@ def gate_many(leads: Sequence[LeadInput]) -> list[InputError | None]:
     10 s ECG than one at a time). Sets each accepted lead's ``quality``; returns, per lead,
     None or the error that refuses it (a SignalQualityError; an InputError naming the failure
     if the gate itself failed on that lead, which then costs no other lead). A lead gated
-    already (its ``quality`` set, as the choice of input lead does) is left as it is."""
+    already (its ``quality`` set, as the choice of input lead does) is left as it is; a
+    two-lead input (2, N) has each of its leads measured and one verdict."""
     done = [lead.quality is not None for lead in leads]
     todo = [lead for lead, gated in zip(leads, done) if not gated]
+    rows = [(i, row) for i, lead in enumerate(todo)
+            for row in (lead.signal_uv if np.ndim(lead.signal_uv) == 2 else [lead.signal_uv])]
     try:
-        measured = assess_quality_many([lead.signal_uv for lead in todo], [lead.fs for lead in todo])
+        flat = assess_quality_many([row for _, row in rows], [todo[i].fs for i, _ in rows])
+        measured = []
+        for i in range(len(todo)):
+            mine = [rep for (k, _), rep in zip(rows, flat) if k == i]
+            measured.append(mine[0] if len(mine) == 1 else merge_reports(mine, TWO_LEAD_NAMES))
         reports: list[QualityReport] | None = [lead.quality if lead.quality is not None else measured.pop(0)
                                                for lead in leads]
     except Exception:  # noqa: BLE001 - one lead breaking the batch: gate each on its own
@@ -160,8 +188,8 @@ def gate_many(leads: Sequence[LeadInput]) -> list[InputError | None]:
             if done[i]:
                 refusals.append(None)
                 continue
-            lead.quality = _verdict(reports[i] if reports is not None else assess_quality(lead.signal_uv, lead.fs),
-                                    lead.lead)
+            lead.quality = _verdict(reports[i] if reports is not None else assess(lead.signal_uv, lead.fs),
+                                    None if np.ndim(lead.signal_uv) == 2 else lead.lead)
             refusals.append(None)
         except InputError as exc:
             refusals.append(exc)

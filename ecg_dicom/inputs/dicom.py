@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ecg_dicom.core.preprocess import check_single_lead
 from ecg_dicom.files import file_sha256
+from ecg_dicom.errors import InputError
 from ecg_dicom.inputs.base import LeadInput
+from ecg_dicom.leads import input_leads_of
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 
 DICOM_MAGIC_OFFSET = 128
@@ -21,14 +25,25 @@ def is_dicom_file(path: str | Path) -> bool:
 
 def read_dicom_input(path: Path, input_lead: str, limits: Limits = DEFAULT_LIMITS) -> LeadInput:
     """``input_lead`` of a DICOM waveform object (its own rate and units), checked, not gated;
+    for the two-lead model ``I+II`` both leads, (2, N) µV, from the same multiplex group;
     ``source_leads``: every standard lead of its rhythm data at that rate and length (None
     when it holds only the one)."""
     from ecg_dicom.dicom.reader import read_dicom_lead, read_dicom_leads
 
-    lead = read_dicom_lead(path, input_lead, limits)
+    wanted = input_leads_of(input_lead)
+    lead = read_dicom_lead(path, wanted[0], limits)
     signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
+    if len(wanted) > 1:
+        rows = [signal]
+        for name in wanted[1:]:
+            other = read_dicom_lead(lead.dataset, name, limits)
+            if other.fs != lead.fs or other.signal_uv.size != lead.signal_uv.size:
+                raise InputError(f"leads {wanted[0]} and {name} differ in rate or length"
+                                 f" ({lead.fs:g} Hz x {lead.signal_uv.size}, {other.fs:g} Hz x {other.signal_uv.size})")
+            rows.append(check_single_lead(other.signal_uv, other.fs, "uV"))
+        signal = np.stack(rows)
     leads = read_dicom_leads(lead.dataset, limits)
     if leads.get(lead.lead) is None or leads[lead.lead].shape != lead.signal_uv.shape:
         leads = {}
-    return LeadInput(signal, float(lead.fs), lead.lead, lead.dataset, file_sha256(path), "dicom",
+    return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom",
                      source_leads=leads if len(leads) > 1 else None)

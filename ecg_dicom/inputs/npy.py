@@ -13,6 +13,7 @@ from ecg_dicom.core.preprocess import check_single_lead
 from ecg_dicom.errors import InputError
 from ecg_dicom.files import file_sha256
 from ecg_dicom.inputs.base import LeadInput
+from ecg_dicom.leads import input_leads_of
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 from ecg_dicom.logsafe import wire
 
@@ -55,7 +56,7 @@ def read_npy_array(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndar
     if dtype.kind not in "iuf":
         raise InputError(f"not a numeric array (dtype kind {dtype.kind!r}): one lead of numbers expected")
     n = int(np.prod(shape, dtype=object)) if shape else 1
-    if n > limits.max_samples_per_channel:
+    if (shape[-1] if len(shape) == 2 and 0 < shape[0] <= 2 else n) > limits.max_samples_per_channel:
         raise InputError(f"too large: {n} samples (shape {shape}), at most {limits.max_samples_per_channel} "
                          "for one lead (limits.max_samples_per_channel)")
     if size < offset + _npy_data_bytes(shape, dtype):
@@ -70,7 +71,37 @@ def read_npy_array(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndar
 
 
 
-def read_npy_input(path: Path, input_lead: str, fs: float, units: str, limits: Limits = DEFAULT_LIMITS) -> LeadInput:
-    """A one-lead ``.npy`` (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz, checked, not gated."""
-    signal = check_single_lead(read_npy_array(path, limits), fs, units)
-    return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy")
+def read_npy_input(path: Path, input_lead: str, fs: float, units: str, limits: Limits = DEFAULT_LIMITS,
+                   rows: tuple[str, ...] | None = None) -> LeadInput:
+    """A one-lead ``.npy`` (``(N,)`` or ``(1, N)``) in ``units`` at ``fs`` Hz, checked, not gated.
+
+    ``rows``: the sidecar's ``leads``, naming the rows of a ``(K, N)`` array; the model's
+    lead(s) are taken from it: ``(2, N)`` (I, II) for the two-lead model ``I+II``, which needs
+    them (a two-lead array without its sidecar ``leads`` is refused: its rows could be anything).
+    Every row is checked; a bad one is refused naming its lead.
+    """
+    array = read_npy_array(path, limits)
+    wanted = input_leads_of(input_lead)
+    if rows is None:
+        if len(wanted) > 1:
+            raise InputError(f"the {input_lead} model takes both leads: a ({len(wanted)}, N) .npy with a sidecar"
+                             f' naming its rows, {{"leads": ["I", "II"]}}')
+        return LeadInput(check_single_lead(array, fs, units), float(fs), input_lead, None, file_sha256(path), "npy")
+    if array.ndim == 1 and len(rows) == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[0] != len(rows):
+        raise InputError(f"shape {tuple(array.shape)} does not match the sidecar's {len(rows)} leads"
+                         f" ({', '.join(rows)}): expected ({len(rows)}, N)")
+    missing = [lead for lead in wanted if lead not in rows]
+    if missing:
+        raise InputError(f"the sidecar names leads {', '.join(rows)}; the model in use takes"
+                         f" {' and '.join(wanted)} (no lead {missing[0]})")
+    checked = {}
+    for name, row in zip(rows, array):
+        try:
+            checked[name] = check_single_lead(row, fs, units)
+        except InputError as exc:
+            raise InputError(f"lead {name}: {exc}") from None
+    signal = checked[wanted[0]] if len(wanted) == 1 else np.stack([checked[lead] for lead in wanted])
+    return LeadInput(signal, float(fs), input_lead, None, file_sha256(path), "npy",
+                     source_leads=checked if len(rows) > 1 else None)

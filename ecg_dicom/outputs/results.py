@@ -24,10 +24,11 @@ import numpy as np
 
 from ecg_dicom.core.accuracy import source_accuracy, source_complete
 from ecg_dicom.core.inference import Reconstruction, Reconstructor
+from ecg_dicom.core.uncertainty import RecordUncertainty
 from ecg_dicom.dicom.codes import MODEL_NAME
 from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
-from ecg_dicom.leads import LEADS_12, lead_uncertainties, learned_leads
+from ecg_dicom.leads import LEADS_12, input_leads_of, lead_uncertainties, learned_leads
 
 OUTPUT_FORMATS = ("npy", "dicom", "both")
 PAPER_SIZES = ("A4", "Letter")
@@ -36,8 +37,11 @@ HEADER_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Ac
                "Manufacturer", "ManufacturerModelName", "InstitutionName")
 
 
-def confidence_report(recon: Reconstruction, input_lead: str) -> dict:
-    """Per learned lead: the model's RMS uncertainty (µV) and the same relative to the lead's std.
+def confidence_report(recon: Reconstruction, input_lead: str, uncertainty: RecordUncertainty | None = None) -> dict:
+    """Per learned lead: the model's RMS uncertainty (µV), the same relative to the lead's std
+    and, with ``uncertainty``, the calibrated ``uncertainty`` (expected 1 − r); at the top,
+    ``record_uncertainty`` (expected 1 − mean r over the learned leads; larger = less
+    reliable), the model's threshold for it and the leads named unreliable, in words.
 
     A lower ``relative_uncertainty`` means a more reliable lead. σ is what the variance
     head predicts (for an ensemble: the members' variance plus their spread), validated
@@ -51,7 +55,14 @@ def confidence_report(recon: Reconstruction, input_lead: str) -> dict:
         std = float(np.std(recon.leads[LEADS_12.index(name)]))
         leads[name] = {"sigma_uv": round(float(sigma), 2),
                        "relative_uncertainty": round(float(sigma) / std, 4) if std > 0 else None}
-    return {"available": True, "leads": leads}
+        if uncertainty is not None:
+            leads[name]["uncertainty"] = round(uncertainty.leads[name], 4)
+    if uncertainty is None:
+        return {"available": True, "leads": leads}
+    record = uncertainty.to_json()
+    return {"available": True, "record_uncertainty": record["record_uncertainty"],
+            "record_uncertainty_threshold": record["threshold"], "above_threshold": record["above_threshold"],
+            "unreliable_leads": record["unreliable_leads"], "summary": record["text"], "leads": leads}
 
 
 def result_file_names(stem: str, n_samples: int, fs: float, output_format: str, confidence: bool,
@@ -108,16 +119,19 @@ def result_metadata(item: LeadInput, recon: Reconstruction, reconstructor: Recon
     else:
         header = {k: str(v) for k, v in attributes.items() if k in HEADER_KEYS and v}
     sigma = lead_uncertainties(recon.sigma, reconstructor.input_lead) if recon.sigma is not None else None
+    uncertainty = reconstructor.uncertainty(recon)
     return {
         "fs": float(item.fs),
         "fs_source": item.fs_source or None,  # DICOM header, sidecar, given (--fs), assumed (no sidecar)
         "lead": reconstructor.input_lead,
+        "input_leads": list(input_leads_of(reconstructor.input_lead)),  # the lead(s) the model was given
         "input_lead": reconstructor.input_lead,
         "units": "uV",
         "leads": list(LEADS_12),
         "model": MODEL_NAME,
         "model_version": reconstructor.model_version,
         "sigma_uv": None if sigma is None else {k: round(v, 2) for k, v in sigma.items()},
+        "uncertainty": None if uncertainty is None else uncertainty.to_json(),
         "quality": item.quality.to_json() if item.quality is not None else None,
         **header,
         **({"source_leads": sorted(item.source_leads, key=_lead_order),
@@ -156,11 +170,13 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
 
         waveforms = write_ecg_dicom(output_dir, stem, recon.leads, item.fs, reconstructor.model_version,
                                     reconstructor.input_lead, item.dataset, anchor, attributes,
-                                    quality_text=quality_text, sigma_uv=meta["sigma_uv"], source_complete=complete)
+                                    quality_text=quality_text, sigma_uv=meta["sigma_uv"], source_complete=complete,
+                                    uncertainty_text=(meta["uncertainty"] or {}).get("text"))
         written += waveforms
     written.append(write_bytes_atomic(output_dir / f"{stem}.json", json.dumps(meta, indent=2).encode()))
     if confidence:
-        text = json.dumps(confidence_report(recon, reconstructor.input_lead), indent=2)
+        text = json.dumps(confidence_report(recon, reconstructor.input_lead, reconstructor.uncertainty(recon)),
+                          indent=2)
         written.append(write_bytes_atomic(output_dir / f"{stem}.confidence.json", text.encode()))
     if report:
         from ecg_dicom.report import render, report_data_from_metadata

@@ -30,6 +30,8 @@ def report_data_from_metadata(leads_uv: np.ndarray, meta: dict) -> ReportData:
         header=header,
         sigma_uv={str(k): float(v) for k, v in meta["sigma_uv"].items()} if meta.get("sigma_uv") else None,
         quality=QualityReport.from_json(quality) if isinstance(quality, dict) else None,
+        uncertainty_text=str(meta["uncertainty"]["text"]) if isinstance(meta.get("uncertainty"), dict)
+        and meta["uncertainty"].get("text") else None,
         source_complete=meta.get("source_complete") is True,
         fs_source=str(meta["fs_source"]) if meta.get("fs_source") else None,
     )

@@ -38,7 +38,7 @@ import numpy as np
 
 from ecg_dicom.core.preprocess import highpass
 from ecg_dicom.core.quality import RR_IRREGULAR, QualityReport, rhythm
-from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12
+from ecg_dicom.leads import DERIVED_LIMB_LEADS, LEADS_12, input_leads_of
 
 PAPER_MM: dict[str, tuple[float, float]] = {"A4": (297.0, 210.0), "Letter": (279.4, 215.9)}
 MM_PER_S = 25.0
@@ -77,7 +77,8 @@ class ReportData:
     PatientSex, AcquisitionDateTime, Manufacturer, ManufacturerModelName, InstitutionName);
     sigma_uv: the model's RMS uncertainty per AI lead (µV) or None; quality: the gate's
     report or None; source_complete: the source holds all 12 leads, measured; fs_source: where
-    the rate came from (``assumed (no sidecar)`` is printed beside it), or None.
+    the rate came from (``assumed (no sidecar)`` is printed beside it), or None. uncertainty_text: the
+    record's reconstruction uncertainty in words, or None.
     """
 
     leads_uv: np.ndarray
@@ -91,11 +92,12 @@ class ReportData:
     source_complete: bool = False
     fs_source: str | None = None
     recorded: bool = False
+    uncertainty_text: str | None = None
 
     @property
     def rhythm_lead(self) -> str:
         """The lead of the rhythm strip: the measured one (II for a recorded 12-lead ECG)."""
-        return "II" if self.recorded else self.input_lead
+        return "II" if self.recorded or self.input_lead not in LEADS_12 else self.input_lead
 
     @property
     def shown_s(self) -> tuple[float, float]:
@@ -144,9 +146,12 @@ def header_lines(data: ReportData) -> list[str]:
     elif data.source_complete:
         model = (f"Source holds all 12 measured leads (read them there). Here: lead {data.input_lead} measured;"
                  f" 11 by {data.model_name} {data.model_version}")
-    else:
+    elif len(_measured(data)) == 1:
         model = (f"Measured: lead {data.input_lead} only. Other 11 leads: {data.model_name},"
                  f" model version {data.model_version}")
+    else:
+        model = (f"Measured: leads {' and '.join(_measured(data))} (III, aVR, aVL, aVF computed from them)."
+                 f" V1-V6: {data.model_name}, model version {data.model_version}")
     return [patient, source, model, rhythm_line(data)]
 
 
@@ -171,7 +176,16 @@ def _rate_note(fs_source: str | None) -> str:
     return " (ASSUMED: nothing gave the rate)" if fs_source and fs_source.startswith("assumed") else ""
 
 
+def _measured(data: ReportData) -> tuple[str, ...]:
+    """The lead(s) measured: ("I",), ("II",) or ("I", "II") for the two-lead model."""
+    try:
+        return input_leads_of(data.input_lead)
+    except ValueError:
+        return (data.input_lead,)
+
+
 def _quality_line(quality: QualityReport | None, input_lead: str) -> tuple[str, str]:
+    input_lead = input_lead.replace("+", " and ")
     if quality is None:
         return f"Signal quality of lead {input_lead}: not assessed", MEASURED_COLOUR
     if not quality.flags:
@@ -206,8 +220,10 @@ def _lead_label(data: ReportData, lead: str, rhythm: bool = False) -> tuple[str,
                                    f"  (rhythm strip, {shown:.4g} s)")
     if data.recorded:
         return f"{lead}{strip}", MEASURED_COLOUR
-    if lead == data.input_lead:
+    if lead in _measured(data):
         return f"{lead}  measured{strip}", MEASURED_COLOUR
+    if lead in DERIVED_LIMB_LEADS and len(_measured(data)) > 1:  # from two measured leads: exact
+        return f"{lead}  calc. from I, II", MEASURED_COLOUR
     kind = "AI, calc." if lead in DERIVED_LIMB_LEADS else "AI"
     sigma = (data.sigma_uv or {}).get(lead)
     conf = f"  σ {sigma / 1000:.2f} mV" if sigma is not None else "  σ n/a"
@@ -276,7 +292,13 @@ def draw_page(data: ReportData, paper: str = "A4"):
             color=banner_colour, zorder=3)
     lines = [(line, MEASURED_COLOUR) for line in header_lines(data)]
     text, colour = _quality_line(data.quality, data.input_lead)
-    lines += [(part, colour) for part in textwrap.wrap(text, QUALITY_CHARS)[:2]]
+    quality = textwrap.wrap(text, QUALITY_CHARS)
+    if data.uncertainty_text:  # six lines fit above the grid: the quality gets one, the uncertainty the last
+        lines.append((quality[0] if len(quality) == 1 else quality[0][:QUALITY_CHARS - 1] + "…", colour))
+        flagged = "unreliable" in data.uncertainty_text or "caution" in data.uncertainty_text
+        lines.append((data.uncertainty_text[:QUALITY_CHARS], WARN_COLOUR if flagged else AI_COLOUR))
+    else:
+        lines += [(part, colour) for part in quality[:2]]
     for k, (line, colour) in enumerate(lines):
         ax.text(x0, height - 18.5 - HEADER_STEP_MM * k, line, ha="left", va="center", fontsize=HEADER_PT,
                 color=colour, zorder=3, weight="bold" if colour != MEASURED_COLOUR or k == 3 else "normal")
@@ -294,7 +316,7 @@ def draw_page(data: ReportData, paper: str = "A4"):
         label, colour = _lead_label(data, lead, strip)
         x_start = x0 + CAL_MM + dx
         ax.text(x_start + 1.0, baseline + 12.5, label, fontsize=LABEL_PT, color=colour, ha="left", va="bottom",
-                zorder=4, weight="bold" if lead == data.input_lead or data.recorded else "normal",
+                zorder=4, weight="bold" if lead in _measured(data) or data.recorded else "normal",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.6})
         if dx > 0:  # the column boundary, as carts mark it
             ax.plot([x_start, x_start], [baseline - 3, baseline + 3], color=MEASURED_COLOUR, linewidth=0.6,

@@ -151,7 +151,9 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     for lead in model_leads(settings.input_lead):  # input_lead auto: one model per lead it may choose
         model = Reconstructor.from_checkpoint(settings.checkpoint, input_lead=lead, device=settings.device,
                                               precision=settings.precision, threads=settings.torch_threads)
-        model.reconstruct(WARM_UP_LEAD_UV, WARM_UP_FS)  # first call pays the runtime's lazy set-up
+        n_in = len(model.input_leads)  # the two-lead model takes (2, N)
+        warm_up = WARM_UP_LEAD_UV if n_in == 1 else np.tile(WARM_UP_LEAD_UV, (n_in, 1))
+        model.reconstruct(warm_up, WARM_UP_FS)  # first call pays the runtime's lazy set-up
         LOG.info("model %s loaded (input lead %s, %s on %s, %d threads)", model.model_version,
                  model.input_lead, model.precision, settings.device, settings.torch_threads)
         models[lead] = model

@@ -225,7 +225,7 @@ class Worker:
                 LOG.exception("%s: unexpected error while reading", job.tag)
                 self.reject(job, f"unreadable input ({type(exc).__name__}: {wire(exc)})")
                 continue
-            if self.model_for(inp).count_windows(inp.signal_uv.size, inp.fs) <= LONG_JOB_WINDOWS:
+            if self.model_for(inp).count_windows(inp.signal_uv.shape[-1], inp.fs) <= LONG_JOB_WINDOWS:
                 loaded.append((job, inp))
             elif self.long is None:
                 self.take_long_job(job, inp)
@@ -253,7 +253,7 @@ class Worker:
     def take_long_job(self, job: Job, inp: LeadInput) -> None:
         self.long = _LongJob(job, inp, self.model_for(inp).start([inp.signal_uv], [inp.fs]), time.monotonic())
         LOG.info("%s: long input (%.0f s of ECG, %d model windows): worked on in steps, other jobs in between",
-                 job.tag, inp.signal_uv.size / inp.fs, self.long.task.total)
+                 job.tag, inp.signal_uv.shape[-1] / inp.fs, self.long.task.total)
 
     def advance_long_job(self) -> None:
         """One forward batch of the long job in hand; write it when it is complete."""
@@ -379,6 +379,7 @@ class Worker:
         deliver = self.deliver and (self.deliver_complete or not complete)
         self.queue.processed(job.id, outputs, deliver)
         metrics.job_processed(job.created, deliver)
+        metrics.record_uncertainty(model.uncertainty(result))
         self.spool.remove(job)
         if accuracy and self.accuracy is not None:
             try:

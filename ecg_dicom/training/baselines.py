@@ -1,5 +1,5 @@
 """Patient-generic linear baselines: each learned lead as a least-squares filter of the
-input lead, zero-lag (one gain) or with ±40 ms of lags (an FIR filter)."""
+input lead(s), zero-lag (one gain per input lead) or with ±40 ms of lags (an FIR filter)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from ecg_dicom.core.accuracy import PROTOCOL_FS, protocol_window
 from ecg_dicom.core.preprocess import highpass, resample_fs
-from ecg_dicom.leads import LEADS_12, learned_leads
+from ecg_dicom.leads import LEADS_12, input_leads_of, learned_leads
 
 BASELINE_FS = PROTOCOL_FS
 LAG_S = 0.040
@@ -21,7 +21,8 @@ BASELINE_KINDS = ("linear_zero_lag", "linear_lagged")
 class LinearBaseline:
     """y_lead(t) = sum_k coef[lead, k] * x(t + lags[k]) + intercept[lead], at ``fs`` Hz, µV.
 
-    coef: (n_out, n_lags); lags: (n_lags,) sample offsets (0 only, or -L..L).
+    coef: (n_out, n_inputs * n_lags), input lead after input lead; lags: (n_lags,) sample
+    offsets (0 only, or -L..L); x is (N,) for one input lead, (2, N) for I+II.
     """
 
     kind: str
@@ -33,10 +34,10 @@ class LinearBaseline:
     intercept: np.ndarray
 
     def predict(self, x_uv: np.ndarray, fs: float) -> np.ndarray:
-        """(N,) µV at ``fs`` -> (n_out, N) µV at ``fs`` (resampled to the fit rate and back)."""
+        """(N,) or (2, N) µV at ``fs`` -> (n_out, N) µV at ``fs`` (resampled to the fit rate and back)."""
         x = resample_fs(x_uv, fs, self.fs)
         y = self.coef @ lag_matrix(x, self.lags) + self.intercept[:, None]
-        return resample_fs(y, self.fs, fs, length=np.asarray(x_uv).size)
+        return resample_fs(y, self.fs, fs, length=np.asarray(x_uv).shape[-1])
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "input_lead": self.input_lead, "output_leads": list(self.output_leads),
@@ -51,7 +52,10 @@ class LinearBaseline:
 
 
 def lag_matrix(x: np.ndarray, lags: np.ndarray) -> np.ndarray:
-    """(N,) -> (n_lags, N): row k is x shifted by lags[k] samples (x(t + lag)), zero-padded."""
+    """(N,) -> (n_lags, N): row k is x shifted by lags[k] samples (x(t + lag)), zero-padded;
+    (K, N) -> (K * n_lags, N), input row after input row."""
+    if np.ndim(x) == 2:
+        return np.vstack([lag_matrix(row, lags) for row in x])
     n = x.size
     out = np.zeros((len(lags), n))
     for k, lag in enumerate(lags):
@@ -77,11 +81,12 @@ def fit_linear_baselines(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_l
             raise ValueError(f"unknown baseline kind {kind!r}")
     max_lag = int(round(LAG_S * fs)) if "linear_lagged" in kinds else 0
     lags = np.arange(-max_lag, max_lag + 1)
-    n_feat = len(lags) + 1
+    n_in = len(input_leads_of(input_lead))
+    n_feat = n_in * len(lags) + 1
     xtx = np.zeros((n_feat, n_feat))
     xty = None
     for x, y in pairs:
-        design = np.vstack([lag_matrix(np.asarray(x, np.float64), lags), np.ones(np.asarray(x).size)])
+        design = np.vstack([lag_matrix(np.asarray(x, np.float64), lags), np.ones(np.asarray(x).shape[-1])])
         xtx += design @ design.T
         part = design @ np.asarray(y, np.float64).T
         xty = part if xty is None else xty + part
@@ -89,10 +94,12 @@ def fit_linear_baselines(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_l
         raise ValueError("no records to fit the linear baseline on")
     fitted = {}
     for kind in kinds:
-        keep = np.arange(n_feat) if kind == "linear_lagged" else np.array([max_lag, n_feat - 1])
+        keep = (np.arange(n_feat) if kind == "linear_lagged"
+                else np.array([max_lag + j * len(lags) for j in range(n_in)] + [n_feat - 1]))
         solution = np.linalg.lstsq(xtx[np.ix_(keep, keep)], xty[keep], rcond=None)[0]
         # solution: (features kept, n_out); the last row is the intercept
-        fitted[kind] = LinearBaseline(kind, input_lead, learned_leads(input_lead), fs, lags[keep[:-1]],
+        fitted[kind] = LinearBaseline(kind, input_lead, learned_leads(input_lead), fs,
+                                      lags if kind == "linear_lagged" else np.array([0]),
                                       solution[:-1].T.copy(), solution[-1].copy())
     return fitted
 
@@ -100,7 +107,8 @@ def fit_linear_baselines(pairs: Iterable[tuple[np.ndarray, np.ndarray]], input_l
 def fit_baselines_on_records(records: Sequence, input_lead: str, seconds: float = 10.0) -> dict[str, LinearBaseline]:
     """Both baselines fitted on ``records`` (data.Record) by the evaluation protocol:
     the first ``seconds`` at 500 Hz, high-passed at 0.5 Hz."""
-    idx_in = LEADS_12.index(input_lead)
+    idx_in = [LEADS_12.index(lead) for lead in input_leads_of(input_lead)]
+    idx_in = idx_in[0] if len(idx_in) == 1 else idx_in
     idx_out = [LEADS_12.index(lead) for lead in learned_leads(input_lead)]
 
     def pairs():

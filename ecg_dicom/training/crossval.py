@@ -65,6 +65,27 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def database_table(pooled: dict[str, Any], label: str) -> str:
+    """Markdown rows, one per database and one pooled: n, r per learned lead with the model's
+    median std ratio [in brackets, physical-amplitude records], mean r of the model and of the
+    lagged baseline, and the record uncertainty's worst-decile AUROC (where there are ≥ 10)."""
+    rows = []
+    for db, summary in [*pooled["per_database"].items(), ("pooled", pooled["pooled"])]:
+        model = summary["methods"]["model"]
+        cells = []
+        for lead in summary["learned_leads"]:
+            v = model["leads"].get(lead)
+            amp = f" [{v['std_ratio']:.2f}]" if v and summary.get("n_amplitude_records") else ""
+            cells.append(f"{v['r']:.2f}{amp}" if v else "–")
+        lagged = summary["methods"].get("linear_lagged", {}).get("mean_r")
+        unc = summary.get("uncertainty")
+        lagged_text = "–" if lagged is None else f"{lagged:.3f}"
+        auroc = "–" if not unc else f"{unc['auroc_worst_decile']:.2f}"
+        rows.append(f"| {label} | {db} | {summary['n_records']} | " + " | ".join(cells)
+                    + f" | **{model['mean_r']:.3f}** | {lagged_text} | {auroc} |")
+    return "\n".join(rows)
+
+
 def class_table(summary: dict[str, Any], title: str) -> str:
     """Markdown: mean r over the learned leads per diagnostic class, model vs both baselines."""
     per_class = summary.get("per_class") or {}
@@ -80,8 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folds", nargs="+", help="evaluate --json outputs, one per held-out database")
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--rows", default=None, metavar="LABEL",
+                        help="print only the one-row-per-database markdown (model card), labelled LABEL")
     args = parser.parse_args(argv)
     pooled = pool([json.loads(Path(p).read_text()) for p in args.folds])
+    if args.rows:
+        print(database_table(pooled, args.rows))
+        return 0
     blocks = []
     for db, summary in pooled["per_database"].items():
         print(format_table(summary, f"== held out: {db} =="), "\n")

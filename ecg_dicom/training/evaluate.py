@@ -28,7 +28,9 @@ from ecg_dicom.errors import EcgDicomError
 from ecg_dicom.leads import (
     DERIVED_LIMB_LEADS,
     LEADS_12,
+    TWO_LEAD_INPUT,
     assemble_12_leads,
+    input_leads_of,
     learned_leads,
 )
 from ecg_dicom.training.baselines import (
@@ -44,16 +46,22 @@ METHODS = ("model", *BASELINE_KINDS)
 
 
 def _full_12(input_lead: str, lead_in: np.ndarray, learned: np.ndarray) -> np.ndarray:
-    """Input lead (N,) and learned leads (7, N) -> (12, N) with the limb leads by formula."""
+    """Input lead (N,) and learned leads (7, N) -> (12, N) with the limb leads by formula
+    (two-lead model: inputs (2, N) I and II, learned V1–V6 (6, N))."""
+    if input_lead == TWO_LEAD_INPUT:
+        return assemble_12_leads(lead_in[0], lead_in[1], learned).astype(np.float64)
     i, ii = (lead_in, learned[0]) if input_lead == "I" else (learned[0], lead_in)
     return assemble_12_leads(i, ii, learned[1:]).astype(np.float64)
 
 
 def evaluate_records(reconstructor: Reconstructor, records: Sequence[Record],
                      baselines: dict[str, LinearBaseline], seconds: float = 10.0) -> list[dict[str, Any]]:
-    """Per-record results: {name, database, sigma_uv {lead: µV}, leads {lead: {method: metrics}}}."""
+    """Per-record results: {name, database, sigma_uv {lead: µV}, leads {lead: {method: metrics}},
+    uncertainty {record, leads {lead: expected 1 − r}, relative {lead: σ / std(pred)}}} (the
+    uncertainty as the reconstructor's calibration gives it; None without a variance head)."""
     input_lead = reconstructor.input_lead
-    idx_in = LEADS_12.index(input_lead)
+    idx_in = [LEADS_12.index(lead) for lead in input_leads_of(input_lead)]
+    idx_in = idx_in[0] if len(idx_in) == 1 else idx_in
     learned = learned_leads(input_lead)
     windows = [protocol_window(rec.leads, rec.fs, seconds) for rec in records]
     recons = reconstructor.reconstruct_batch([w[idx_in] for w in windows], [BASELINE_FS] * len(windows))
@@ -74,8 +82,48 @@ def evaluate_records(reconstructor: Reconstructor, records: Sequence[Record],
             "patient": rec.patient, "labels": list(rec.labels),
             "amplitude_reliable": rec.amplitude_reliable,
             "sigma_uv": None if recon.sigma is None else dict(zip(learned, map(float, recon.sigma))),
+            "uncertainty": _uncertainty(reconstructor, recon, learned),
         })
     return results
+
+
+def _uncertainty(reconstructor: Reconstructor, recon: Any, learned: Sequence[str]) -> dict[str, Any] | None:
+    """The record's uncertainty as outputs carry it, and σ / std(pred) per lead (to refit the scale)."""
+    unc = reconstructor.uncertainty(recon)
+    if unc is None:
+        return None
+    std = {lead: float(np.std(recon.leads[LEADS_12.index(lead)])) for lead in learned}
+    return {"record": unc.record, "leads": dict(unc.leads), "threshold": unc.threshold,
+            "relative": {lead: float(s) / std[lead] if std[lead] > 0 else None
+                         for lead, s in zip(learned, recon.sigma)}}
+
+
+def uncertainty_ranking(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """How well the record uncertainty finds the worst-decile records by mean r over the
+    learned leads (AUROC), Spearman ρ(record uncertainty, 1 − mean r), and per lead
+    ρ(lead uncertainty, 1 − r) across records; the share of records above the threshold."""
+    rows = [res for res in results if res.get("uncertainty")]
+    if len(rows) < 10:
+        return None
+    u = np.array([res["uncertainty"]["record"] for res in rows])
+    mean_r = np.array([_record_mean_r(res, "model") for res in rows])
+    ok = np.isfinite(mean_r)
+    u, mean_r, rows = u[ok], mean_r[ok], [res for res, keep in zip(rows, ok) if keep]
+    k = max(1, int(round(len(rows) / 10)))
+    worst = np.zeros(len(rows), dtype=bool)
+    worst[np.argsort(mean_r)[:k]] = True
+    per_lead = {}
+    for lead in rows[0]["uncertainty"]["leads"]:
+        pairs = [(res["uncertainty"]["leads"][lead], 1 - res["leads"][lead]["model"]["r"]) for res in rows
+                 if lead in res["leads"]]
+        if len(pairs) >= 3:
+            per_lead[lead] = float(stats.spearmanr(*zip(*pairs))[0])
+    threshold = rows[0]["uncertainty"]["threshold"]
+    return {"n": len(rows), "worst_decile_n": k, "auroc_worst_decile": _auroc(u, worst),
+            "spearman_record": float(stats.spearmanr(u, 1 - mean_r)[0]), "per_lead_spearman": per_lead,
+            "threshold": threshold, "share_above_threshold": float(np.mean(u > threshold)),
+            "worst_decile_recall_above_threshold": float(np.mean(u[worst] > threshold)),
+            "worst_records": [rows[i]["name"] for i in np.flatnonzero(worst)]}
 
 
 def summarize(results: Sequence[dict[str, Any]], input_lead: str) -> dict[str, Any]:
@@ -105,6 +153,7 @@ def summarize(results: Sequence[dict[str, Any]], input_lead: str) -> dict[str, A
             "mean_r": float(np.mean([table[k]["r"] for k in learned if k in table])),
         }
     summary["confidence"] = confidence_rank_correlation(amp_set)
+    summary["uncertainty"] = uncertainty_ranking(results)
     summary["per_class"] = per_class_summary(results, methods)
     return summary
 
@@ -214,6 +263,12 @@ def format_table(summary: dict[str, Any], title: str = "") -> str:
             w = conf["worst_decile"]
             lines.append(f"worst decile ({w['n']} records by RMSE): sigma AUROC {w['auroc']:.2f},"
                          f" {w['recall_at_decile']:.0%} of them in sigma's top decile")
+    unc = summary.get("uncertainty")
+    if unc:
+        lines.append(f"record uncertainty: worst decile ({unc['worst_decile_n']} records by mean r) AUROC"
+                     f" {unc['auroc_worst_decile']:.2f}, rho(record, 1 - mean r) {unc['spearman_record']:.2f};"
+                     f" per lead rho(u, 1 - r) " + ", ".join(f"{k} {v:.2f}" for k, v in unc["per_lead_spearman"].items())
+                     + f"; {unc['share_above_threshold']:.0%} above the threshold {unc['threshold']:.2f}")
     if summary.get("per_class"):
         lines.append("mean r by diagnostic class (model / zero-lag / lagged):")
         for cls, v in summary["per_class"].items():

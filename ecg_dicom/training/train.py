@@ -37,12 +37,12 @@ from ecg_dicom.core.checkpoint import Preprocessing, load_checkpoint, save_check
 from ecg_dicom.core.model import BiLSTMAttentionModel, EnsembleModel, ModelConfig
 from ecg_dicom.core.preprocess import (
     highpass,
-    model_features,
+    lead_features,
     resample_fs,
     resample_signal,
 )
 from ecg_dicom.errors import CheckpointError
-from ecg_dicom.leads import LEADS_12, learned_leads
+from ecg_dicom.leads import LEADS_12, input_leads_of, learned_leads
 from ecg_dicom.training.baselines import fit_baselines_on_records
 from ecg_dicom.training.data import (
     Record,
@@ -78,6 +78,8 @@ class TrainConfig:
     shape_share: float = 0.5    # share of the real crops drawn from amplitude-normalised records (LUDB)
     lowrate_weight: float = 1.0  # how often a record stored below the model rate is drawn vs a full-rate one
     ectopic_weight: float = 1.0  # how often a record with ectopic beats (beats.ectopic_beat_count) is drawn
+    db_power: float = 1.0       # a database's share of the physical-amplitude crops ~ (its records)^db_power
+    std_weight: float = W_STD   # weight of the (log std ratio)² term (amplitude collapse)
     band_limited_loss: bool = True
     crop: int = 0               # training crop in samples at the model rate (0: the inference window)
     select: str = "best"        # "best": the epoch of lowest validation loss; "last": the final weights
@@ -116,7 +118,8 @@ AUGMENTS = {"carts": Augment(), "legacy": LEGACY_AUGMENT}
 
 @dataclass
 class Prepared:
-    """One record at the model rate: input lead (N,) µV and learned leads (n_out, N) µV,
+    """One record at the model rate: input lead (N,) µV (or leads (2, N) for the two-lead
+    model) and learned leads (n_out, N) µV,
     both high-passed at 0.5 Hz. band_limited: stored at a rate below the model's, so its
     content above half that rate is missing (PTB-XL's 100 Hz copies)."""
 
@@ -126,27 +129,29 @@ class Prepared:
     amplitude_reliable: bool = True
     band_limited: bool = False
     ectopic: bool = False
+    database: str = ""
 
 
 def prepare_records(records: Sequence[Record], input_lead: str, fs: float) -> list[Prepared]:
     """Resample to ``fs`` and high-pass every record; keep the input and learned leads."""
-    idx_in = LEADS_12.index(input_lead)
+    idx_in = [LEADS_12.index(lead) for lead in input_leads_of(input_lead)]
+    idx_in = idx_in[0] if len(idx_in) == 1 else idx_in
     idx_out = [LEADS_12.index(lead) for lead in learned_leads(input_lead)]
     out = []
     for rec in records:
         leads = highpass(resample_fs(rec.leads, rec.fs, fs), fs)
         out.append(Prepared(rec.name, leads[idx_in].astype(np.float32), leads[idx_out].astype(np.float32),
-                            rec.amplitude_reliable, band_limited=rec.fs < fs))
+                            rec.amplitude_reliable, band_limited=rec.fs < fs, database=rec.database))
     return out
 
 
 def _crop(rec: Prepared, length: int, rng: np.random.Generator, aug: Augment | None) -> tuple[np.ndarray, np.ndarray]:
     """A random (or, with aug=None, the first) crop of ``length`` samples, time-stretched."""
-    n = rec.x.size
+    n = rec.x.shape[-1]
     span = length if aug is None else int(round(length * math.exp(rng.uniform(-aug.stretch, aug.stretch))))
     span = min(span, n)
     start = 0 if aug is None else int(rng.integers(0, n - span + 1))
-    x, y = rec.x[start:start + span], rec.y[:, start:start + span]
+    x, y = rec.x[..., start:start + span], rec.y[:, start:start + span]
     if span != length:
         x, y = resample_signal(x, length), resample_signal(y, length)
     return np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -192,7 +197,7 @@ def augment_input(x: np.ndarray, fs: float, rng: np.random.Generator, aug: Augme
 def make_batch(recs: Sequence[Prepared], picks: Sequence[int], length: int, fs: float,
                rng: np.random.Generator, aug: Augment | None,
                highpass_hz: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features (B, 2, L) float32, targets (B, n_out, L) float32 mV, the (B,) amplitude
+    """Features (B, 2, L) float32 ((B, 4, L) for two input leads), targets (B, n_out, L) float32 mV, the (B,) amplitude
     mask (1 where the record's amplitudes are physical) and the (B,) band-limit mask (1 for
     records stored below the model rate) for records ``picks``. With ``highpass_hz`` the
     (augmented) input is high-passed as :class:`Reconstructor` does before the model."""
@@ -201,7 +206,9 @@ def make_batch(recs: Sequence[Prepared], picks: Sequence[int], length: int, fs: 
         x, y = _crop(recs[i], length, rng, aug)
         if aug is not None:
             gain = math.exp(rng.uniform(math.log(aug.scale[0]), math.log(aug.scale[1])))
-            x, y = augment_input(x * gain, fs, rng, aug), y * gain
+            x = x * gain
+            x = augment_input(x, fs, rng, aug) if x.ndim == 1 else np.stack([augment_input(row, fs, rng, aug) for row in x])
+            y = y * gain
         xs.append(x)
         ys.append(y / 1000.0)
     x_all = np.stack(xs)
@@ -209,7 +216,8 @@ def make_batch(recs: Sequence[Prepared], picks: Sequence[int], length: int, fs: 
         x_all = highpass(x_all, fs, highpass_hz)
     amp = torch.tensor([float(recs[i].amplitude_reliable) for i in picks])
     band = torch.tensor([float(recs[i].band_limited) for i in picks])
-    return torch.from_numpy(model_features(x_all)), torch.from_numpy(np.stack(ys).astype(np.float32)), amp, band
+    n_in = 1 if x_all.ndim == 2 else x_all.shape[1]
+    return torch.from_numpy(lead_features(x_all, n_in)), torch.from_numpy(np.stack(ys).astype(np.float32)), amp, band
 
 
 def band_limit_kernel(fs: float, cutoff_hz: float = 40.0) -> torch.Tensor:
@@ -228,7 +236,8 @@ def band_limit(signal: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 def reconstruction_loss(mean: torch.Tensor, log_var: torch.Tensor | None, target: torch.Tensor,
                         amp: torch.Tensor | None = None, band: torch.Tensor | None = None,
-                        band_kernel: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                        band_kernel: torch.Tensor | None = None,
+                        std_weight: float = W_STD) -> tuple[torch.Tensor, dict[str, float]]:
     """mean, log_var, target: (B, leads, L) in mV / log mV²; amp: (B,) 1 where the target's
     amplitude is physical. Records with amp 0 only teach the shape (correlation term);
     MSE, std ratio and NLL use the others. band: (B,) 1 for band-limited records, whose
@@ -250,7 +259,7 @@ def reconstruction_loss(mean: torch.Tensor, log_var: torch.Tensor | None, target
     corr = ((1 - r) * live).sum() / live.sum().clamp(min=1.0)
     live_amp = live * amp[:, None]
     std = ((torch.log(sp + 1e-4) - torch.log(st + 1e-4)).pow(2) * live_amp).sum() / live_amp.sum().clamp(min=1.0)
-    loss = W_MSE * mse + W_CORR * corr + W_STD * std
+    loss = W_MSE * mse + W_CORR * corr + std_weight * std
     parts = {"mse": mse.item(), "r": 1 - corr.item(), "std": std.item()}
     if log_var is not None:
         nll = ((0.5 * (log_var + (target - mean.detach()).pow(2) / log_var.exp())).mean((1, 2)) * amp).sum() / n_amp
@@ -276,11 +285,18 @@ def sampling_weights(train_recs: Sequence[Prepared], n_extra: int, cfg: TrainCon
     ``1 - cfg.real_fraction`` of the crops, the shape-only pool ``cfg.shape_share`` of the
     real ones; inside the real pools a band-limited record (stored below the model rate)
     weighs ``cfg.lowrate_weight`` against a full-rate one, and a record with ectopic beats
-    ``cfg.ectopic_weight`` against one without. Empty pools give their share to the others.
+    ``cfg.ectopic_weight`` against one without. In the physical-amplitude pool a database of
+    n records gets a share ~ n^``cfg.db_power`` (1: in proportion to its size; 0.5: PTB-XL's
+    ~2,000 records weigh ~7x a 40-record hospital, not 50x). Empty pools give their share to
+    the others.
     """
     physical = np.array([r.amplitude_reliable for r in train_recs], dtype=bool)
     per_record = np.array([(cfg.lowrate_weight if r.band_limited else 1.0) * (cfg.ectopic_weight if r.ectopic else 1.0)
                            for r in train_recs])
+    if cfg.db_power != 1.0 and len(train_recs):
+        sizes = Counter(r.database for r, ok in zip(train_recs, physical) if ok)
+        per_record = per_record * np.array([sizes[r.database] ** (cfg.db_power - 1.0) if ok else 1.0
+                                            for r, ok in zip(train_recs, physical)])
     pools = [np.flatnonzero(physical), np.flatnonzero(~physical), np.arange(len(train_recs), len(train_recs) + n_extra)]
     shares = [cfg.real_fraction * (1 - cfg.shape_share), cfg.real_fraction * cfg.shape_share, 1 - cfg.real_fraction]
     weights = np.zeros(len(train_recs) + n_extra)
@@ -330,7 +346,7 @@ def train_model(train_recs: Sequence[Prepared], val_recs: Sequence[Prepared], in
             picks = rng.choice(len(all_recs), size=cfg.batch_size, p=weights).tolist()
             feats, target, amp, band = make_batch(all_recs, picks, crop, pre.fs, rng, aug, pre.highpass_hz)
             mean, log_var = model(feats)
-            loss, _ = reconstruction_loss(mean, log_var, target, amp, band, kernel)
+            loss, _ = reconstruction_loss(mean, log_var, target, amp, band, kernel, cfg.std_weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -343,7 +359,7 @@ def train_model(train_recs: Sequence[Prepared], val_recs: Sequence[Prepared], in
         if val_batches:
             model.eval()
             with torch.no_grad():
-                parts = [reconstruction_loss(*model(f), t, a, b, kernel) for f, t, a, b in val_batches]
+                parts = [reconstruction_loss(*model(f), t, a, b, kernel, cfg.std_weight) for f, t, a, b in val_batches]
             v_loss = float(np.mean([float(p[0]) for p in parts]))
             v_r = float(np.mean([p[1]["r"] for p in parts]))
             history["val_loss"].append(v_loss)
@@ -377,7 +393,8 @@ def run(args: argparse.Namespace) -> int:
     crop = int(round(args.crop_s * args.model_fs)) if args.crop_s else 0
     try:
         size = {k: getattr(args, k) for k in MODEL_SIZE_ARGS if getattr(args, k, None) is not None}
-        model_config = ModelConfig(n_leads=len(learned_leads(input_lead)), **size)
+        model_config = ModelConfig(in_features=2 * len(input_leads_of(input_lead)),
+                                   n_leads=len(learned_leads(input_lead)), **size)
         BiLSTMAttentionModel(model_config)
         folds = [parse_patient_fold(spec) for spec in args.patient_fold]
     except ValueError as exc:
@@ -404,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
                       steps_per_epoch=args.steps_per_epoch, real_fraction=args.real_fraction, lr=args.lr,
                       batch_size=args.batch_size, shape_share=args.shape_share, lowrate_weight=args.lowrate_weight,
                       band_limited_loss=args.band_limited_loss, crop=crop, select=args.select,
-                      ectopic_weight=args.ectopic_weight)
+                      ectopic_weight=args.ectopic_weight, db_power=args.db_power, std_weight=args.std_weight)
     aug = AUGMENTS[args.augment]
     init_state, pretraining = None, None
     if args.init:
@@ -466,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": cfg.epochs,
         "config": asdict(cfg),
         "augment": {"name": args.augment, **asdict(aug)},
-        "loss_weights": {"mse": W_MSE, "corr": W_CORR, "std": W_STD, "nll": W_NLL},
+        "loss_weights": {"mse": W_MSE, "corr": W_CORR, "std": cfg.std_weight, "nll": W_NLL},
         "history": history,
         "baselines": {kind: b.to_dict() for kind, b in baselines.items()},
         "flops_per_window": model.flops(pre.window),
@@ -474,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
         "torch": str(torch.__version__),
     }
-    version = f"{__version__}+lead{input_lead}.{weights_hash(model)[:10]}"
+    version = f"{__version__}+lead{input_lead.replace('+', '_')}.{weights_hash(model)[:10]}"
     kept = history["kept_epoch"]
     metrics = {"validation": {"loss": history["val_loss"][kept - 1] if history["val_loss"] else None,
                               "r": history["val_r"][kept - 1] if history["val_r"] else None}}
