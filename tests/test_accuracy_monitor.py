@@ -176,7 +176,7 @@ def test_service_monitor_equals_evaluate_and_keeps_12lead_sources_local(shared_d
         for path in sources:
             ds = dcmread(path)
             meta = results[str(ds.PatientID)]
-            assert meta["source_complete"] is True and meta["input_lead"] == ("II" if path.name == "iso.dcm" else "I")
+            assert meta["source_complete"] is True and meta["input_lead"] == ("II" if path.name == "iso.dcm" else "I+II")
             fs = float(meta["fs"])
             folder = folders.setdefault((fs, meta["input_lead"]), tmp_path / f"eval_{fs:g}_{meta['input_lead']}")
             _npy_folder(folder, read_dicom_leads(path), path.stem)
@@ -209,7 +209,8 @@ def test_service_monitor_equals_evaluate_and_keeps_12lead_sources_local(shared_d
         assert out.returncode == 0, out.stderr
         table = json.loads(out.stdout)["devices"]
         assert set(table) == {"PTB-XL", "el250", "ELI250"}
-        assert table["PTB-XL"]["V1"]["n"] == 4 and table["PTB-XL"]["II"]["n"] == 3   # the iso record: from II
+        assert table["PTB-XL"]["V1"]["n"] == 4   # 3 records from I and II together, the iso one from II
+        assert "II" not in table["PTB-XL"]   # the other three from I and II together: II measured, not scored
         assert table["PTB-XL"]["V1"]["p10_r"] <= table["PTB-XL"]["V1"]["median_r"]
         printed = ecg_dicom("status", "--config", str(cfg), "--accuracy").stdout
         assert "device model PTB-XL:" in printed and "median r" in printed

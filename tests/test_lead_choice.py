@@ -79,10 +79,14 @@ def test_the_choice_tries_leads_in_order_and_only_as_needed():
             return None if name in ok else SignalQualityError(f"{name} refused")
         return ask
 
-    assert choose_input_lead(LEADS_12, refusal({"I", "II"})) == "I" and asked == ["I"]
+    assert choose_input_lead(LEADS_12, refusal({"I+II", "I", "II"})) == "I+II" and asked == ["I+II"]
     asked.clear()
-    assert choose_input_lead(LEADS_12, refusal({"II"})) == "II" and asked == ["I", "II"]
-    with pytest.raises(SignalQualityError, match="^I refused"):
+    assert choose_input_lead(LEADS_12, refusal({"I", "II"})) == "I" and asked == ["I+II", "I"]
+    asked.clear()
+    assert choose_input_lead(LEADS_12, refusal({"II"})) == "II" and asked == ["I+II", "I", "II"]
+    asked.clear()   # only the inputs a model is loaded for are tried
+    assert choose_input_lead(LEADS_12, refusal({"I+II", "I", "II"}), ("I", "II")) == "I" and asked == ["I"]
+    with pytest.raises(SignalQualityError, match=r"^I\+II refused"):
         choose_input_lead(LEADS_12, refusal(set()))
     assert choose_input_lead(["II", "V1"], refusal({"II"})) == "II"
 
@@ -95,9 +99,13 @@ def test_auto_reads_lead_ii_of_a_real_12lead_file_whose_lead_i_is_near_isoelectr
     np.testing.assert_array_equal(item.signal_uv, item.source_leads["II"])
     with pytest.raises(SignalQualityError, match="^lead I is near-isoelectric"):
         load_input(path, "I")
-    # the record as recorded: lead I is small but carries the beats; auto keeps lead I
+    # the record as recorded: lead I is small but carries the beats; auto takes both (the
+    # two-lead model), or lead I where only the one-lead models are loaded
     plain = write_12lead_source(shared_data, leads, tmp_path / "plain.dcm", "ISO-2")
-    assert load_input(plain, "auto").lead == "I"
+    both = load_input(plain, "auto")
+    assert both.lead == "I+II" and both.signal_uv.shape == (2, leads.shape[1])
+    np.testing.assert_array_equal(both.signal_uv, np.stack([both.source_leads["I"], both.source_leads["II"]]))
+    assert load_input(plain, "auto", models=("I", "II")).lead == "I"
     # only the models loaded are chosen among
     with pytest.raises(SignalQualityError, match="^lead I is near-isoelectric"):
         load_input(path, "auto", models=("I",))

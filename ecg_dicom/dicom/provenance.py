@@ -327,7 +327,8 @@ def complete_source_description(input_lead: str, report: bool = False) -> str:
     """The Series Description (LO, at most 64 characters) of a result whose source holds all
     12 measured leads: says so, and from which lead the AI leads come."""
     kind = "page" if report else "ECG"
-    text = f"AI {kind} from lead {input_lead}; source has all 12 leads; NOT FOR DIAGNOSIS"
+    leads = f"lead {input_lead}" if "+" not in input_lead else f"leads {input_lead}"
+    text = f"AI {kind} from {leads}; source has all 12 leads; NOT FOR DIAGNOSIS"
     return text if len(text) <= 64 else f"AI {kind} from {input_lead}; source has all 12 leads; NOT FOR DIAGNOSIS"
 
 

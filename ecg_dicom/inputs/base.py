@@ -72,39 +72,45 @@ class LeadInput:
 
 def choose_lead(item: LeadInput, models: Sequence[str]) -> LeadInput:
     """With ``input_lead: auto``, give ``item`` (a source holding several leads, read with its
-    preferred lead) the lead the model does best from (:func:`ecg_dicom.core.leadchoice.choose_input_lead`,
-    among the inputs ``models`` has models for), gated: the lead is checked and gated, the next
-    tried only when it is refused. Raises the refusal of the preferred lead when all are refused."""
+    preferred lead) the input the model does best from (:func:`ecg_dicom.core.leadchoice.choose_input_lead`,
+    among the inputs ``models`` has models for: I+II, else I, else II), gated: the input is
+    checked and gated, the next tried only when it is refused. Raises the refusal of the
+    preferred input when all are refused."""
     from ecg_dicom.core.leadchoice import choose_input_lead
     from ecg_dicom.core.preprocess import check_single_lead
+    from ecg_dicom.leads import input_leads_of
 
     leads = item.source_leads or {item.lead: item.signal_uv}
     signals: dict[str, np.ndarray] = {}
     reports: dict[str, QualityReport] = {}
 
+    def one_lead(name: str) -> str | None:  # the name a reason gives the lead ("send lead II")
+        return name if len(input_leads_of(name)) == 1 else None
+
     def refusal(name: str) -> Exception | None:
-        if name not in models:
-            return InputError(f"no model for input {name} is loaded")
         try:
-            signals[name] = item.signal_uv if name == item.lead else check_single_lead(leads[name], item.fs, "uV")
+            rows = [item.signal_uv if lead == item.lead and np.ndim(item.signal_uv) == 1
+                    else check_single_lead(leads[lead], item.fs, "uV") for lead in input_leads_of(name)]
         except InputError as exc:
             return InputError(f"lead {name}: {exc}")
-        reports[name] = assess_quality(signals[name], item.fs)
-        return SignalQualityError(reports[name].reason_for(name)) if reports[name].status == "reject" else None
+        signals[name] = rows[0] if len(rows) == 1 else np.stack(rows)
+        reports[name] = assess(signals[name], item.fs)
+        return SignalQualityError(reports[name].reason_for(one_lead(name))) if reports[name].status == "reject" \
+            else None
 
     try:
-        chosen = choose_input_lead(leads, refusal)
+        chosen = choose_input_lead(leads, refusal, models)
     except SignalQualityError:
         first = next(iter(reports))
-        _verdict(reports[first], first)  # tells the listeners and raises with the reason
+        _verdict(reports[first], one_lead(first))  # tells the listeners and raises with the reason
         raise
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    if chosen != item.lead:
-        LOG.info("input lead %s chosen: lead %s is refused (%s)", chosen, item.lead,
-                 reports[item.lead].reason_for(item.lead) if item.lead in reports else "not in the source")
+    preferred = next(iter(reports))
+    if chosen != preferred:
+        LOG.info("input %s chosen: %s is refused (%s)", chosen, preferred, reports[preferred].reason_for(one_lead(preferred)))
     item.signal_uv, item.lead = signals[chosen], chosen
-    item.quality = _verdict(reports[chosen], chosen)
+    item.quality = _verdict(reports[chosen], one_lead(chosen))
     return item
 
 

@@ -144,8 +144,10 @@ def header_lines(data: ReportData) -> list[str]:
     if data.recorded:
         model = "Measured: all 12 leads, as recorded. Nothing on this page was reconstructed."
     elif data.source_complete:
-        model = (f"Source holds all 12 measured leads (read them there). Here: lead {data.input_lead} measured;"
-                 f" 11 by {data.model_name} {data.model_version}")
+        measured = _measured(data)
+        model = (f"Source holds all 12 measured leads (read them there). Here: lead{'s' if len(measured) > 1 else ''}"
+                 f" {' and '.join(measured)} measured; {12 - len(measured) - (4 if len(measured) > 1 else 0)} by"
+                 f" {data.model_name} {data.model_version}")
     elif len(_measured(data)) == 1:
         model = (f"Measured: lead {data.input_lead} only. Other 11 leads: {data.model_name},"
                  f" model version {data.model_version}")
