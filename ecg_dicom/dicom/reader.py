@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 import tokenize
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -439,15 +440,16 @@ def _lead_samples(ds: Dataset, groups: list[Dataset], lead: str, where: tuple[fl
     return decoded[g_index][:, c_index].astype(np.float64) * uv_per_unit + baseline_uv
 
 
-def _read_lead(ds: Dataset, wanted: str, limits: Limits) -> DicomLead:
-    """The body of :func:`read_dicom_lead` for a dataset in hand and a canonical lead name."""
+def _read_lead(ds: Dataset, wanted: str, limits: Limits, decoded: dict[int, np.ndarray] | None = None) -> DicomLead:
+    """The body of :func:`read_dicom_lead` for a dataset in hand and a canonical lead name;
+    ``decoded``: see :func:`_lead_samples`."""
     groups = _check_waveform_object(ds)
     found, names = _rhythm_channels(groups, limits)
     if wanted not in found:
         listed = ", ".join(dict.fromkeys(name for name in names if name != wanted)) or "none"
         raise WaveformError(f"no lead {wanted} in the rhythm waveform; leads present: {listed}")
     g_index = found[wanted][1]
-    return DicomLead(_lead_samples(ds, groups, wanted, found[wanted]), _group_fs(groups[g_index], g_index),
+    return DicomLead(_lead_samples(ds, groups, wanted, found[wanted], decoded), _group_fs(groups[g_index], g_index),
                      wanted, ds)
 
 
@@ -465,26 +467,52 @@ def read_dicom_leads(source: str | Path | Dataset, limits: Limits = DEFAULT_LIMI
         check_deflated_file(Path(source), limits)
     ds = source if isinstance(source, Dataset) else _read_file(Path(source))
     try:
-        groups = _check_waveform_object(ds)
-        found, _ = _rhythm_channels(groups, limits)
-        if not found:
-            return {}
-        anchor = found.get("I") or next(iter(found.values()))
-        anchor_group = groups[anchor[1]]
-        shape = (_group_fs(anchor_group, anchor[1]), int(anchor_group.NumberOfWaveformSamples))
-        leads: dict[str, np.ndarray] = {}
-        decoded: dict[int, np.ndarray] = {}
-        for lead, where in found.items():
-            group = groups[where[1]]
-            if (_group_fs(group, where[1]), int(group.NumberOfWaveformSamples)) != shape:
-                continue
-            try:
-                leads[lead] = _lead_samples(ds, groups, lead, where, decoded)
-            except WaveformError:
-                continue
-        return leads
+        return _all_leads(ds, limits, {})
     except _PARSE_ERRORS as exc:
         raise WaveformError(f"malformed DICOM object: {_parse_error_text(exc)}") from exc
+
+
+def read_dicom_input_leads(path: str | Path, wanted: Sequence[str], limits: Limits = DEFAULT_LIMITS
+                           ) -> tuple[list[DicomLead], dict[str, np.ndarray]]:
+    """One read of a DICOM ECG file for the model's input: the ``wanted`` leads, each as
+    :func:`read_dicom_lead` reads it (and refused with its reasons), and every lead
+    :func:`read_dicom_leads` gives. The file is parsed once and each multiplex group decoded
+    once (a cart's 12-lead object: ~20 ms saved per input against reading it per lead)."""
+    names = []
+    for lead in wanted:
+        try:
+            names.append(canonical_lead_name(lead))
+        except KeyError:
+            raise WaveformError(f"{lead!r} is not one of the 12 standard leads") from None
+    check_deflated_file(Path(path), limits)
+    ds = _read_file(Path(path))
+    decoded: dict[int, np.ndarray] = {}
+    try:
+        chosen = [_read_lead(ds, name, limits, decoded) for name in names]
+        return chosen, _all_leads(ds, limits, decoded)
+    except _PARSE_ERRORS as exc:
+        raise WaveformError(f"malformed DICOM object: {_parse_error_text(exc)}") from exc
+
+
+def _all_leads(ds: Dataset, limits: Limits, decoded: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """The body of :func:`read_dicom_leads`; ``decoded``: see :func:`_lead_samples`."""
+    groups = _check_waveform_object(ds)
+    found, _ = _rhythm_channels(groups, limits)
+    if not found:
+        return {}
+    anchor = found.get("I") or next(iter(found.values()))
+    anchor_group = groups[anchor[1]]
+    shape = (_group_fs(anchor_group, anchor[1]), int(anchor_group.NumberOfWaveformSamples))
+    leads: dict[str, np.ndarray] = {}
+    for lead, where in found.items():
+        group = groups[where[1]]
+        if (_group_fs(group, where[1]), int(group.NumberOfWaveformSamples)) != shape:
+            continue
+        try:
+            leads[lead] = _lead_samples(ds, groups, lead, where, decoded)
+        except WaveformError:
+            continue
+    return leads
 
 
 @dataclass(frozen=True)

@@ -28,21 +28,20 @@ def read_dicom_input(path: Path, input_lead: str, limits: Limits = DEFAULT_LIMIT
     for the two-lead model ``I+II`` both leads, (2, N) µV, from the same multiplex group;
     ``source_leads``: every standard lead of its rhythm data at that rate and length (None
     when it holds only the one)."""
-    from ecg_dicom.dicom.reader import read_dicom_lead, read_dicom_leads
+    from ecg_dicom.dicom.reader import read_dicom_input_leads
 
     wanted = input_leads_of(input_lead)
-    lead = read_dicom_lead(path, wanted[0], limits)
+    chosen, leads = read_dicom_input_leads(path, wanted, limits)
+    lead = chosen[0]
     signal = check_single_lead(lead.signal_uv, lead.fs, "uV")
-    if len(wanted) > 1:
+    if len(chosen) > 1:
         rows = [signal]
-        for name in wanted[1:]:
-            other = read_dicom_lead(lead.dataset, name, limits)
+        for other in chosen[1:]:
             if other.fs != lead.fs or other.signal_uv.size != lead.signal_uv.size:
-                raise InputError(f"leads {wanted[0]} and {name} differ in rate or length"
+                raise InputError(f"leads {lead.lead} and {other.lead} differ in rate or length"
                                  f" ({lead.fs:g} Hz x {lead.signal_uv.size}, {other.fs:g} Hz x {other.signal_uv.size})")
             rows.append(check_single_lead(other.signal_uv, other.fs, "uV"))
         signal = np.stack(rows)
-    leads = read_dicom_leads(lead.dataset, limits)
     if leads.get(lead.lead) is None or leads[lead.lead].shape != lead.signal_uv.shape:
         leads = {}
     return LeadInput(signal, float(lead.fs), input_lead, lead.dataset, file_sha256(path), "dicom",
