@@ -334,8 +334,9 @@ class Pacs:
 
 @dataclass(config=_STRICT)
 class Worker:
-    """Batching: up to ``batch_size`` jobs per model call, waiting at most ``max_wait_s``
-    for a batch to fill once the first job is there."""
+    """Batching: up to ``batch_size`` jobs per model call. When several jobs are waiting (a
+    burst), the worker waits at most ``max_wait_s`` for the batch to fill; a job that arrives
+    alone is worked on at once (waiting would only add to its latency)."""
 
     batch_size: Count = 8
     max_wait_s: Annotated[StrictFloat, Field(ge=0)] = 0.02

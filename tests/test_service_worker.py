@@ -67,6 +67,28 @@ def test_good_inputs_share_one_model_call_and_a_bad_one_is_rejected_alone(site):
     assert list(spool.folder.iterdir()) == []
 
 
+def test_a_lone_job_is_not_held_back_but_a_burst_waits_for_its_batch_to_fill(site):
+    """Issue 20 item 8: max_wait_s is for bursts; a job that arrives alone is claimed at once."""
+    import time
+
+    folders, queue, spool, worker, calls = site
+    worker.settings = WorkerSettings(batch_size=8, max_wait_s=1.0)
+    spool.store_bytes(npy_bytes(synthetic_lead(seconds=5.0, seed=0)), "alone.npy", "test")
+    t0 = time.monotonic()
+    assert [job.name for job in worker.next_batch(threading.Event())] == ["alone"]
+    assert time.monotonic() - t0 < 0.5  # not the 1 s batch wait
+    for i in range(2):
+        spool.store_bytes(npy_bytes(synthetic_lead(seconds=5.0, seed=i)), f"burst{i}.npy", "test")
+    late = threading.Timer(0.2, lambda: spool.store_bytes(npy_bytes(synthetic_lead(seconds=5.0, seed=9)),
+                                                          "late.npy", "test"))
+    late.start()
+    try:
+        batch = worker.next_batch(threading.Event())
+    finally:
+        late.join()
+    assert [job.name for job in batch] == ["burst0", "burst1", "late"]  # two waiting: it waited for the third
+
+
 def test_sidecar_sets_the_rate(site):
     folders, queue, spool, worker, _ = site
     lead = synthetic_lead(seconds=6.0, fs=250.0)

@@ -198,9 +198,11 @@ class Worker:
         return False
 
     def next_batch(self, stop: threading.Event) -> list[Job]:
-        """Claim up to ``batch_size`` jobs, waiting up to ``max_wait_s`` for more to arrive."""
+        """Claim up to ``batch_size`` jobs; when more than one was waiting (a burst under way),
+        wait up to ``max_wait_s`` for the batch to fill. A job that came alone is not held
+        back: waiting for company that is not coming would only add to its latency."""
         jobs = self.queue.claim(self.settings.batch_size, exclude=self._later)
-        if not jobs:
+        if len(jobs) < 2:
             return jobs
         deadline = time.monotonic() + self.settings.max_wait_s
         while len(jobs) < self.settings.batch_size and not stop.is_set():
