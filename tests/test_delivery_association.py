@@ -4,6 +4,7 @@ releases it once idle (issue 13: a new association per result cost a negotiation
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,9 @@ def test_one_association_for_results_arriving_apart_released_when_idle(tmp_path:
             queue.processed(job_id, [f"r{n}.dcm"], deliver=True)
             wait_for(lambda: len(stored) == n + 1, 30, f"result {n} stored")
             time.sleep(0.3)
+            # Nagle off: no 40 ms delayed-ACK stall per store
+            kept = wait_for(lambda: delivery.destinations[0]._open, 10, "the association kept open")
+            assert kept.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert len(opened) == 1 and not released, "one association, kept open between results"
         wait_for(lambda: len(released) == 1, 10, "the idle association released")
         assert [job.state for job in queue.jobs()] == ["done"] * 3

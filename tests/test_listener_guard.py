@@ -537,3 +537,23 @@ def test_health_and_metrics_endpoints():
         assert get("/other")[0] == 404
     finally:
         monitor.stop()
+
+
+def test_associations_have_nagle_off_on_both_ends_we_own(listener):
+    """Issue 20 item 8: with Nagle on, a C-STORE's short last PDU waited for a delayed ACK
+    (up to 40 ms on Linux): our listener's accepted sockets set TCP_NODELAY, as DCMTK does."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    running = listener()
+    scu = AE(ae_title=CART_AET)
+    scu.add_requested_context(TWELVE_LEAD, ExplicitVRLittleEndian)
+    assoc = scu.associate("127.0.0.1", running.port, ae_title=SERVICE_AET)
+    try:
+        assert assoc.is_established
+        accepted = wait_for(lambda: running.server.active_associations, 10, "the association on the listener")
+        sock = accepted[0].dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        # the cart's end is the cart's business: pynetdicom's default leaves it on
+        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    finally:
+        assoc.release()
