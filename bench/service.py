@@ -4,11 +4,18 @@ Measures in one run on this machine, with real peers on loopback:
   1. C-STOREs accepted per second by our listener (`ecg-dicom serve`, worker running) vs
      DCMTK `storescp --fork` writing to disk: N distinct ECGs sent by several concurrent storescu
      processes (one storescu alone is the bottleneck at ~15/s) (target >= 0.5x);
-  2. time from a C-STORE request (on an open association) to the 12-lead result being listed
-     by Orthanc: its median (p50) against a limit in ms, <= 300 ms with the report page and
-     <= 150 ms without (``--no-report``), on a quiet machine (issue 20 item 8; the 1-minute
-     load average is printed beside it); and against the bare inference time of the same ECG
-     in-process (the earlier target <= 1.5x);
+  2. time from a C-STORE request (on an open association) until Orthanc lists every result of
+     that ECG (the 12-lead waveform object and, with the page, its Encapsulated PDF): its
+     median (p50) against a limit in ms, <= 300 ms with the report page and <= 150 ms without
+     (``--no-report``), on a quiet machine (issue 20 item 8; the 1-minute load average is
+     printed beside it); the time until the first result (the waveform) is listed is printed
+     too; and against the bare inference time of the same ECG in-process (the earlier target
+     <= 1.5x). The sender plays a cart: it sends the file's bytes (pynetdicom's chunked file
+     mode), as a cart sends what it stored, instead of encoding a pydicom Dataset in Python
+     (17-19 ms of this bench's own CPU inside every measurement before). Each ECG is sent only
+     when the previous one's results are all listed, so no result is counted for the wrong
+     ECG (before, with the page on, the previous ECG's PDF arriving was often taken for the
+     next ECG's result, which made the with-page figure look ~100 ms better than it was);
   3. resident memory of `serve`: idle after start, and peak under the burst.
 Exit status 0 when the p50 is within its limit, 1 when over (printed as measured vs limit).
 Uses the shipped lead-I checkpoint when present, else the default model config, randomly
@@ -29,8 +36,9 @@ from pathlib import Path
 
 import torch
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,7 +68,7 @@ def latency_verdict(p50_s: float, page: bool, limit_ms: float | None = None) -> 
     what = "page" if page else "no page"
     limit = LATENCY_LIMIT_MS[what] if limit_ms is None else limit_ms
     ok = p50_s * 1000 <= limit
-    return ok, (f"C-STORE -> listed by Orthanc, p50 ({what}): {p50_s * 1000:.0f} ms measured vs limit"
+    return ok, (f"C-STORE -> all results listed by Orthanc, p50 ({what}): {p50_s * 1000:.0f} ms measured vs limit"
                 f" {limit:.0f} ms: {'within' if ok else 'OVER'} (1-min load average {load_average()};"
                 " the limit holds on a quiet machine)")
 
@@ -174,20 +182,33 @@ def main() -> int:
                 peak_kib = rss_kib(pid, "VmHWM")
 
                 # 2. latency, one ECG at a time, the service idle otherwise: from the C-STORE
-                #    request on an open association to the result being listed by Orthanc
-                latencies = []
+                #    request on an open association until every result of that ECG is listed
+                latencies, firsts = [], []
+                per_ecg = 1 if args.no_report else 2  # waveform object (+ the page as Encapsulated PDF)
+                pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, as a cart does
                 scu = AE(ae_title="CART1")
-                scu.add_requested_context(dcmread(ECG).SOPClassUID, ExplicitVRLittleEndian)
+                meta = dcmread(ECG, stop_before_pixels=True)
+                scu.add_requested_context(meta.SOPClassUID, meta.file_meta.TransferSyntaxUID)
                 assoc = scu.associate("127.0.0.1", svc.port, ae_title="ECGDICOM")
                 for path in singles:
-                    ds = dcmread(path)
                     before = pacs.get("/statistics")["CountInstances"]
                     t0 = time.perf_counter()
-                    if assoc.send_c_store(ds).Status != 0:
+                    if assoc.send_c_store(path).Status != 0:
                         raise RuntimeError("C-STORE failed")
-                    wait_for(lambda: pacs.get("/statistics")["CountInstances"] > before, 120,
-                             "the result in Orthanc", interval=0.002)
-                    latencies.append(time.perf_counter() - t0)
+                    first = None
+                    deadline = time.monotonic() + 120
+                    while True:
+                        listed = pacs.get("/statistics")["CountInstances"] - before
+                        now = time.perf_counter()
+                        if listed > 0 and first is None:
+                            first = now - t0
+                        if listed >= per_ecg:
+                            break
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"only {listed} of {per_ecg} results listed in Orthanc after 120 s")
+                        time.sleep(0.002)
+                    latencies.append(now - t0)
+                    firsts.append(first)
                 assoc.release()
                 svc.stop()
             finally:
@@ -198,7 +219,9 @@ def main() -> int:
     latency = statistics.median(latencies)
     print(f"C-STORE accepted/s: ours {rate_ours:.1f}, storescp {rate_dcmtk:.1f}  "
           f"ratio {rate_ours / rate_dcmtk:.2f}x (target >= 0.5x)  [{args.n} x {ECG.name}, {args.senders} senders]")
-    print(f"C-STORE -> listed by Orthanc: median {latency * 1000:.0f} ms (min {min(latencies) * 1000:.0f}); "
+    print(f"C-STORE -> first result (the waveform object) listed by Orthanc: median"
+          f" {statistics.median(firsts) * 1000:.0f} ms")
+    print(f"C-STORE -> all results listed by Orthanc: median {latency * 1000:.0f} ms (min {min(latencies) * 1000:.0f}); "
           f"bare inference {t_bare * 1000:.0f} ms (read + inference {t_read_bare * 1000:.0f} ms)  "
           f"ratio {latency / t_bare:.2f}x (target <= 1.5x)")
     print(f"serve resident memory: idle {idle_kib / 1024:.0f} MiB, peak under load {peak_kib / 1024:.0f} MiB")
