@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS accuracy (
     PRIMARY KEY (job_id, lead)
 );
 CREATE INDEX IF NOT EXISTS accuracy_at ON accuracy (at);
+CREATE INDEX IF NOT EXISTS accuracy_lead_at ON accuracy (lead, at);  -- the monitor's last N of a lead
 """
 # columns added after the first release: (name, declaration); added to an older store at open
 _ADDED_COLUMNS = (("stem", "TEXT"), ("source_name", "TEXT"), ("note", "TEXT"), ("delivered_to", "TEXT"),
@@ -461,10 +462,6 @@ class JobQueue:
                                 (lead, limit)).fetchall()
         return [AccuracyRow(r["job_id"], r["lead"], r["at"], r["device"], r["input_lead"], r["r"], r["rmse_uv"])
                 for r in rows]
-
-    def accuracy_leads(self) -> list[str]:
-        """The leads that have figures."""
-        return [row[0] for row in self._db.execute("SELECT DISTINCT lead FROM accuracy")]
 
     # -- reporting ---------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

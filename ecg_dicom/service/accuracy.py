@@ -78,7 +78,8 @@ class AccuracyMonitor:
         when any is, at most once a day."""
         window, margin = self.settings.window, self.settings.margin
         degraded: dict[str, dict[str, float]] = {}
-        for lead in self.queue.accuracy_leads():
+        # the leads the card judges (a full scan for the distinct leads kept grew with every job)
+        for lead in sorted({lead for leads in self.card.values() for lead in leads}):
             rows = [row for row in self.queue.latest_accuracy(lead, window)
                     if lead in self.card.get(row.input_lead, {})]
             if len(rows) < window:
