@@ -64,10 +64,11 @@ def source_accuracy(recon_uv: np.ndarray, source_leads: Mapping[str, np.ndarray]
              if lead in source_leads and np.shape(source_leads[lead]) == recon_uv.shape[-1:]]
     if not leads:
         return {}
-    truth = highpass(protocol_window(np.stack([np.asarray(source_leads[lead], np.float64) for lead in leads]), fs),
-                     PROTOCOL_FS)
-    recon = highpass(protocol_window(recon_uv[[LEADS_12.index(lead) for lead in leads]].astype(np.float64), fs),
-                     PROTOCOL_FS)
+    # truth and reconstruction through the protocol together: one resampling, one filter pass
+    both = np.concatenate([np.stack([np.asarray(source_leads[lead], np.float64) for lead in leads]),
+                           recon_uv[[LEADS_12.index(lead) for lead in leads]].astype(np.float64)])
+    both = highpass(protocol_window(both, fs), PROTOCOL_FS)
+    truth, recon = both[:len(leads)], both[len(leads):]
     out = {}
     for k, lead in enumerate(leads):
         if np.std(truth[k]) < FLAT_STD_UV:
