@@ -4,4 +4,5 @@ import sys
 
 from ecg_dicom.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned child (the page drawing process) imports it
+    sys.exit(main())
