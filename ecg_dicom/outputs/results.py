@@ -29,6 +29,8 @@ from ecg_dicom.dicom.codes import MODEL_NAME
 from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
 from ecg_dicom.leads import LEADS_12, input_leads_of, lead_uncertainties, learned_leads
+from ecg_dicom.report import render, report_data_from_metadata
+from ecg_dicom.report.background import PageRenderer
 
 OUTPUT_FORMATS = ("npy", "dicom", "both")
 PAPER_SIZES = ("A4", "Letter")
@@ -148,16 +150,20 @@ def _lead_order(lead: str) -> int:
 def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,
                   reconstructor: Reconstructor, output_format: str, confidence: bool,
                   report: str | None = None, accuracy: dict[str, dict] | None = None,
-                  remarks: dict | None = None) -> list[Path]:
+                  remarks: dict | None = None, pages: PageRenderer | None = None) -> list[Path]:
     """Write the requested outputs for one converted input; returns the files written, in the
     order of :func:`result_file_names`.
 
     ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page;
     ``accuracy``: see :func:`result_metadata`. ``reconstructor``: the model that made ``recon``.
     ``remarks``: more keys for ``<stem>.json`` (e.g. the service's note on a reused source UID).
+    ``pages``: draws the page in its own process while the other files are written (the
+    service); without it the page is drawn here, last.
     """
     written: list[Path] = []
     meta = {**result_metadata(item, recon, reconstructor, accuracy), **(remarks or {})}
+    page_data = report_data_from_metadata(recon.leads, meta) if report else None
+    pending = pages.submit(page_data, report) if pages is not None and page_data is not None else None
     complete = bool(meta.get("source_complete"))
     quality_text = item.quality.summary() if item.quality is not None else None
     anchor = uid_anchor_hash(item)
@@ -178,10 +184,8 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
         text = json.dumps(confidence_report(recon, reconstructor.input_lead, reconstructor.uncertainty(recon)),
                           indent=2)
         written.append(write_bytes_atomic(output_dir / f"{stem}.confidence.json", text.encode()))
-    if report:
-        from ecg_dicom.report import render, report_data_from_metadata
-
-        pdf = render(report_data_from_metadata(recon.leads, meta), "pdf", report)
+    if page_data is not None:
+        pdf = pending.result() if pending is not None else render(page_data, "pdf", report)
         written.append(write_bytes_atomic(output_dir / f"{stem}.pdf", pdf))
         if waveforms:
             from pydicom import dcmread

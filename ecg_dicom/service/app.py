@@ -46,6 +46,7 @@ from ecg_dicom.service.monitor import Monitor
 from ecg_dicom.outputs import commitment
 from ecg_dicom.outputs.pacs import Delivery
 from ecg_dicom.queue import JobQueue
+from ecg_dicom.report.background import PageRenderer
 from ecg_dicom.service.worker import Worker
 
 LOG = logging.getLogger("ecg_dicom.service")
@@ -162,12 +163,17 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
     accuracy = AccuracyMonitor(queue, settings.accuracy_monitor, card=None if settings.checkpoint is None else {})
     accuracy.check()  # the figures kept before this start count
 
+    # the page is drawn in a child process, beside the worker's other writes
+    pages = PageRenderer().start() if settings.report.enabled else None
+    if pages is not None:
+        LOG.info("report pages drawn in a separate process (pid %s)", ", ".join(map(str, pages.pids())) or "none")
+
     # the pipeline: ingest -> queue -> worker -> outputs (-> delivery)
     worker = Worker(queue, spool, reconstructor, folders, settings.worker, deliver=settings.pacs is not None,
                     limits=settings.limits,
                     report_paper=settings.report.paper if settings.report.enabled else None,
                     input_lead=settings.input_lead, models=models, accuracy=accuracy,
-                    deliver_complete=settings.deliver_when_source_complete)
+                    deliver_complete=settings.deliver_when_source_complete, pages=pages)
     delivery = (Delivery(queue, settings.pacs, folders, settings.ae_title, settings.worker.batch_size)
                 if settings.pacs else None)
     watcher = FolderWatcher(folders.watch, spool, settings.watcher, folders.rejected,
@@ -208,6 +214,8 @@ def _serve_locked(settings: Settings, stop: threading.Event) -> int:
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         unfinished = [t.name for t in threads if t.is_alive()]
+        if pages is not None:
+            pages.close()
         counts = queue.counts()
         LOG.info("stopped%s; %s", f" ({', '.join(unfinished)} still busy, resumed at next start)"
                  if unfinished else "", _counts_text(counts))

@@ -40,6 +40,7 @@ from ecg_dicom.logsafe import strip_wire, uid_hash, wire
 from ecg_dicom.memory import release_freed_memory
 from ecg_dicom.outputs.results import result_accuracy, result_file_names, uid_anchor_hash, write_outputs
 from ecg_dicom.queue import Job, JobQueue
+from ecg_dicom.report.background import PageRenderer
 from ecg_dicom.service.accuracy import AccuracyMonitor, device_model
 
 LOG = logging.getLogger("ecg_dicom.worker")
@@ -77,13 +78,15 @@ class Worker:
     accuracy : the accuracy monitor, or None (figures still go into each result's .json).
     deliver_complete : deliver results of sources holding all 12 measured leads too
         (``deliver_when_source_complete``); else they are kept locally.
+    pages : draws the page in its own process while the other files are written (None:
+        drawn in the worker's thread).
     """
 
     def __init__(self, queue: JobQueue, spool: Spool, reconstructor: Reconstructor, folders: Folders,
                  settings: WorkerSettings, deliver: bool, limits: Limits = DEFAULT_LIMITS,
                  report_paper: str | None = None, input_lead: str | None = None,
                  models: dict[str, Reconstructor] | None = None, accuracy: AccuracyMonitor | None = None,
-                 deliver_complete: bool = False) -> None:
+                 deliver_complete: bool = False, pages: PageRenderer | None = None) -> None:
         self.queue = queue
         self.spool = spool
         self.reconstructor = reconstructor
@@ -91,6 +94,7 @@ class Worker:
         self.models = dict(models or {reconstructor.input_lead: reconstructor})
         self.accuracy = accuracy
         self.deliver_complete = deliver_complete
+        self.pages = pages
         self.folders = folders
         self.settings = settings
         self.deliver = deliver
@@ -350,7 +354,8 @@ class Worker:
                 LOG.info("%s: its output name is taken by another input; results get a distinct name "
                          "(ecg-dicom status %d shows them)", job.tag, job.id)
             written = write_outputs(out, stem, inp, result, model, "both", confidence=False,
-                                    report=self.report_paper, accuracy=accuracy, remarks=self.source_reuse(job, inp))
+                                    report=self.report_paper, accuracy=accuracy, remarks=self.source_reuse(job, inp),
+                                    pages=self.pages)
         except InputError as exc:
             self.reject(job, str(exc))
             return
