@@ -62,6 +62,18 @@ def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
 
 
 # -- DCMTK ---------------------------------------------------------------------------------
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().split(") ")[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 def dcmtk(tool: str) -> str:
     """Absolute path of a DCMTK program. pynetdicom 3 installs Python apps of the same names
     (storescu, storescp, echoscu) into the virtualenv's bin/, which an activated venv puts

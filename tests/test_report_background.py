@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import Service, storescu, wait_for, write_config
+from peers import Service, child_pids, storescu, wait_for, write_config
 
 from ecg_dicom.report.background import PageRenderer
 from ecg_dicom.report.page import ReportData, render
@@ -49,19 +49,6 @@ def test_a_page_from_the_child_is_the_page_drawn_here_and_a_killed_child_costs_n
         assert renderer.pids() and renderer.pids() != first, "a new child was started"
     finally:
         renderer.close()
-
-
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid``."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().split(") ")[1].split()
-        except (FileNotFoundError, IndexError, ProcessLookupError):
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
 
 
 @pytest.mark.slow
