@@ -233,17 +233,6 @@ def _calibration(ax, x: float, baseline: float, mm_per_mv: float = MM_PER_MV) ->
     _line(ax, xs, ys, color=MEASURED_COLOUR, linewidth=0.8, zorder=3, solid_joinstyle="miter")
 
 
-def _text(ax, x: float, y: float, text: str, core_font: bool, **kwargs) -> None:
-    """``ax.text``, or, when ``core_font``, a :class:`~ecg_dicom.report.corefont.CoreFontText`
-    (Helvetica, not embedded: for PDF, and for a text the core fonts encode)."""
-    if not core_font:
-        ax.text(x, y, text, **kwargs)
-        return
-    from ecg_dicom.report.corefont import CoreFontText
-
-    ax.add_artist(CoreFontText(x, y, text, **kwargs))
-
-
 def _lead_label(data: ReportData, lead: str, rhythm: bool = False) -> tuple[str, str]:
     shown, total = data.shown_s
     strip = "" if not rhythm else (f"  (rhythm strip, {_span(data)})" if total > shown + 0.05 else
@@ -293,15 +282,12 @@ def page_gain(display: np.ndarray, data: ReportData) -> tuple[float, float]:
 
 def draw_page(data: ReportData, paper: str = "A4", core_fonts: bool = False):
     """The page as a matplotlib Figure (one axes in mm, origin bottom left). ``core_fonts``
-    (for PDF only): every text that the core fonts encode is set in Helvetica, not embedded;
-    the lead labels only if all of them do (one font across the grid); else DejaVu Sans."""
+    (for PDF only): text in Helvetica, not embedded, where the core fonts encode it (see
+    :func:`~ecg_dicom.report.corefont.add_text`), the rest in DejaVu Sans."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from ecg_dicom.report.corefont import core_font_fits
-
-    def core(*texts: str) -> bool:
-        return core_fonts and all(core_font_fits(t) for t in texts)
+    from ecg_dicom.report.corefont import add_text
 
     if paper not in PAPER_MM:
         raise ValueError(f"paper must be one of {', '.join(PAPER_MM)}, got {paper!r}")
@@ -325,8 +311,8 @@ def draw_page(data: ReportData, paper: str = "A4", core_fonts: bool = False):
                                           else (BANNER, REJECT_COLOUR, "#fde8e8"))
     ax.add_patch(Rectangle((x0, height - 14.5), GRID_W_MM, 7.0, facecolor=banner_fill, edgecolor=banner_colour,
                            linewidth=0.8, zorder=2))
-    _text(ax, width / 2, height - 11.0, banner, core(banner), ha="center", va="center", fontsize=12, weight="bold",
-            color=banner_colour, zorder=3)
+    add_text(ax, width / 2, height - 11.0, banner, core_fonts, ha="center", va="center", fontsize=12,
+             weight="bold", color=banner_colour, zorder=3)
     lines = [(line, MEASURED_COLOUR) for line in header_lines(data)]
     text, colour = _quality_line(data.quality, data.input_lead)
     quality = textwrap.wrap(text, QUALITY_CHARS)
@@ -337,8 +323,9 @@ def draw_page(data: ReportData, paper: str = "A4", core_fonts: bool = False):
     else:
         lines += [(part, colour) for part in quality[:2]]
     for k, (line, colour) in enumerate(lines):
-        _text(ax, x0, height - 18.5 - HEADER_STEP_MM * k, line, core(line), ha="left", va="center", fontsize=HEADER_PT,
-                color=colour, zorder=3, weight="bold" if colour != MEASURED_COLOUR or k == 3 else "normal")
+        add_text(ax, x0, height - 18.5 - HEADER_STEP_MM * k, line, core_fonts, ha="left", va="center",
+                 fontsize=HEADER_PT, color=colour, zorder=3,
+                 weight="bold" if colour != MEASURED_COLOUR or k == 3 else "normal")
 
     # traces, each clipped to its own row, at full or half gain
     display = highpass(leads, data.fs, DISPLAY_HIGHPASS_HZ) if leads.shape[1] > 3 * data.fs / DISPLAY_HIGHPASS_HZ \
@@ -346,17 +333,15 @@ def draw_page(data: ReportData, paper: str = "A4", core_fonts: bool = False):
     gain, tallest = page_gain(display, data)
     t_mm = np.arange(leads.shape[1]) / data.fs * MM_PER_S
     calibrated = set()
-    layout = _layout(data, top)
-    labels_core = core(*(_lead_label(data, lead, strip)[0] for lead, *_, strip in layout))
-    for lead, start, stop, dx, baseline, (bottom, row_top), strip in layout:
+    for lead, start, stop, dx, baseline, (bottom, row_top), strip in _layout(data, top):
         if baseline not in calibrated:
             calibrated.add(baseline)
             _calibration(ax, x0, baseline, gain)
         label, colour = _lead_label(data, lead, strip)
         x_start = x0 + CAL_MM + dx
-        _text(ax, x_start + 1.0, baseline + 12.5, label, labels_core, fontsize=LABEL_PT, color=colour, ha="left", va="bottom",
-                zorder=4, weight="bold" if lead in _measured(data) or data.recorded else "normal",
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.6})
+        add_text(ax, x_start + 1.0, baseline + 12.5, label, core_fonts, fontsize=LABEL_PT, color=colour, ha="left",
+                 va="bottom", zorder=4, weight="bold" if lead in _measured(data) or data.recorded else "normal",
+                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.6})
         if dx > 0:  # the column boundary, as carts mark it
             _line(ax, [x_start, x_start], [baseline - 3, baseline + 3], color=MEASURED_COLOUR, linewidth=0.6,
                   zorder=3)
@@ -372,21 +357,21 @@ def draw_page(data: ReportData, paper: str = "A4", core_fonts: bool = False):
     scale = f"{gain:g} mm/mV" + ("" if gain == MM_PER_MV else " (HALF GAIN)")
     if gain != MM_PER_MV:  # said where the eye starts too, beside the heart rate
         half = f"HALF GAIN: {gain:g} mm/mV (complexes up to {tallest:.1f} mV; calibration pulse 1 mV = {gain:g} mm)"
-        _text(ax, x0 + GRID_W_MM, height - 18.5 - HEADER_STEP_MM * 3, half, core(half), ha="right", va="center",
-                fontsize=HEADER_PT, color=WARN_COLOUR, weight="bold", zorder=3)
+        add_text(ax, x0 + GRID_W_MM, height - 18.5 - HEADER_STEP_MM * 3, half, core_fonts, ha="right", va="center",
+                 fontsize=HEADER_PT, color=WARN_COLOUR, weight="bold", zorder=3)
     footer = (f"{MM_PER_S:g} mm/s    {scale}    grid 1 mm / 5 mm    display filter"
               f" {DISPLAY_HIGHPASS_HZ:g} Hz high-pass (zero-phase), no low-pass, no notch    "
               f"{paper} landscape: true to scale when printed at 100 % (no 'fit to page')")
     # bold (half gain) is wider: the same line in a smaller size stays inside the grid's width
-    _text(ax, x0, y0 - 4.0, footer, core(footer), fontsize=6.8 if gain == MM_PER_MV else 6.2, ha="left", va="center",
-            color=MEASURED_COLOUR if gain == MM_PER_MV else WARN_COLOUR,
-            weight="normal" if gain == MM_PER_MV else "bold")
+    add_text(ax, x0, y0 - 4.0, footer, core_fonts, fontsize=6.8 if gain == MM_PER_MV else 6.2, ha="left",
+             va="center", color=MEASURED_COLOUR if gain == MM_PER_MV else WARN_COLOUR,
+             weight="normal" if gain == MM_PER_MV else "bold")
     legend = ("All leads black: as measured by the recording device; nothing reconstructed." if data.recorded else
               "Black: measured lead.  Blue, \"AI\": reconstructed by the model from the measured lead"
               " (\"calc.\": computed from I and II by Einthoven/Goldberger).  σ: the model's RMS uncertainty of"
               " the lead.")
-    _text(ax, x0, y0 - 8.0, legend, core(legend), fontsize=6.8, ha="left", va="center",
-            color=MEASURED_COLOUR if data.recorded else AI_COLOUR)
+    add_text(ax, x0, y0 - 8.0, legend, core_fonts, fontsize=6.8, ha="left", va="center",
+             color=MEASURED_COLOUR if data.recorded else AI_COLOUR)
     return fig
 
 
@@ -396,7 +381,7 @@ def render(data: ReportData, fmt: str = "pdf", paper: str = "A4", dpi: int = 150
 
     if fmt not in ("pdf", "png"):
         raise ValueError(f"format must be pdf or png, got {fmt!r}")
-    with matplotlib.rc_context({"pdf.fonttype": 3, "pdf.compression": 6, "path.simplify": True,
+    with matplotlib.rc_context({"pdf.fonttype": 3, "pdf.compression": 3, "path.simplify": True,
                                 "font.family": "DejaVu Sans"}):
         fig = draw_page(data, paper, core_fonts=fmt == "pdf")
         buffer = io.BytesIO()
