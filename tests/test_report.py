@@ -331,6 +331,13 @@ def test_a_cyrillic_patient_name_is_embedded_and_searchable_latin_text_in_a_core
     assert "Patient: Ivanov, Ivan" in pdf_text(latin)
     page = rasterise(latin, tmp_path / "latin", dpi=144).sum(axis=2) < 300
     assert cyrillic > 0.7 * ink("Ivanov,", _words(latin)) > 50
+    # a CJK name: DejaVu has no glyphs for it (matplotlib draws boxes from its last-resort font,
+    # as it did before), but the text layer holds it (pdftotext reads those tall boxes as a
+    # line of their own)
+    data.header["PatientName"] = "王^小明"
+    (tmp_path / "cjk.pdf").write_bytes(render(data, "pdf"))
+    cjk = pdf_text(tmp_path / "cjk.pdf")
+    assert "王" in cjk and "小明" in cjk and "Patient:" in cjk
 
 
 def test_a_run_in_another_font_starts_where_the_text_before_it_ends(converted):

@@ -8,7 +8,10 @@ WinAnsi (cp1252) only: a character outside it (σ, a Cyrillic patient name) must
 embedded font. :func:`add_text` therefore cuts a left-aligned text into runs: WinAnsi runs
 in Helvetica, the others in the figure's font (DejaVu Sans, Type 3), each run starting where
 the previous one ends (an :class:`~matplotlib.text.Annotation` at the right edge of the run
-before it, measured at draw time), so the line reads as one.
+before it, measured at draw time, on the same baseline), so the line reads as one. Widths
+are Helvetica's AFM widths without its kerning pairs, because the PDF backend writes the
+string without them (``_unkerned``): laid out as drawn, so centred and right-aligned texts
+and the boxes behind the lead labels sit where they should.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def add_text(ax, x: float, y: float, text: str, core_fonts: bool, **kwargs) -> T
     Returns the first run's artist."""
     runs = [("".join(chars), fits) for fits, chars in groupby(text, core_font_fits)] if core_fonts else []
     ha = kwargs.get("ha", kwargs.get("horizontalalignment", "left"))
-    if not runs or (len(runs) > 1 and ha != "left") or runs == [(text, False)]:
+    if not runs or runs == [(text, False)] or (len(runs) > 1 and ha != "left"):
         return ax.text(x, y, text, **kwargs)
     first, fits = runs[0]
     artist = ax.add_artist((CoreFontText if fits else _EmbeddedText)(x, y, first, **kwargs))

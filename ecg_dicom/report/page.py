@@ -23,15 +23,30 @@ in the footer. The page shows the first
 
 matplotlib draws it (a figure whose one axes spans the page in mm, so every coordinate below
 is a length on paper): one library for the PDF and the PNG, already used for the model card's
-figures, with fonts that cover any patient name (DejaVu). Text is embedded as Type 3 fonts with
-their character codes, so ``pdftotext`` and a viewer's search find the lead labels, the banner
-and the model version; Type 3 renders in 0.3 s where TrueType subsetting took 0.7 s.
+figures. Fonts, in the PDF: text that WinAnsi (cp1252) encodes is set in the PDF core fonts
+Helvetica and Helvetica-Bold, which every reader has and nothing embeds (metric-compatible
+Nimbus Sans / Arial where the reader substitutes); any other character (σ, a Cyrillic or
+Greek patient name) in DejaVu Sans, embedded as Type 3 with its character codes, as the
+whole page was before. A line mixing both is cut into runs drawn end to end
+(:mod:`.corefont`). ``pdftotext`` and a viewer's search find every text either way. Why:
+matplotlib lays out each character of a TrueType or Type 3 text in Python (~50 µs each,
+~1500 on a page), a core-font text is one string. Together with the grid as one path per
+colour (not ~420 separate paths), lines added without ``ax.plot``'s data-limit bookkeeping
+and zlib level 3 instead of 9, the Mortara page went from 212 to 109 ms median and from 161 to
+139 KB (``bench/page.py``, both in the same run on the 2-core dev machine). Level 3: 15 ms
+faster than 6 for 13 KB more (6 is 125 KB, 9 no smaller and 19 ms slower still, 1 saves 3 ms
+more for 11 KB more); the page crosses loopback or a LAN to PACS, where 13 KB cost nothing
+and 15 ms count against the 300 ms store-to-PACS budget. DejaVu covers Latin, Greek and
+Cyrillic, not CJK: a Chinese name is drawn as boxes, now as before (pdftotext still reads it).
+The PNG (``plot --out x.png``) is all DejaVu, as before. matplotlib's rcParams are global and
+the core-font texts switch one while drawing: one page is drawn at a time per process.
 """
 
 from __future__ import annotations
 
 import io
 import textwrap
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +81,7 @@ GRID_MAJOR = "#e08a8a"
 WARN_COLOUR = "#b35900"
 REJECT_COLOUR = "#c00000"
 DISPLAY_HIGHPASS_HZ = 0.5
+_DRAWING = threading.Lock()  # rcParams are global: one page at a time (see the module docstring)
 
 
 @dataclass
@@ -381,7 +397,7 @@ def render(data: ReportData, fmt: str = "pdf", paper: str = "A4", dpi: int = 150
 
     if fmt not in ("pdf", "png"):
         raise ValueError(f"format must be pdf or png, got {fmt!r}")
-    with matplotlib.rc_context({"pdf.fonttype": 3, "pdf.compression": 3, "path.simplify": True,
+    with _DRAWING, matplotlib.rc_context({"pdf.fonttype": 3, "pdf.compression": 3, "path.simplify": True,
                                 "font.family": "DejaVu Sans"}):
         fig = draw_page(data, paper, core_fonts=fmt == "pdf")
         buffer = io.BytesIO()
