@@ -279,3 +279,78 @@ def test_lead_and_sigma_labels_are_at_least_7_px_tall_at_60_dpi(tmp_path, shared
     renderer = FigureCanvasAgg(fig).get_renderer()
     [label] = [t for t in fig.axes[0].texts if t.get_text().startswith("V1  AI  σ")]
     assert label.get_window_extent(renderer).height >= 7
+
+
+# -- the page's text: core fonts where they encode it, an embedded font for the rest ----------------
+def _words(pdf: Path) -> list[tuple[str, float, float, float, float]]:
+    """(word, xMin, xMax, yMin, yMax) in pt from the top left of each word pdftotext finds, in
+    reading order."""
+    html = subprocess.run([tool("pdftotext"), "-bbox", str(pdf), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    return [(w, float(x0), float(x1), float(y0), float(y1)) for x0, y0, x1, y1, w in
+            re.findall(r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>', html)]
+
+
+def _fonts(pdf: Path) -> dict[str, str]:
+    """Font name (subset prefix dropped) -> its "emb" column ("yes"/"no"), from pdffonts."""
+    lines = subprocess.run([tool("pdffonts"), str(pdf)], capture_output=True, text=True, check=True).stdout
+    fonts = {}
+    for line in lines.splitlines()[2:]:
+        name, rest = line.split(maxsplit=1)
+        fonts[name.split("+")[-1]] = re.search(r"\s(yes|no)\s+(yes|no)\s+(yes|no)\s", f" {rest} ").group(1)
+    return fonts
+
+
+def test_a_cyrillic_patient_name_is_embedded_and_searchable_latin_text_in_a_core_font(tmp_path, shared_data):
+    """The core fonts (Helvetica, not embedded) encode WinAnsi only: the Cyrillic name is
+    drawn in DejaVu Sans, embedded, and read back by pdftotext with the rest of its line."""
+    from ecg_dicom.report import ReportData, render
+
+    rec = read_wfdb_record(shared_data / "ecg12" / "ptbxl" / "records500" / "00000" / "00180_hr.hea")
+    data = ReportData(rec.leads, rec.fs, "I", "m", "v", header={"PatientName": "Иванов^Иван", "PatientID": "X-7"},
+                      sigma_uv={"V1": 120.0})
+    pdf = tmp_path / "page.pdf"
+    pdf.write_bytes(render(data, "pdf"))
+    text = pdf_text(pdf)
+    assert re.search(r"Patient: Иванов, Иван\s+ID: X-7", text), text[:300]
+    assert BANNER in text and "V1 AI σ 0.12 mV" in " ".join(text.split())
+    fonts = _fonts(pdf)
+    assert fonts.get("DejaVuSans") == "yes" and fonts.get("Helvetica") == "no", fonts
+    # drawn, not only in the text layer: ink where the name stands (a "?" or an empty box would
+    # be far less), as much as the same name in Latin letters gets
+    page = rasterise(pdf, tmp_path / "page", dpi=144).sum(axis=2) < 300    # 2 px per pt
+
+    def ink(word: str, words) -> float:
+        _, x0, x1, y0, y1 = next(w for w in words if w[0] == word)
+        return page[int(2 * y0):int(2 * y1) + 1, int(2 * x0):int(2 * x1) + 1].sum()
+
+    cyrillic = ink("Иванов", _words(pdf))
+    latin = tmp_path / "latin.pdf"
+    data.header["PatientName"] = "Ivanov^Ivan"
+    latin.write_bytes(render(data, "pdf"))
+    assert "Patient: Ivanov, Ivan" in pdf_text(latin)
+    page = rasterise(latin, tmp_path / "latin", dpi=144).sum(axis=2) < 300
+    assert cyrillic > 0.7 * ink("Ivanov,", _words(latin)) > 50
+    # a CJK name: DejaVu has no glyphs for it (matplotlib draws boxes from its last-resort font,
+    # as it did before), but the text layer holds it (pdftotext reads those tall boxes as a
+    # line of their own)
+    data.header["PatientName"] = "王^小明"
+    (tmp_path / "cjk.pdf").write_bytes(render(data, "pdf"))
+    cjk = pdf_text(tmp_path / "cjk.pdf")
+    assert "王" in cjk and "小明" in cjk and "Patient:" in cjk
+
+
+def test_a_run_in_another_font_starts_where_the_text_before_it_ends(converted):
+    """A lead label is Helvetica "V1  AI  ", DejaVu "σ", Helvetica " 0.09 mV": each run starts
+    where the one before ends as drawn (Helvetica's widths without kerning, which the PDF does
+    not apply), so the gaps are the spaces the text holds: two before σ, one after."""
+    space = 0.278 * 9.0                                                   # Helvetica's space at 9 pt
+    words = _words(converted / "mortara.pdf")
+    sigmas = [k for k, word in enumerate(words) if word[0] == "σ" and words[k + 2][0] == "mV"]   # "σ 0.09 mV"
+    assert len(sigmas) == 11
+    for k in sigmas:
+        (_, _, before, *_), (_, start, end, *_), (_, after, *_) = words[k - 1], words[k], words[k + 1]
+        assert start - before == pytest.approx(2 * space, abs=0.15), words[k - 2:k + 2]   # "calc.  σ": kerned, 0.5 pt less
+        assert after - end == pytest.approx(space, abs=0.15)
+    legend = next(k for k, word in enumerate(words) if word[0].startswith("σ") and words[k - 1][0].endswith("ger)."))
+    assert words[legend][1] - words[legend - 1][2] == pytest.approx(2 * 0.278 * 6.8, abs=0.15)  # 0.9 mm off if kerned

@@ -23,15 +23,30 @@ in the footer. The page shows the first
 
 matplotlib draws it (a figure whose one axes spans the page in mm, so every coordinate below
 is a length on paper): one library for the PDF and the PNG, already used for the model card's
-figures, with fonts that cover any patient name (DejaVu). Text is embedded as Type 3 fonts with
-their character codes, so ``pdftotext`` and a viewer's search find the lead labels, the banner
-and the model version; Type 3 renders in 0.3 s where TrueType subsetting took 0.7 s.
+figures. Fonts, in the PDF: text that WinAnsi (cp1252) encodes is set in the PDF core fonts
+Helvetica and Helvetica-Bold, which every reader has and nothing embeds (metric-compatible
+Nimbus Sans / Arial where the reader substitutes); any other character (σ, a Cyrillic or
+Greek patient name) in DejaVu Sans, embedded as Type 3 with its character codes, as the
+whole page was before. A line mixing both is cut into runs drawn end to end
+(:mod:`.corefont`). ``pdftotext`` and a viewer's search find every text either way. Why:
+matplotlib lays out each character of a TrueType or Type 3 text in Python (~50 µs each,
+~1500 on a page), a core-font text is one string. Together with the grid as one path per
+colour (not ~420 separate paths), lines added without ``ax.plot``'s data-limit bookkeeping
+and zlib level 3 instead of 9, the Mortara page went from 212 to 109 ms median and from 161 to
+139 KB (``bench/page.py``, both in the same run on the 2-core dev machine). Level 3: 15 ms
+faster than 6 for 13 KB more (6 is 125 KB, 9 no smaller and 19 ms slower still, 1 saves 3 ms
+more for 11 KB more); the page crosses loopback or a LAN to PACS, where 13 KB cost nothing
+and 15 ms count against the 300 ms store-to-PACS budget. DejaVu covers Latin, Greek and
+Cyrillic, not CJK: a Chinese name is drawn as boxes, now as before (pdftotext still reads it).
+The PNG (``plot --out x.png``) is all DejaVu, as before. matplotlib's rcParams are global and
+the core-font texts switch one while drawing: one page is drawn at a time per process.
 """
 
 from __future__ import annotations
 
 import io
 import textwrap
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +81,7 @@ GRID_MAJOR = "#e08a8a"
 WARN_COLOUR = "#b35900"
 REJECT_COLOUR = "#c00000"
 DISPLAY_HIGHPASS_HZ = 0.5
+_DRAWING = threading.Lock()  # rcParams are global: one page at a time (see the module docstring)
 
 
 @dataclass
@@ -198,22 +214,39 @@ def _quality_line(quality: QualityReport | None, input_lead: str) -> tuple[str, 
 
 
 def _grid(ax, x0: float, y0: float) -> None:
-    from matplotlib.collections import LineCollection
+    """The 1 mm and 5 mm lines, each colour one path of separate segments (one PDF path each
+    rather than one per line). Added as plain artists, as every line here: the axes' limits
+    are the page, so nothing needs matplotlib's data limits (add_patch would walk all 850
+    vertices in Python for them)."""
+    from matplotlib.patches import PathPatch
+    from matplotlib.path import Path
 
     minor, major = [], []
     for i in range(int(GRID_W_MM) + 1):
         (major if i % 5 == 0 else minor).append([(x0 + i, y0), (x0 + i, y0 + GRID_H_MM)])
     for j in range(int(GRID_H_MM) + 1):
         (major if j % 5 == 0 else minor).append([(x0, y0 + j), (x0 + GRID_W_MM, y0 + j)])
-    ax.add_collection(LineCollection(minor, colors=GRID_MINOR, linewidths=0.25, zorder=1))
-    ax.add_collection(LineCollection(major, colors=GRID_MAJOR, linewidths=0.55, zorder=1))
+    for segments, colour, width in ((minor, GRID_MINOR, 0.25), (major, GRID_MAJOR, 0.55)):
+        codes = np.tile([Path.MOVETO, Path.LINETO], len(segments))
+        ax.add_artist(PathPatch(Path(np.reshape(segments, (-1, 2)), codes), fill=False, edgecolor=colour,
+                                linewidth=width, capstyle="butt", zorder=1))
+
+
+def _line(ax, xs, ys, **kwargs):
+    """A Line2D through (``xs``, ``ys``) in mm on ``ax``: ``ax.plot`` without its argument
+    parsing and data-limit update."""
+    from matplotlib.lines import Line2D
+
+    line = Line2D(xs, ys, **kwargs)
+    ax.add_artist(line)
+    return line
 
 
 def _calibration(ax, x: float, baseline: float, mm_per_mv: float = MM_PER_MV) -> None:
     """A 1 mV (``mm_per_mv`` mm), 0.2 s (5 mm) pulse from x+1 mm."""
     xs = [x + 1, x + 2, x + 2, x + 7, x + 7, x + 8]
     ys = [baseline, baseline, baseline + mm_per_mv, baseline + mm_per_mv, baseline, baseline]
-    ax.plot(xs, ys, color=MEASURED_COLOUR, linewidth=0.8, zorder=3, solid_joinstyle="miter")
+    _line(ax, xs, ys, color=MEASURED_COLOUR, linewidth=0.8, zorder=3, solid_joinstyle="miter")
 
 
 def _lead_label(data: ReportData, lead: str, rhythm: bool = False) -> tuple[str, str]:
@@ -263,10 +296,14 @@ def page_gain(display: np.ndarray, data: ReportData) -> tuple[float, float]:
     return (MM_PER_MV if fits else HALF_GAIN_MM_PER_MV), max(up, down)
 
 
-def draw_page(data: ReportData, paper: str = "A4"):
-    """The page as a matplotlib Figure (one axes in mm, origin bottom left)."""
+def draw_page(data: ReportData, paper: str = "A4", core_fonts: bool = False):
+    """The page as a matplotlib Figure (one axes in mm, origin bottom left). ``core_fonts``
+    (for PDF only): text in Helvetica, not embedded, where the core fonts encode it (see
+    :func:`~ecg_dicom.report.corefont.add_text`), the rest in DejaVu Sans."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
+
+    from ecg_dicom.report.corefont import add_text
 
     if paper not in PAPER_MM:
         raise ValueError(f"paper must be one of {', '.join(PAPER_MM)}, got {paper!r}")
@@ -290,8 +327,8 @@ def draw_page(data: ReportData, paper: str = "A4"):
                                           else (BANNER, REJECT_COLOUR, "#fde8e8"))
     ax.add_patch(Rectangle((x0, height - 14.5), GRID_W_MM, 7.0, facecolor=banner_fill, edgecolor=banner_colour,
                            linewidth=0.8, zorder=2))
-    ax.text(width / 2, height - 11.0, banner, ha="center", va="center", fontsize=12, weight="bold",
-            color=banner_colour, zorder=3)
+    add_text(ax, width / 2, height - 11.0, banner, core_fonts, ha="center", va="center", fontsize=12,
+             weight="bold", color=banner_colour, zorder=3)
     lines = [(line, MEASURED_COLOUR) for line in header_lines(data)]
     text, colour = _quality_line(data.quality, data.input_lead)
     quality = textwrap.wrap(text, QUALITY_CHARS)
@@ -302,8 +339,9 @@ def draw_page(data: ReportData, paper: str = "A4"):
     else:
         lines += [(part, colour) for part in quality[:2]]
     for k, (line, colour) in enumerate(lines):
-        ax.text(x0, height - 18.5 - HEADER_STEP_MM * k, line, ha="left", va="center", fontsize=HEADER_PT,
-                color=colour, zorder=3, weight="bold" if colour != MEASURED_COLOUR or k == 3 else "normal")
+        add_text(ax, x0, height - 18.5 - HEADER_STEP_MM * k, line, core_fonts, ha="left", va="center",
+                 fontsize=HEADER_PT, color=colour, zorder=3,
+                 weight="bold" if colour != MEASURED_COLOUR or k == 3 else "normal")
 
     # traces, each clipped to its own row, at full or half gain
     display = highpass(leads, data.fs, DISPLAY_HIGHPASS_HZ) if leads.shape[1] > 3 * data.fs / DISPLAY_HIGHPASS_HZ \
@@ -317,39 +355,39 @@ def draw_page(data: ReportData, paper: str = "A4"):
             _calibration(ax, x0, baseline, gain)
         label, colour = _lead_label(data, lead, strip)
         x_start = x0 + CAL_MM + dx
-        ax.text(x_start + 1.0, baseline + 12.5, label, fontsize=LABEL_PT, color=colour, ha="left", va="bottom",
-                zorder=4, weight="bold" if lead in _measured(data) or data.recorded else "normal",
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.6})
+        add_text(ax, x_start + 1.0, baseline + 12.5, label, core_fonts, fontsize=LABEL_PT, color=colour, ha="left",
+                 va="bottom", zorder=4, weight="bold" if lead in _measured(data) or data.recorded else "normal",
+                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.6})
         if dx > 0:  # the column boundary, as carts mark it
-            ax.plot([x_start, x_start], [baseline - 3, baseline + 3], color=MEASURED_COLOUR, linewidth=0.6,
-                    zorder=3)
+            _line(ax, [x_start, x_start], [baseline - 3, baseline + 3], color=MEASURED_COLOUR, linewidth=0.6,
+                  zorder=3)
         if start >= stop:
             continue
         k = LEADS_12.index(lead)
         xs = x0 + CAL_MM + t_mm[start:stop]
         ys = baseline + display[k, start:stop] / 1000.0 * gain
-        (line,) = ax.plot(xs, ys, color=colour, linewidth=0.6, zorder=3, solid_joinstyle="round")
+        line = _line(ax, xs, ys, color=colour, linewidth=0.6, zorder=3, solid_joinstyle="round")
         line.set_clip_path(Rectangle((x0, bottom), GRID_W_MM, row_top - bottom, transform=ax.transData))
 
     # footer: scale, filter, legend
     scale = f"{gain:g} mm/mV" + ("" if gain == MM_PER_MV else " (HALF GAIN)")
     if gain != MM_PER_MV:  # said where the eye starts too, beside the heart rate
-        ax.text(x0 + GRID_W_MM, height - 18.5 - HEADER_STEP_MM * 3, f"HALF GAIN: {gain:g} mm/mV (complexes up to"
-                f" {tallest:.1f} mV; calibration pulse 1 mV = {gain:g} mm)", ha="right", va="center",
-                fontsize=HEADER_PT, color=WARN_COLOUR, weight="bold", zorder=3)
+        half = f"HALF GAIN: {gain:g} mm/mV (complexes up to {tallest:.1f} mV; calibration pulse 1 mV = {gain:g} mm)"
+        add_text(ax, x0 + GRID_W_MM, height - 18.5 - HEADER_STEP_MM * 3, half, core_fonts, ha="right", va="center",
+                 fontsize=HEADER_PT, color=WARN_COLOUR, weight="bold", zorder=3)
     footer = (f"{MM_PER_S:g} mm/s    {scale}    grid 1 mm / 5 mm    display filter"
               f" {DISPLAY_HIGHPASS_HZ:g} Hz high-pass (zero-phase), no low-pass, no notch    "
               f"{paper} landscape: true to scale when printed at 100 % (no 'fit to page')")
     # bold (half gain) is wider: the same line in a smaller size stays inside the grid's width
-    ax.text(x0, y0 - 4.0, footer, fontsize=6.8 if gain == MM_PER_MV else 6.2, ha="left", va="center",
-            color=MEASURED_COLOUR if gain == MM_PER_MV else WARN_COLOUR,
-            weight="normal" if gain == MM_PER_MV else "bold")
+    add_text(ax, x0, y0 - 4.0, footer, core_fonts, fontsize=6.8 if gain == MM_PER_MV else 6.2, ha="left",
+             va="center", color=MEASURED_COLOUR if gain == MM_PER_MV else WARN_COLOUR,
+             weight="normal" if gain == MM_PER_MV else "bold")
     legend = ("All leads black: as measured by the recording device; nothing reconstructed." if data.recorded else
               "Black: measured lead.  Blue, \"AI\": reconstructed by the model from the measured lead"
               " (\"calc.\": computed from I and II by Einthoven/Goldberger).  σ: the model's RMS uncertainty of"
               " the lead.")
-    ax.text(x0, y0 - 8.0, legend, fontsize=6.8, ha="left", va="center",
-            color=MEASURED_COLOUR if data.recorded else AI_COLOUR)
+    add_text(ax, x0, y0 - 8.0, legend, core_fonts, fontsize=6.8, ha="left", va="center",
+             color=MEASURED_COLOUR if data.recorded else AI_COLOUR)
     return fig
 
 
@@ -359,9 +397,9 @@ def render(data: ReportData, fmt: str = "pdf", paper: str = "A4", dpi: int = 150
 
     if fmt not in ("pdf", "png"):
         raise ValueError(f"format must be pdf or png, got {fmt!r}")
-    with matplotlib.rc_context({"pdf.fonttype": 3, "pdf.compression": 9, "path.simplify": True,
+    with _DRAWING, matplotlib.rc_context({"pdf.fonttype": 3, "pdf.compression": 3, "path.simplify": True,
                                 "font.family": "DejaVu Sans"}):
-        fig = draw_page(data, paper)
+        fig = draw_page(data, paper, core_fonts=fmt == "pdf")
         buffer = io.BytesIO()
         metadata = ({"Title": f"12-lead ECG — {BANNER}", "Creator": f"ecg-dicom ({data.model_version})",
                      "CreationDate": None} if fmt == "pdf" else {"Software": "ecg-dicom"})
