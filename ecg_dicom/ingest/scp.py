@@ -33,7 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ecg_dicom import metrics
 from ecg_dicom.config import Settings
 from ecg_dicom.dicom.codes import ECG_WAVEFORM_SOP_CLASSES
-from ecg_dicom.dicom.network import NO_DELAY_HANDLER
+from ecg_dicom.dicom.network import LOW_LATENCY_HANDLERS
 from ecg_dicom.errors import InputError
 from ecg_dicom.ingest import Spool
 from ecg_dicom.ingest.guard import Admission, GuardedServer, caller_text
@@ -241,7 +241,7 @@ def start_scp(settings: Settings, spool: Spool,
         (evt.EVT_RELEASED, handle_end, [counter]),
         (evt.EVT_ABORTED, handle_end, [counter]),
         (evt.EVT_REJECTED, handle_rejected),
-        NO_DELAY_HANDLER,
+        *LOW_LATENCY_HANDLERS,
         *admission.handlers(),
         *(extra_handlers or []),
     ]

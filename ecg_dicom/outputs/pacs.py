@@ -53,7 +53,7 @@ from pynetdicom import AE, evt
 from ecg_dicom import metrics
 from ecg_dicom.config import Folders, Pacs
 from ecg_dicom.dicom.codes import OUTPUT_SOP_CLASSES
-from ecg_dicom.dicom.network import NO_DELAY_HANDLER
+from ecg_dicom.dicom.network import LOW_LATENCY_HANDLERS
 from ecg_dicom.files import write_reason
 from ecg_dicom.logsafe import uid_hash
 from ecg_dicom.outputs import commitment
@@ -149,7 +149,7 @@ class CStore:
         # DICOM TLS: the PACS's certificate checked against pacs.tls.ca and its host name
         self.tls_args = (client_context(pacs.tls), pacs.host) if pacs.tls is not None else None
         # a PACS may send the commitment report on the association the request came on
-        self.handlers = [(evt.EVT_N_EVENT_REPORT, commitment.handle_event_report, [on_report]), NO_DELAY_HANDLER]
+        self.handlers = [(evt.EVT_N_EVENT_REPORT, commitment.handle_event_report, [on_report]), *LOW_LATENCY_HANDLERS]
         self._open = None  # the association kept open between batches, and when it was last used
         self._last_used = 0.0
 
