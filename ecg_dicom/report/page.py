@@ -395,8 +395,11 @@ def render(data: ReportData, fmt: str = "pdf", paper: str = "A4", dpi: int = 150
     """The page as PDF or PNG bytes (``fmt`` "pdf" or "png"; ``dpi`` for PNG)."""
     import matplotlib
 
+    from ecg_dicom.report.corefont import cache_core_font_metrics
+
     if fmt not in ("pdf", "png"):
         raise ValueError(f"format must be pdf or png, got {fmt!r}")
+    cache_core_font_metrics()
     with _DRAWING, matplotlib.rc_context({"pdf.fonttype": 3, "pdf.compression": 3, "path.simplify": True,
                                 "font.family": "DejaVu Sans"}):
         fig = draw_page(data, paper, core_fonts=fmt == "pdf")
