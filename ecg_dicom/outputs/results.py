@@ -30,7 +30,7 @@ from ecg_dicom.files import write_bytes_atomic, write_npy_atomic
 from ecg_dicom.inputs import LeadInput
 from ecg_dicom.leads import LEADS_12, input_leads_of, lead_uncertainties, learned_leads
 from ecg_dicom.report import render, report_data_from_metadata
-from ecg_dicom.report.background import PageRenderer
+from ecg_dicom.report.background import PageRenderer, PendingPage
 
 OUTPUT_FORMATS = ("npy", "dicom", "both")
 PAPER_SIZES = ("A4", "Letter")
@@ -147,23 +147,30 @@ def _lead_order(lead: str) -> int:
     return LEADS_12.index(lead) if lead in LEADS_12 else len(LEADS_12)
 
 
+def start_page(pages: PageRenderer, item: LeadInput, recon: Reconstruction, reconstructor: Reconstructor,
+               paper: str) -> PendingPage:
+    """Start drawing a result's page in ``pages``' process, before the rest of the result is
+    measured and written (the page does not show the accuracy figures, so it need not wait
+    for them); hand it to :func:`write_outputs` as ``page``."""
+    meta = result_metadata(item, recon, reconstructor, accuracy={})
+    return pages.submit(report_data_from_metadata(recon.leads, meta), paper)
+
+
 def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstruction,
                   reconstructor: Reconstructor, output_format: str, confidence: bool,
                   report: str | None = None, accuracy: dict[str, dict] | None = None,
-                  remarks: dict | None = None, pages: PageRenderer | None = None) -> list[Path]:
+                  remarks: dict | None = None, page: PendingPage | None = None) -> list[Path]:
     """Write the requested outputs for one converted input; returns the files written, in the
     order of :func:`result_file_names`.
 
     ``report``: the paper size of the 12-lead page ("A4" or "Letter"), or None for no page;
     ``accuracy``: see :func:`result_metadata`. ``reconstructor``: the model that made ``recon``.
     ``remarks``: more keys for ``<stem>.json`` (e.g. the service's note on a reused source UID).
-    ``pages``: draws the page in its own process while the other files are written (the
-    service); without it the page is drawn here, last.
+    ``page``: the page already being drawn (:func:`start_page`, the service: in its own
+    process, while the other files are written); without it the page is drawn here, last.
     """
     written: list[Path] = []
     meta = {**result_metadata(item, recon, reconstructor, accuracy), **(remarks or {})}
-    page_data = report_data_from_metadata(recon.leads, meta) if report else None
-    pending = pages.submit(page_data, report) if pages is not None and page_data is not None else None
     complete = bool(meta.get("source_complete"))
     quality_text = item.quality.summary() if item.quality is not None else None
     anchor = uid_anchor_hash(item)
@@ -184,8 +191,9 @@ def write_outputs(output_dir: Path, stem: str, item: LeadInput, recon: Reconstru
         text = json.dumps(confidence_report(recon, reconstructor.input_lead, reconstructor.uncertainty(recon)),
                           indent=2)
         written.append(write_bytes_atomic(output_dir / f"{stem}.confidence.json", text.encode()))
-    if page_data is not None:
-        pdf = pending.result() if pending is not None else render(page_data, "pdf", report)
+    if report:
+        pdf = page.result() if page is not None else render(report_data_from_metadata(recon.leads, meta), "pdf",
+                                                                report)
         written.append(write_bytes_atomic(output_dir / f"{stem}.pdf", pdf))
         if waveforms:
             from pydicom import dcmread

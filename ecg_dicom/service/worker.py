@@ -38,7 +38,8 @@ from ecg_dicom.inputs import NPY_DEFAULT_FS, LeadInput, load_input, refuse_links
 from ecg_dicom.limits import DEFAULT_LIMITS, Limits
 from ecg_dicom.logsafe import strip_wire, uid_hash, wire
 from ecg_dicom.memory import release_freed_memory
-from ecg_dicom.outputs.results import result_accuracy, result_file_names, uid_anchor_hash, write_outputs
+from ecg_dicom.outputs.results import (result_accuracy, result_file_names, start_page, uid_anchor_hash,
+                                       write_outputs)
 from ecg_dicom.queue import Job, JobQueue
 from ecg_dicom.report.background import PageRenderer
 from ecg_dicom.service.accuracy import AccuracyMonitor, device_model
@@ -344,6 +345,9 @@ class Worker:
         """
         out = self.folders.output
         model = self.model_for(inp)
+        page = None
+        if self.pages is not None and self.report_paper is not None:  # drawn meanwhile, on the other core
+            page = start_page(self.pages, inp, result, model, self.report_paper)
         accuracy = self._accuracy(job, inp, result, model)
         try:
             stem, names = self.queue.reserve_names(
@@ -355,7 +359,7 @@ class Worker:
                          "(ecg-dicom status %d shows them)", job.tag, job.id)
             written = write_outputs(out, stem, inp, result, model, "both", confidence=False,
                                     report=self.report_paper, accuracy=accuracy, remarks=self.source_reuse(job, inp),
-                                    pages=self.pages)
+                                    page=page)
         except InputError as exc:
             self.reject(job, str(exc))
             return
