@@ -223,7 +223,9 @@ def main() -> int:
           f"ratio {rate_ours / rate_dcmtk:.2f}x (target >= 0.5x)  [{args.n} x {ECG.name}, {args.senders} senders]")
     print(f"C-STORE -> first result (the waveform object) listed by Orthanc: median"
           f" {statistics.median(firsts) * 1000:.0f} ms")
-    print(f"C-STORE -> all results listed by Orthanc: median {latency * 1000:.0f} ms (min {min(latencies) * 1000:.0f}); "
+    q1, _, q3 = statistics.quantiles(latencies, n=4)
+    print(f"C-STORE -> all results listed by Orthanc: median {latency * 1000:.0f} ms (quartiles {q1 * 1000:.0f}-"
+          f"{q3 * 1000:.0f}, min {min(latencies) * 1000:.0f}, max {max(latencies) * 1000:.0f}); "
           f"bare inference {t_bare * 1000:.0f} ms (read + inference {t_read_bare * 1000:.0f} ms)  "
           f"ratio {latency / t_bare:.2f}x (target <= 1.5x)")
     print(f"serve resident memory: idle {idle_kib / 1024:.0f} MiB, peak under load {peak_kib / 1024:.0f} MiB;"
