@@ -8,7 +8,7 @@ process, it runs on the other core in parallel with those writes (issue 20 item 
 to every result listed in PACS, with the page).
 
 One child, started with ``spawn`` (the service is multi-threaded: no ``fork``), warmed up
-with one page at start so the first ECG does not pay matplotlib's imports. It ignores
+with one page in the background at start so the first ECG does not pay matplotlib's imports. It ignores
 SIGINT/SIGTERM (the service stops it) and is killed by the kernel when the thread that
 started it ends (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the service leaves no child
 behind. Should the child die or hang, that
@@ -53,6 +53,13 @@ def _child_setup(parent: int) -> None:
         os._exit(0)
 
 
+def _warm_up_done(future: Future) -> None:
+    """A warm-up that failed says so (the next page finds the child broken and restarts it)."""
+    if not future.cancelled() and future.exception() is not None:
+        LOG.warning("page drawing process failed to warm up (%s): the next page restarts it",
+                    type(future.exception()).__name__)
+
+
 class PendingPage:
     """A page being drawn; :meth:`result` gives its PDF bytes."""
 
@@ -78,13 +85,15 @@ class PageRenderer:
         self._lock = threading.Lock()
 
     def start(self) -> PageRenderer:
-        """Start the child and draw one page in it (its imports and font cache): ~1-3 s."""
+        """Start the child and have it draw one page (its imports and font cache, ~1-3 s) in
+        the background: the service is ready meanwhile, and a first ECG that comes sooner
+        waits for the warm-up rather than pay for it twice."""
         with self._lock:
-            self._pool = self._new_pool()
+            self._pool = pool = self._new_pool()
         try:
-            self.submit(_WARM_UP, "A4").result()
-        except Exception as exc:  # noqa: BLE001 - pages are still drawn in-process
-            LOG.warning("page drawing process did not start (%s): pages are drawn in-process", exc)
+            pool.submit(render, _WARM_UP, "pdf", "A4").add_done_callback(_warm_up_done)
+        except (BrokenProcessPool, RuntimeError) as exc:
+            self.restart(f"{type(exc).__name__}: {exc}")
         return self
 
     @staticmethod
