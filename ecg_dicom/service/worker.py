@@ -347,7 +347,10 @@ class Worker:
         model = self.model_for(inp)
         page = None
         if self.pages is not None and self.report_paper is not None:  # drawn meanwhile, on the other core
-            page = start_page(self.pages, inp, result, model, self.report_paper)
+            try:
+                page = start_page(self.pages, inp, result, model, self.report_paper)
+            except Exception:  # noqa: BLE001 - write_outputs draws it (or says why it cannot)
+                LOG.exception("%s: the page could not be handed to its process; it is drawn here", job.tag)
         accuracy = self._accuracy(job, inp, result, model)
         try:
             stem, names = self.queue.reserve_names(
