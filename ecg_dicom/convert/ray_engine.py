@@ -207,7 +207,8 @@ def convert_archive(input_dir: str | Path, output_dir: str | Path, settings: Con
                                    "settings": asdict(settings), "precision": precision},
             batch_size=per_batch,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            # one batch in flight per worker: a worker that dies takes no queued batch down with it
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             num_cpus=THREADS_PER_WORKER,
             max_task_retries=BATCH_RETRIES,
         )
